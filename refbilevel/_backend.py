@@ -1,0 +1,367 @@
+"""The one module that knows array libraries by name.
+
+Everything numerical in refbilevel is written against the array API standard and
+receives its namespace from :func:`array_namespace`. This module holds what cannot be
+neutral: looking a backend up by name, moving arrays between host and device,
+synchronising a GPU stream for timing, and drawing random numbers on the host so that
+the same seed gives the same data on every backend.
+
+Rules kept here (see ``DESIGN.md``):
+
+* :func:`to_host` and :func:`synchronize` are for results, plots, the CLI, tests and
+  benchmarks only; solver code never calls them.
+* all randomness comes from one seeded :class:`numpy.random.Generator` on the host
+  (:func:`host_rng`); arrays are drawn there and moved once (:func:`from_host`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "BACKEND_NAMES",
+    "array_namespace",
+    "asarray",
+    "available_backends",
+    "backend_name",
+    "backend_namespace",
+    "check_same_device",
+    "device",
+    "device_name",
+    "from_host",
+    "host_namespace",
+    "host_rng",
+    "is_array",
+    "is_cupy",
+    "is_numpy",
+    "synchronize",
+    "to_device",
+    "to_host",
+    "to_host_scalar",
+]
+
+#: Backend names understood by :func:`backend_namespace`.
+BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch")
+
+
+def is_array(obj: Any) -> bool:
+    """Return whether ``obj`` is an array (or NumPy scalar) of a library array-api-compat knows."""
+    return array_api_compat.is_array_api_obj(obj)
+
+
+def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
+    """Return the array-API namespace shared by ``arrays``.
+
+    ``None`` entries and Python scalars are ignored. Arrays from two libraries or on two
+    devices raise :class:`TypeError` naming the offending arguments.
+
+    Parameters
+    ----------
+    *arrays
+        The arrays of one call.
+    names : tuple of str, optional
+        Argument names, used in error messages; defaults to ``arg0, arg1, ...``.
+
+    Returns
+    -------
+    namespace
+        The array-api-compat wrapped namespace (e.g. ``array_api_compat.numpy``).
+    """
+    if names is None:
+        names = tuple(f"arg{i}" for i in range(len(arrays)))
+    found: list[tuple[str, Any, Any]] = []
+    for name, a in zip(names, arrays):
+        if a is None or (isinstance(a, (bool, int, float, complex)) and not hasattr(a, "dtype")):
+            continue  # Python scalars (NumPy scalars, e.g. 0-d reductions, count as arrays)
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(
+                f"{name} must be an array (numpy, cupy, array_api_strict, torch); "
+                f"got {type(a).__name__}"
+            )
+        found.append((name, a, array_api_compat.array_namespace(a)))
+    if not found:
+        raise TypeError("array_namespace needs at least one array argument")
+    first_name, first, xp = found[0]
+    for name, a, other in found[1:]:
+        if other is not xp:
+            raise TypeError(
+                f"{name} is a {_library(other)} array but {first_name} is a "
+                f"{_library(xp)} array; convert them to one library first"
+            )
+    check_same_device(*(a for _, a, _ in found), names=tuple(n for n, _, _ in found))
+    return xp
+
+
+def check_same_device(*arrays: Any, names: tuple[str, ...] | None = None) -> None:
+    """Raise :class:`TypeError` unless every array lives on the same device."""
+    if names is None:
+        names = tuple(f"arg{i}" for i in range(len(arrays)))
+    devs = [(n, device(a)) for n, a in zip(names, arrays) if a is not None]
+    for name, dev in devs[1:]:
+        if dev != devs[0][1]:
+            raise TypeError(
+                f"{name} is on device {dev!r} but {devs[0][0]} is on device "
+                f"{devs[0][1]!r}; move them to one device first"
+            )
+
+
+def _library(xp) -> str:
+    name = getattr(xp, "__name__", repr(xp))
+    return name.replace("array_api_compat.", "")
+
+
+def backend_name(xp) -> str:
+    """Short name of a namespace: ``"numpy"``, ``"cupy"``, ``"array_api_strict"``, ``"torch"``."""
+    name = _library(xp)
+    return name.split(".")[0]
+
+
+def is_cupy(xp) -> bool:
+    """Whether ``xp`` is CuPy's namespace."""
+    return array_api_compat.is_cupy_namespace(xp)
+
+
+def is_numpy(xp) -> bool:
+    """Whether ``xp`` is NumPy's namespace."""
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def device(x: Any):
+    """The device of array ``x`` (array-api-compat's portable ``device``)."""
+    return array_api_compat.device(x)
+
+
+def device_name(xp) -> str:
+    """Human-readable device of a backend: the GPU's name for CuPy, else ``"cpu"``."""
+    if is_cupy(xp):
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    if backend_name(xp) == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def backend_namespace(name: str):
+    """Look up an array-API namespace by backend name.
+
+    Parameters
+    ----------
+    name : {"numpy", "array_api_strict", "cupy", "torch"}
+        ``"torch"`` works only when PyTorch is installed; ``"cupy"`` only when CuPy is
+        installed and a CUDA device is visible.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the valid ones) or an unavailable backend.
+    """
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    if name == "numpy":
+        return array_api_compat.array_namespace(np.empty(0))
+    if name == "array_api_strict":
+        try:
+            import array_api_strict
+        except ImportError as exc:
+            raise ValueError(
+                "backend 'array_api_strict' needs the array-api-strict package "
+                "(pip install array-api-strict)"
+            ) from exc
+        return array_api_strict
+    if name == "cupy":
+        if not _cuda_available():
+            raise ValueError(
+                "backend 'cupy' needs CuPy (extra cuda12 or cuda13) and a visible CUDA GPU; "
+                "none was found"
+            )
+        import array_api_compat.cupy as xp_cupy
+
+        return xp_cupy
+    try:
+        import array_api_compat.torch as xp_torch
+    except ImportError as exc:
+        raise ValueError("backend 'torch' needs PyTorch installed") from exc
+    return xp_torch
+
+
+def _cuda_available() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, CUDARuntimeError without a driver, ...
+        return False
+
+
+def available_backends() -> list[str]:
+    """Backend names usable on this machine (numpy always)."""
+    names = []
+    for name in BACKEND_NAMES:
+        try:
+            backend_namespace(name)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
+def to_host(x: Any) -> np.ndarray:
+    """Copy an array of any backend to a NumPy array on the host.
+
+    For results, plots, files, the CLI and tests only: on a GPU this synchronises.
+    array-api-strict arrays on a non-default device are moved to the CPU device first.
+    """
+    if isinstance(x, np.ndarray):
+        return x
+    xp = array_api_compat.array_namespace(x)
+    if is_cupy(xp):
+        return x.get()
+    name = backend_name(xp)
+    if name == "array_api_strict":
+        import array_api_strict
+
+        x = array_api_strict.asarray(x, device=array_api_strict.Device("CPU_DEVICE"))
+        return np.asarray(x)
+    if name == "torch":
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_host_scalar(x: Any) -> float:
+    """A 0-d array (any backend) as a Python float. Synchronises; never in a hot loop."""
+    return float(to_host(x))
+
+
+def from_host(a: Any, xp, *, dtype=None, device=None):
+    """Move host data (NumPy array or nested lists) to namespace ``xp`` on ``device``.
+
+    ``dtype`` may be a dtype of ``xp`` or a name such as ``"float64"``.
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(xp, dtype)
+    a = np.asarray(a)
+    if dtype is None and a.dtype.kind == "f":
+        dtype = getattr(xp, a.dtype.name)
+    if backend_name(xp) == "array_api_strict" and device is not None:
+        out = xp.asarray(a, device=None)
+        out = xp.asarray(out, device=device, copy=True)
+        return out if dtype is None else xp.astype(out, dtype)
+    return xp.asarray(a, dtype=dtype, device=device)
+
+
+def asarray(a: Any, *, like: Any, dtype=None, copy: bool | None = None):
+    """Convert ``a`` to the namespace, device and (unless ``dtype`` is given) dtype of ``like``.
+
+    Host data (NumPy, lists, Python scalars) is transferred once; an array of another
+    library raises :class:`TypeError` rather than being converted silently.
+    """
+    xp = array_namespace(like)
+    if dtype is None:
+        dtype = like.dtype
+    if array_api_compat.is_array_api_obj(a) and not isinstance(a, np.ndarray):
+        array_namespace(a, like, names=("a", "like"))
+        out = xp.asarray(a, dtype=dtype, copy=copy)
+        return out
+    if isinstance(a, np.ndarray) and not is_numpy(xp):
+        return from_host(a, xp, dtype=dtype, device=device(like))
+    return xp.asarray(a, dtype=dtype, device=device(like), copy=copy)
+
+
+def to_device(a: Any, xp, device=None, dtype=None):
+    """Move ``a`` (host data or an array of ``xp``) to ``device`` of namespace ``xp``."""
+    if array_api_compat.is_array_api_obj(a) and not isinstance(a, np.ndarray):
+        other = array_api_compat.array_namespace(a)
+        if other is xp:
+            out = xp.asarray(a, device=device, copy=None) if device is not None else a
+            return out if dtype is None else xp.astype(out, dtype)
+        a = to_host(a)
+    return from_host(a, xp, dtype=dtype, device=device)
+
+
+def synchronize(xp) -> None:
+    """Wait for queued device work: a stream sync on CuPy (and torch CUDA), a no-op on CPU.
+
+    For timing, benchmarks, record points and the CLI; never inside a solver step.
+    """
+    if is_cupy(xp):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+    elif backend_name(xp) == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    """The seeded host generator every random draw in refbilevel comes from.
+
+    Parameters
+    ----------
+    seed : int, numpy.random.Generator or None
+        An integer seed (>= 0), an existing generator (returned as is), or ``None`` for
+        fresh entropy.
+    """
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, a numpy Generator or None; got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0; got {seed}")
+    return np.random.default_rng(seed)
+
+
+def host_namespace():
+    """NumPy's array-API namespace: for host-side construction of problem data.
+
+    Generators build their data here (in float64, from :func:`host_rng`) and move it once
+    with :func:`from_host`, so every backend receives bit-identical data.
+    """
+    return backend_namespace("numpy")
+
+
+def default_namespace(xp=None):
+    """``xp`` itself, or NumPy's wrapped namespace when ``xp`` is None."""
+    return backend_namespace("numpy") if xp is None else xp
+
+
+def resolve_dtype(xp, dtype) -> Any:
+    """A floating dtype of ``xp`` from a dtype object or a name ("float32"/"float64")."""
+    if dtype is None:
+        return xp.float64
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+        return getattr(xp, dtype)
+    if dtype == xp.float32 or dtype == xp.float64:
+        return dtype
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None)
+    if name in ("float32", "float64"):
+        return getattr(xp, name)
+    raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+
+
+def dtype_name(dtype) -> str:
+    """``"float32"`` or ``"float64"`` for a dtype of any backend."""
+    text = str(dtype)
+    for name in ("float64", "float32", "float16", "int64", "int32"):
+        if name in text:
+            return name
+    return text
+
+
+def eps(dtype) -> float:
+    """Machine epsilon of a floating dtype of any backend, as a Python float."""
+    return 2.0**-52 if dtype_name(dtype) == "float64" else 2.0**-23
+

@@ -1,0 +1,1 @@
+"""Building blocks shared by problems: models and losses with hand-derived derivatives."""

@@ -1,0 +1,86 @@
+"""The backend layer: namespaces, devices, transfers, RNG, and the in = out rule."""
+
+import numpy as np
+import pytest
+
+from refbilevel import _backend
+from refbilevel._backend import array_namespace, from_host, host_rng, to_host
+from refbilevel.problems.quadratic import Quadratic
+
+
+def test_array_namespace_matches_input(xp, device):
+    a = xp.ones(3, dtype=xp.float64, device=device)
+    ns = array_namespace(a)
+    assert _backend.backend_name(ns) == _backend.backend_name(xp)
+
+
+def test_mixing_libraries_raises_type_error_naming_arguments():
+    import array_api_strict as strict
+
+    a = np.ones(3)
+    b = strict.ones(3)
+    with pytest.raises(TypeError, match="second.*first|first.*second"):
+        array_namespace(a, b, names=("first", "second"))
+
+
+def test_mixing_devices_raises_type_error():
+    import array_api_strict as strict
+
+    a = strict.ones(3)
+    b = strict.ones(3, device=strict.Device("device1"))
+    with pytest.raises(TypeError, match="device"):
+        array_namespace(a, b, names=("a", "b"))
+
+
+def test_problem_rejects_mixed_namespaces():
+    import array_api_strict as strict
+
+    q = Quadratic.random(2, 3, seed=0)
+    with pytest.raises(TypeError, match="c"):
+        Quadratic(q.H, q.B, strict.asarray(to_host(q.c)), q.A, q.a, q.R, q.r)
+
+
+def test_non_array_argument_raises():
+    with pytest.raises(TypeError, match="x must be an array"):
+        array_namespace([1.0, 2.0], names=("x",))
+
+
+def test_from_host_and_to_host_round_trip(xp, device):
+    a = np.arange(6.0).reshape(2, 3)
+    arr = from_host(a, xp, dtype="float32", device=device)
+    assert arr.dtype == xp.float32
+    assert _backend.device(arr) == (device if device is not None else _backend.device(arr))
+    np.testing.assert_array_equal(to_host(arr), a.astype(np.float32))
+
+
+def test_host_rng_is_deterministic_and_validated():
+    assert np.array_equal(host_rng(5).standard_normal(4), host_rng(5).standard_normal(4))
+    g = np.random.default_rng(1)
+    assert host_rng(g) is g
+    with pytest.raises(ValueError, match="seed"):
+        host_rng(-1)
+    with pytest.raises(TypeError, match="seed"):
+        host_rng(1.5)
+
+
+def test_backend_namespace_names():
+    assert "numpy" in _backend.available_backends()
+    with pytest.raises(ValueError, match="numpy"):
+        _backend.backend_namespace("tensorflow")
+
+
+@pytest.mark.skipif(_backend._cuda_available(), reason="checks the no-GPU message")
+def test_cupy_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="GPU"):
+        _backend.backend_namespace("cupy")
+
+
+def test_synchronize_is_harmless(xp):
+    _backend.synchronize(xp)
+
+
+def test_asarray_like_keeps_namespace_device_dtype(xp, device):
+    like = xp.zeros(2, dtype=xp.float32, device=device)
+    out = _backend.asarray(np.array([1.0, 2.0]), like=like)
+    assert out.dtype == xp.float32
+    assert _backend.device(out) == _backend.device(like)
