@@ -15,16 +15,24 @@ All finite differences are directional and use the five-point central stencil
 whose truncation error is :math:`O(h^4)`; with :math:`h = 10^{-3}` and float64 data the
 relative error of a correct derivative is typically :math:`10^{-10}` to :math:`10^{-12}`.
 Run the checks in float64: in float32 the round-off alone exceeds 1e-4. The relative
-error reported is :math:`|a - b| / \max(|a|, |b|, \text{floor})` (norms for vectors); the
-floor (``1e-12`` by default, scaled) keeps a derivative that is exactly zero from
-dividing by zero.
+error reported is
+
+.. math::
+
+    \frac{\max(0,\ \|a - b\| - \delta)}{\max(\|a\|, \|b\|, 10^{-300})},
+    \qquad \delta = \frac{3\,\epsilon\,\max_k \|\varphi(x + k h u)\|}{2h},
+
+where δ bounds the round-off of the stencil itself (ε is the machine epsilon of the data):
+differences the stencil cannot resolve are not counted, so a derivative that is exactly
+zero (e.g. :math:`\nabla_x f` when f does not depend on x) reports 0 instead of
+round-off divided by a tiny number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._backend import array_namespace, device, from_host, host_rng, to_host_scalar
+from ._backend import array_namespace, device, eps, from_host, host_rng, to_host_scalar
 from .problems.base import MinimaxBilevelProblem
 
 __all__ = [
@@ -42,13 +50,32 @@ __all__ = [
 _STENCIL = ((-2.0, 1.0), (-1.0, -8.0), (1.0, 8.0), (2.0, -1.0))
 
 
-def relative_error(actual, desired, *, floor: float = 1e-12) -> float:
-    """``|actual − desired| / max(|actual|, |desired|, floor)``; norms for arrays (host float)."""
+def relative_error(actual, desired, *, atol: float = 0.0) -> float:
+    """``max(0, ||actual − desired|| − atol) / max(||actual||, ||desired||)`` as a host float.
+
+    ``atol`` is the size of a difference that is not meaningful (e.g. the round-off of a
+    finite difference); 0 when both arrays are exactly zero.
+    """
     xp = array_namespace(actual, desired)
     diff = to_host_scalar(xp.linalg.vector_norm(xp.reshape(actual - desired, (-1,))))
     na = to_host_scalar(xp.linalg.vector_norm(xp.reshape(actual, (-1,))))
     nd = to_host_scalar(xp.linalg.vector_norm(xp.reshape(desired, (-1,))))
-    return diff / max(na, nd, floor)
+    return max(0.0, diff - atol) / max(na, nd, 1e-300)
+
+
+def _finite_difference(fun: Callable, x, u, h: float):
+    """Five-point stencil along ``u`` and the bound δ on its own round-off."""
+    total = None
+    largest = 0.0
+    xp = array_namespace(x, u)
+    for step, weight in _STENCIL:
+        value = fun(x + (step * h) * u)
+        size = to_host_scalar(xp.linalg.vector_norm(xp.reshape(xp.asarray(value), (-1,))))
+        largest = max(largest, size)
+        term = weight * value
+        total = term if total is None else total + term
+    roundoff = 18.0 * eps(x.dtype) * largest / (12.0 * h)
+    return total / (12.0 * h), roundoff
 
 
 def directional_derivative(fun: Callable, x, u, *, h: float = 1e-3):
@@ -57,11 +84,7 @@ def directional_derivative(fun: Callable, x, u, *, h: float = 1e-3):
     ``fun`` may return a 0-d array or an array of any shape (then the result is the
     directional derivative of each entry, i.e. a Jacobian-vector product).
     """
-    total = None
-    for step, weight in _STENCIL:
-        term = weight * fun(x + (step * h) * u)
-        total = term if total is None else total + term
-    return total / (12.0 * h)
+    return _finite_difference(fun, x, u, h)[0]
 
 
 def check_gradient(fun: Callable, grad: Callable, x, *, u=None, rng=None, h: float = 1e-3) -> float:
@@ -74,8 +97,8 @@ def check_gradient(fun: Callable, grad: Callable, x, *, u=None, rng=None, h: flo
         u = random_direction(x, rng)
     xp = array_namespace(x, u)
     exact = xp.sum(grad(x) * u)
-    approx = directional_derivative(fun, x, u, h=h)
-    return relative_error(exact, approx)
+    approx, roundoff = _finite_difference(fun, x, u, h)
+    return relative_error(exact, approx, atol=roundoff)
 
 
 def check_jacobian_vector(fun: Callable, jvp, x, u, *, h: float = 1e-3) -> float:
@@ -84,12 +107,14 @@ def check_jacobian_vector(fun: Callable, jvp, x, u, *, h: float = 1e-3) -> float
     Used for HVPs (``fun = ∇_y g(x, ·)``, ``jvp = hvp_g(x, y, u)``) and for
     cross-derivatives (``fun = ∇_x g(x, ·)`` along a y-direction ``u``).
     """
-    return relative_error(jvp, directional_derivative(fun, x, u, h=h))
+    approx, roundoff = _finite_difference(fun, x, u, h)
+    return relative_error(jvp, approx, atol=roundoff)
 
 
 def check_directional(fun: Callable, exact, x, u, *, h: float = 1e-3) -> float:
     """Relative error of a known directional derivative ``exact`` (0-d) against ``D_u fun(x)``."""
-    return relative_error(exact, directional_derivative(fun, x, u, h=h))
+    approx, roundoff = _finite_difference(fun, x, u, h)
+    return relative_error(exact, approx, atol=roundoff)
 
 
 def check_symmetry(op: Callable, u, v) -> float:
