@@ -1,0 +1,150 @@
+r"""Linear model :math:`S = A W` with hand-derived gradient and R-operator.
+
+Parameters are a flat vector ``w`` viewed as ``W`` of shape ``(d,)`` (binary,
+``n_classes=None``) or ``(d, C)`` row-major (multiclass). No bias: append a column of
+ones to ``A`` for one.
+
+For a loss from :mod:`refbilevel.models.losses` and per-sample weights :math:`c_i`
+(default 1), the objective is the weighted mean over the :math:`n` rows of ``A``:
+
+.. math::
+
+    L(W) = \frac1n \sum_{i=1}^n c_i\, \ell(A_i W; T_i), \qquad
+    \nabla L = \frac1n A^\top \big(c \odot \partial_S \ell\big), \qquad
+    \nabla^2 L\, V = \frac1n A^\top \big(c \odot \nabla^2_S \ell\,[A V]\big).
+
+The stacked forms evaluate ``m`` parameter points with one pass over ``A``: the points
+are laid side by side as the columns of one ``(d, m C)`` matrix, so ``A`` is read once
+by ``A @ Wcols`` and once by ``A.T @ Gcols``.
+
+References
+----------
+.. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, §4.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .losses import BINARY_LOGISTIC, SOFTMAX_CE
+
+__all__ = ["LinearModel"]
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """Shape information of a linear model; all methods take the namespace ``xp``.
+
+    Parameters
+    ----------
+    n_features : int
+        ``d``, the number of columns of the data.
+    n_classes : int or None
+        ``C`` for a multiclass model (``W`` is ``(d, C)``), ``None`` for a binary one
+        (``W`` is ``(d,)``).
+    """
+
+    n_features: int
+    n_classes: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Length of the flat parameter vector."""
+        return self.n_features * (1 if self.n_classes is None else self.n_classes)
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of the parameter view ``W``."""
+        return (self.n_features,) if self.n_classes is None else (self.n_features, self.n_classes)
+
+    @property
+    def default_loss(self):
+        """Binary logistic for ``n_classes=None``, softmax cross-entropy otherwise."""
+        return BINARY_LOGISTIC if self.n_classes is None else SOFTMAX_CE
+
+    def unflatten(self, w, *, xp):
+        """``W`` view of a flat vector (``(d,)`` or ``(d, C)``)."""
+        return w if self.n_classes is None else xp.reshape(w, self.shape)
+
+    def _weights(self, c, S):
+        """Per-sample weights broadcast against scores ``S`` (class axis last)."""
+        return c if self.n_classes is None else c[..., None]
+
+    # ------------------------------------------------------------ forward / backward
+    def forward(self, w, A, *, xp):
+        """Scores ``A @ W``: shape ``(n,)`` or ``(n, C)``."""
+        return A @ self.unflatten(w, xp=xp)
+
+    def vjp(self, A, G, *, xp):
+        """Flat ``A.T @ G`` for a score cotangent ``G`` (the gradient through the model)."""
+        return xp.reshape(A.T @ G, (-1,))
+
+    def jvp(self, A, v, *, xp):
+        """Score direction ``A @ V`` for a parameter direction ``v``."""
+        return A @ self.unflatten(v, xp=xp)
+
+    def forward_many(self, Ws, A, *, xp):
+        """Scores of ``m`` points ``Ws`` (shape ``(m, size)``) in one pass over ``A``.
+
+        Returns shape ``(m, n)`` (binary) or ``(m, n, C)``.
+        """
+        m, d = Ws.shape[0], self.n_features
+        if self.n_classes is None:
+            return (A @ Ws.T).T
+        C = self.n_classes
+        cols = xp.reshape(xp.permute_dims(xp.reshape(Ws, (m, d, C)), (1, 0, 2)), (d, m * C))
+        S = xp.reshape(A @ cols, (A.shape[0], m, C))
+        return xp.permute_dims(S, (1, 0, 2))
+
+    def vjp_many(self, A, Gs, *, xp):
+        """Flat ``A.T @ G_j`` for ``m`` stacked cotangents (one pass over ``A``): ``(m, size)``."""
+        m, d = Gs.shape[0], self.n_features
+        if self.n_classes is None:
+            return (A.T @ Gs.T).T
+        C = self.n_classes
+        cols = xp.reshape(xp.permute_dims(Gs, (1, 0, 2)), (A.shape[0], m * C))
+        out = xp.reshape(A.T @ cols, (d, m, C))
+        return xp.reshape(xp.permute_dims(out, (1, 0, 2)), (m, d * C))
+
+    # ------------------------------------------------------------ loss compositions
+    def per_sample_and_grad(self, w, A, T, *, loss=None, weights=None, xp):
+        r"""Per-sample losses :math:`\ell_i` and :math:`\nabla_w \frac1n \sum_i c_i \ell_i`.
+
+        ``weights`` (:math:`c`, shape ``(n,)``) defaults to ones.
+        """
+        loss = self.default_loss if loss is None else loss
+        S = self.forward(w, A, xp=xp)
+        G = loss.score_grad(S, T, xp=xp)
+        if weights is not None:
+            G = self._weights(weights, S) * G
+        return loss.per_sample(S, T, xp=xp), self.vjp(A, G, xp=xp) / A.shape[0]
+
+    def value(self, w, A, T, *, loss=None, weights=None, xp):
+        r""":math:`\frac1n \sum_i c_i \ell_i(w)` as a 0-d array."""
+        loss = self.default_loss if loss is None else loss
+        ell = loss.per_sample(self.forward(w, A, xp=xp), T, xp=xp)
+        return xp.mean(ell if weights is None else weights * ell)
+
+    def hvp(self, w, A, T, v, *, loss=None, weights=None, xp):
+        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat."""
+        loss = self.default_loss if loss is None else loss
+        S = self.forward(w, A, xp=xp)
+        RG = loss.score_hvp(S, T, self.jvp(A, v, xp=xp), xp=xp)
+        if weights is not None:
+            RG = self._weights(weights, S) * RG
+        return self.vjp(A, RG, xp=xp) / A.shape[0]
+
+    def per_sample_jvp(self, w, A, T, v, *, loss=None, xp):
+        r""":math:`\langle \nabla_w \ell_i(w), v \rangle` for every row (shape ``(n,)``)."""
+        loss = self.default_loss if loss is None else loss
+        S = self.forward(w, A, xp=xp)
+        return loss.directional(S, T, self.jvp(A, v, xp=xp), xp=xp)
+
+    def per_sample_and_grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
+        """Stacked :meth:`per_sample_and_grad` at ``m`` points: ``(m, n)`` and ``(m, size)``."""
+        loss = self.default_loss if loss is None else loss
+        S = self.forward_many(Ws, A, xp=xp)
+        G = loss.score_grad(S, T, xp=xp)
+        if weights is not None:
+            G = self._weights(weights, S) * G
+        return loss.per_sample(S, T, xp=xp), self.vjp_many(A, G, xp=xp) / A.shape[0]

@@ -1,0 +1,226 @@
+r"""Per-layer weight decay on a two-layer MLP: one decay coefficient per weight matrix."""
+
+from __future__ import annotations
+
+from .._backend import default_namespace, host_rng
+from .._validation import check_choice, check_int
+from ..models.mlp import ACTIVATIONS, MLP
+from ._classification import (check_multiclass_data, onehot_targets,
+                              to_problem_arrays)
+from .base import Batch, BilevelProblem, _inner, _outer, take_rows
+
+__all__ = ["LayerDecayMLP"]
+
+
+class LayerDecayMLP(BilevelProblem):
+    r"""A two-layer MLP trained with one weight-decay coefficient per layer (``dim_x = 2``).
+
+    Parameters
+    ----------
+    A_train, A_val : array, shape (n_train, d) and (n_val, d)
+        Features (real floating, finite, one namespace and device).
+    labels_train, labels_val : array of int, shape (n_train,) and (n_val,)
+        Class indices in ``0..C-1``.
+    n_classes : int, optional
+        ``C``; inferred as ``1 + max label`` when omitted.
+    hidden : int
+        Hidden width ``h`` (default 32, our choice).
+    activation : {"tanh", "relu"}
+        Hidden activation.
+    parametrization : {"exp", "raw"}
+        ``"exp"`` (default): :math:`R = \sum_l e^{x_l} \frac12 \|W_l\|^2`; ``"raw"``:
+        :math:`R = \sum_l x_l \|W_l\|^2` (no ½), the form of the ResNet experiment of
+        ALGORITHMS.md 1.5c [UNVERIFIED, from a code comment only]; meaningful for
+        :math:`x \ge 0`, nothing clamps ``x``.
+    seed : int or numpy Generator
+        Seed of the random initial parameters (:meth:`init_y`).
+
+    Notes
+    -----
+    The layers are the weight matrices :math:`W_1` (``(d, h)``) and :math:`W_2` (``(h, C)``);
+    the biases :math:`b_1, b_2` are not decayed. Parameter layout: see
+    :mod:`refbilevel.models.mlp`. With :math:`\kappa(x_l) = \frac12 e^{x_l}` (exp) or
+    :math:`x_l` (raw) and :math:`\mathrm{CE}` the mean softmax cross-entropy:
+
+    .. math::
+
+        g(x, \theta) &= \mathrm{CE}_{tr}(\theta) + \sum_{l=1}^2 \kappa(x_l) \|W_l\|^2, \qquad
+        f(x, \theta) = \mathrm{CE}_{val}(\theta), \\
+        \nabla_{W_l} g &= \nabla_{W_l} \mathrm{CE}_{tr} + 2\kappa(x_l) W_l, \qquad
+        \nabla_{x_l} g = \kappa'(x_l) \|W_l\|^2, \qquad \nabla_x f = 0, \\
+        \nabla^2_{\theta\theta} g\, V &= \nabla^2 \mathrm{CE}_{tr}[V] + 2\kappa(x_l) V_{W_l}
+        \text{ (on the } W_l \text{ blocks)}, \qquad
+        (\nabla^2_{x\theta} g\, V)_l = 2\kappa'(x_l) \langle W_l, V_{W_l} \rangle,
+
+    with the exact R-operator of :mod:`refbilevel.models.mlp` for
+    :math:`\nabla^2 \mathrm{CE}`. Formulas: ALGORITHMS.md 5.4 and 1.5c; derivation:
+    ``docs/theory/layer_decay.rst``.
+
+    The inner problem is **not** strongly convex (``strongly_convex_inner = False``): the
+    network is nonconvex, and the undecayed output bias leaves the loss invariant along
+    :math:`b_2 + t\mathbf 1` (a zero-curvature direction, to which every gradient here is
+    orthogonal, so the CG solves stay consistent). :meth:`inner_solution` returns a local
+    minimiser reached by Newton-CG from :meth:`init_y`; :meth:`hypergradient` is the
+    implicit-function formula at that local minimum, valid where the Hessian is positive
+    definite on the complement of that direction. With ReLU a minimiser may lie on a kink,
+    where ``g`` is not twice differentiable and the exact oracles do not apply.
+
+    Defaults: ``init_x`` = 0 (exp) or 0.5 (raw): both give :math:`\frac12\|W_l\|^2`;
+    ``init_y``: seeded random weights (fan-in scaled normal), zero biases.
+
+    References
+    ----------
+    .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
+       reformulation", arXiv:2305.13153, §4.3 (per-layer weight decay of a ResNet-18).
+    .. [2] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
+       6(1), 1994.
+    """
+
+    name = "layer_decay"
+    strongly_convex_inner = False
+
+    def __init__(self, A_train, labels_train, A_val, labels_val, *, n_classes: int | None = None,
+                 hidden: int = 32, activation: str = "tanh", parametrization: str = "exp",
+                 seed=0):
+        self.hidden = check_int(hidden, "hidden", minimum=1)
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.parametrization = check_choice(parametrization, "parametrization", ("exp", "raw"))
+        xp, n_classes = check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes)
+        self._set_backend(A_train, A_val, names=("A_train", "A_val"))
+        self.n_classes, self.n_features = n_classes, A_train.shape[1]
+        self.A_train, self.A_val = A_train, A_val
+        self.Y_train = onehot_targets(labels_train, n_classes, A_train, xp)
+        self.Y_val = onehot_targets(labels_val, n_classes, A_train, xp)
+        self.model = MLP(self.n_features, self.hidden, n_classes, self.activation)
+        self._y0 = self.model.init(seed, xp=xp, dtype=self.dtype, device=self.device)
+        # layer indicator M (2, p): M[l, k] = 1 when parameter k belongs to W_l
+        sizes = self.model.sizes
+        dt, dev = self.dtype, self.device
+        one = [xp.ones(sizes[0], dtype=dt, device=dev), xp.zeros(sum(sizes[1:]), dtype=dt, device=dev)]
+        two = [xp.zeros(sum(sizes[:2]), dtype=dt, device=dev), xp.ones(sizes[2], dtype=dt, device=dev),
+               xp.zeros(sizes[3], dtype=dt, device=dev)]
+        self._layers = xp.stack([xp.concat(one), xp.concat(two)])
+        self.dim_x, self.dim_y = 2, self.model.size
+        self.n_inner, self.n_outer = A_train.shape[0], A_val.shape[0]
+
+    # ------------------------------------------------------------ helpers
+    def _kappa(self, x):
+        return 0.5 * self.xp.exp(x) if self.parametrization == "exp" else x
+
+    def _dkappa(self, x):
+        return 0.5 * self.xp.exp(x) if self.parametrization == "exp" else self.xp.ones_like(x)
+
+    def _coef(self, x):
+        """Per-parameter decay factor ``2κ(x_l)`` on ``W_l``, 0 on biases (shape ``(p,)``)."""
+        return (2.0 * self._kappa(x)) @ self._layers
+
+    def _layer_inner(self, U, V):
+        """``<U_{W_l}, V_{W_l}>`` for l = 1, 2 (shape ``(..., 2)``)."""
+        return (U * V) @ self._layers.T
+
+    def _train(self, batch):
+        idx = _inner(batch)
+        return take_rows(self.A_train, idx, self.xp), take_rows(self.Y_train, idx, self.xp)
+
+    def _val(self, batch):
+        idx = _outer(batch)
+        return take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
+
+    def init_x(self):
+        """0 for ``"exp"``, 0.5 for ``"raw"`` (both: ``½||W_l||²``)."""
+        x = self.xp.zeros(2, dtype=self.dtype, device=self.device)
+        return x if self.parametrization == "exp" else x + 0.5
+
+    def init_y(self):
+        """The seeded random MLP parameters (a zero MLP is a saddle point)."""
+        return self.xp.asarray(self._y0, copy=True)
+
+    # ------------------------------------------------------------ oracles
+    def f(self, x, y, batch: Batch | None = None):
+        """Validation cross-entropy (mean over ``batch.outer`` rows)."""
+        A, Y = self._val(batch)
+        return self.model.value(y, A, Y, xp=self.xp)
+
+    def grad_f(self, x, y, batch: Batch | None = None):
+        """``(0, ∇_θ CE_val)``."""
+        A, Y = self._val(batch)
+        return self.xp.zeros_like(x), self.model.per_sample_and_grad(y, A, Y, xp=self.xp)[1]
+
+    def grad_f_x(self, x, y, batch: Batch | None = None):
+        """``∇_x f = 0`` (reads no data)."""
+        return self.xp.zeros_like(x)
+
+    def g(self, x, y, batch: Batch | None = None):
+        """Training cross-entropy plus the per-layer decay."""
+        A, Y = self._train(batch)
+        reg = self.xp.sum(self._kappa(x) * self._layer_inner(y, y))
+        return self.model.value(y, A, Y, xp=self.xp) + reg
+
+    def grad_g(self, x, y, batch: Batch | None = None):
+        """``(∇_x g, ∇_θ g)``."""
+        A, Y = self._train(batch)
+        gy = self.model.per_sample_and_grad(y, A, Y, xp=self.xp)[1]
+        return self.grad_g_x(x, y), gy + self._coef(x) * y
+
+    def grad_g_x(self, x, y, batch: Batch | None = None):
+        """``κ'(x_l) ||W_l||²`` (reads no data)."""
+        return self._dkappa(x) * self._layer_inner(y, y)
+
+    def hvp_g(self, x, y, v, batch: Batch | None = None):
+        """Exact R-operator HVP of the cross-entropy plus ``2κ(x_l) V_{W_l}``."""
+        A, Y = self._train(batch)
+        return self.model.hvp(y, A, Y, v, xp=self.xp) + self._coef(x) * v
+
+    def cross_g(self, x, y, v, batch: Batch | None = None):
+        """``2κ'(x_l) <W_l, V_{W_l}>`` (reads no data)."""
+        return 2.0 * self._dkappa(x) * self._layer_inner(y, v)
+
+    # ------------------------------------------------------------ stacked oracles
+    def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
+        """``∇_θ g`` at ``m`` points, the first layer's data product done once: ``(m, dim_y)``."""
+        A, Y = self._train(batch)
+        G = self.model.per_sample_and_grad_many(Ys, A, Y, xp=self.xp)[1]
+        return G + self._coef(x) * Ys
+
+    def grad_g_x_many(self, x, Ys, batch: Batch | None = None):
+        """``∇_x g`` at ``m`` points, ``(m, 2)`` (reads no data)."""
+        return self._dkappa(x) * self._layer_inner(Ys, Ys)
+
+    def grad_g_many(self, x, Ys, batch: Batch | None = None):
+        """``(∇_x g, ∇_θ g)`` stacks at ``m`` points."""
+        return self.grad_g_x_many(x, Ys), self.grad_g_y_many(x, Ys, batch)
+
+    # ------------------------------------------------------------ misc
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(n_features=self.n_features, n_classes=self.n_classes, hidden=self.hidden,
+                   activation=self.activation, parametrization=self.parametrization,
+                   decayed=("W1", "W2"))
+        return out
+
+    @classmethod
+    def synthetic(cls, n_train: int = 100, n_val: int = 50, n_features: int = 5, *,
+                  n_classes: int = 3, noise: float = 0.5, seed=0, xp=None, dtype="float64",
+                  device=None, **kwargs) -> LayerDecayMLP:
+        r"""A small seeded instance: Gaussian features, labels from a noisy random teacher network.
+
+        Labels :math:`\arg\max_c (\mathrm{clip}(A W^\dagger_1, -1, 1) W^\dagger_2
+        + \text{noise}\cdot\varepsilon)_c`
+        with standard normal :math:`W^\dagger`. ``kwargs`` go to the constructor
+        (``hidden``, ``activation``, ``parametrization``; ``seed`` also seeds the start).
+        """
+        n_tr = check_int(n_train, "n_train", minimum=1)
+        n_va = check_int(n_val, "n_val", minimum=1)
+        d = check_int(n_features, "n_features", minimum=1)
+        C = check_int(n_classes, "n_classes", minimum=2)
+        rng = host_rng(seed)
+        xp = default_namespace(xp)
+        n = n_tr + n_va
+        A = rng.standard_normal((n, d))
+        H = (A @ rng.standard_normal((d, 2 * C))).clip(-1.0, 1.0)
+        score = H @ rng.standard_normal((2 * C, C)) + noise * rng.standard_normal((n, C))
+        lab = score.argmax(axis=1).astype("int64")
+        arrays = to_problem_arrays([A[:n_tr], lab[:n_tr], A[n_tr:], lab[n_tr:]], xp, dtype, device)
+        kwargs.setdefault("seed", rng)
+        return cls(*arrays, n_classes=C, **kwargs)
+

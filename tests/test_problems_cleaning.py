@@ -1,0 +1,193 @@
+"""DataCleaning (linear and MLP): oracles vs finite differences, batches, stacked and exact oracles."""
+
+import numpy as np
+import pytest
+from _problem_oracles import (assert_exact_oracles, assert_oracles, assert_same_kind,
+                              assert_stacked, point_like)
+
+from refbilevel._backend import from_host, to_host
+from refbilevel.checks import relative_error
+from refbilevel.problems import Batch, DataCleaning
+
+n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
+MODELS = {
+    "linear": dict(model="linear", reg=0.1),
+    "mlp-tanh": dict(model="mlp", hidden=hidden, activation="tanh", reg=0.05),
+    "mlp-relu": dict(model="mlp", hidden=hidden, activation="relu", reg=0.05),
+}
+
+
+def _host_data(rng):
+    return (rng.standard_normal((n_tr, d)), rng.integers(0, C, n_tr),
+            rng.standard_normal((n_val, d)), rng.integers(0, C, n_val))
+
+
+def _make(asxp, data, **kw):
+    return DataCleaning(*(asxp(a) for a in data), n_classes=C, seed=1, **kw)
+
+
+def _point(P, rng):
+    """A random (x, y); for ReLU, y keeps every pre-activation at least 0.3 from its kink."""
+    x = point_like(P.init_x(), rng)
+    if P.model_kind == "linear" or P.activation == "tanh":
+        return x, point_like(P.init_y(), rng)
+    W1 = 0.05 * rng.standard_normal((d, hidden))
+    b1 = np.where(rng.random(hidden) < 0.5, -1.0, 1.0)
+    W2, b2 = rng.standard_normal((hidden, C)), 0.3 * rng.standard_normal(C)
+    host = np.concatenate([W1.ravel(), b1, W2.ravel(), b2])
+    return x, from_host(host, P.xp, dtype=P.dtype, device=P.device)
+
+
+def _assert_away_from_kinks(P, y, h=1e-3):
+    """|U_ij| > 2.5 h ‖(A_i, 1)‖ bounds the pre-activation change of any unit-norm step."""
+    if P.model_kind == "linear" or P.activation == "tanh":
+        return
+    W1, b1, _, _ = (to_host(a) for a in P.model.unpack(y, xp=P.xp))
+    for A in (to_host(P.A_train), to_host(P.A_val)):
+        U = A @ W1 + b1
+        reach = 2.5 * h * np.sqrt((A**2).sum(1) + 1.0)
+        assert (np.abs(U) > reach[:, None]).all()
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_oracles_vs_finite_differences(kind, asxp, rng):
+    P = _make(asxp, _host_data(rng), **MODELS[kind])
+    x, y = _point(P, rng)
+    _assert_away_from_kinks(P, y)
+    assert_oracles(P, x, y, rng)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+def test_oracles_on_a_batch(kind, asxp, rng):
+    P = _make(asxp, _host_data(rng), **MODELS[kind])
+    x, y = _point(P, rng)
+    batch = Batch(outer=asxp(np.array([3, 0, 3])), inner=asxp(np.array([1, 7, 7, 29, 0])))
+    assert_oracles(P, x, y, rng, batch=batch)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
+    data = _host_data(rng)
+    P = _make(asxp, data, **MODELS[kind])
+    inner, outer = np.array([4, 2, 2, 11, 29]), np.array([19, 0])
+    sub = _make(asxp, (data[0][inner], data[1][inner], data[2][outer], data[3][outer]),
+                **MODELS[kind])
+    batch = Batch(outer=asxp(outer), inner=asxp(inner))
+    x, y = _point(P, rng)
+    _assert_away_from_kinks(P, y)
+    xs = P.xp.take(x, asxp(inner), axis=0)
+    v = point_like(y, rng)
+    pairs = [(P.f(x, y, batch), sub.f(xs, y)), (P.g(x, y, batch), sub.g(xs, y)),
+             (P.grad_f(x, y, batch)[1], sub.grad_f(xs, y)[1]),
+             (P.grad_g_y(x, y, batch), sub.grad_g_y(xs, y)),
+             (P.hvp_g(x, y, v, batch), sub.hvp_g(xs, y, v))]
+    for a, b in pairs:
+        assert relative_error(a, b) <= 1e-13
+
+    def scatter(vals):  # host scatter-add of the sub-problem's per-row x-gradients
+        out = np.zeros(n_tr)
+        np.add.at(out, inner, to_host(vals))
+        return out
+
+    np.testing.assert_allclose(to_host(P.grad_g_x(x, y, batch)), scatter(sub.grad_g_x(xs, y)),
+                               rtol=1e-13, atol=1e-17)
+    np.testing.assert_allclose(to_host(P.cross_g(x, y, v, batch)),
+                               scatter(sub.cross_g(xs, y, v)), rtol=1e-13, atol=1e-17)
+    assert (to_host(P.grad_g_x(x, y, batch))[np.setdiff1d(np.arange(n_tr), inner)] == 0).all()
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_stacked_oracles_equal_single_point(kind, asxp, rng):
+    P = _make(asxp, _host_data(rng), **MODELS[kind])
+    x, y = _point(P, rng)
+    Ys = P.xp.stack([y, 0.5 * y, point_like(y, rng)])
+    assert_stacked(P, x, Ys)
+    assert_stacked(P, x, Ys, batch=Batch(inner=asxp(np.array([5, 5, 0, 17]))))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+def test_exact_oracles(kind, asxp, rng):
+    # ReLU is left out on purpose: its inner minimiser generically sits on a kink, where g
+    # is not twice differentiable (documented in DataCleaning's Notes).
+    P = _make(asxp, _host_data(rng), **MODELS[kind])
+    x, _ = _point(P, rng)
+    ys, hg = assert_exact_oracles(P, x, rng)
+    assert P.strongly_convex_inner == (kind == "linear")
+    if kind == "linear":
+        # ALGORITHMS.md 5.3: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
+        A, xh, W = to_host(P.A_train), to_host(x), to_host(ys).reshape(d, C)
+        Y = np.eye(C)[to_host(P.Y_train).argmax(1)]
+        Z = A @ W
+        Pm = np.exp(Z - Z.max(1, keepdims=True))
+        Pm /= Pm.sum(1, keepdims=True)
+        s = 1 / (1 + np.exp(-xh))
+        H = np.zeros((d * C, d * C))
+        for i in range(n_tr):  # dense Hessian from the per-sample softmax Hessians
+            Hi = np.diag(Pm[i]) - np.outer(Pm[i], Pm[i])
+            H += s[i] * np.kron(np.outer(A[i], A[i]), Hi) / n_tr
+        H += 0.1 * np.eye(d * C)
+        V = np.linalg.solve(H, to_host(P.grad_f(x, ys)[1])).reshape(d, C)
+        dense = -s * (1 - s) * ((A @ V) * (Pm - Y)).sum(1) / n_tr
+        np.testing.assert_allclose(to_host(hg), dense, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+def test_float32_extreme_logits_stay_finite(kind, asxp, rng):
+    data = _host_data(rng)
+    P = DataCleaning(*(asxp(a, dtype="float32") for a in data), n_classes=C, **MODELS[kind])
+    assert P.dtype == P.xp.float32
+    y = from_host(3e3 * rng.standard_normal(P.dim_y), P.xp, dtype="float32", device=P.device)
+    x = from_host(30.0 * rng.standard_normal(P.dim_x), P.xp, dtype="float32", device=P.device)
+    Z = to_host(P.model.forward(y, P.A_train, xp=P.xp)[0] if kind != "linear"
+                else P.model.forward(y, P.A_train, xp=P.xp))
+    assert np.abs(Z).max() > 5e3
+    outs = [P.f(x, y), P.g(x, y), *P.grad_g(x, y), *P.grad_f(x, y), P.hvp_g(x, y, y),
+            P.cross_g(x, y, y), *P.grad_g_many(x, P.xp.stack([y, -y]))]
+    for out in outs:
+        assert out.dtype == P.xp.float32
+        assert bool(P.xp.all(P.xp.isfinite(out)))
+
+
+def test_bad_input_names_the_argument(asxp, rng):
+    A_tr, l_tr, A_val, l_val = _host_data(rng)
+    ok = [asxp(A_tr), asxp(l_tr), asxp(A_val), asxp(l_val)]
+    cases = [
+        (0, asxp(np.ones((n_tr, d), dtype=np.int64)), TypeError, "A_train"),
+        (0, asxp(np.where(np.eye(n_tr, d) > 0, np.inf, A_tr)), ValueError, "A_train"),
+        (2, asxp(np.ones((n_val, d - 1))), ValueError, "A_val"),
+        (1, asxp(l_tr.astype(float)), TypeError, "labels_train"),
+        (1, asxp(l_tr[:-2]), ValueError, "labels_train"),
+        (3, asxp(l_val - 1), ValueError, "labels_val"),
+    ]
+    for pos, bad, exc, name in cases:
+        args = list(ok)
+        args[pos] = bad
+        with pytest.raises(exc, match=name):
+            DataCleaning(*args, n_classes=C)
+    with pytest.raises(ValueError, match="reg"):
+        DataCleaning(*ok, n_classes=C, reg=-1.0)
+    with pytest.raises(ValueError, match="model"):
+        DataCleaning(*ok, n_classes=C, model="cnn")
+    with pytest.raises(ValueError, match="activation"):
+        DataCleaning(*ok, n_classes=C, model="mlp", activation="gelu")
+    with pytest.raises(TypeError, match="hidden"):
+        DataCleaning(*ok, n_classes=C, model="mlp", hidden=2.5)
+
+
+def test_synthetic_corruption_seed_and_defaults(xp, device):
+    P = DataCleaning.synthetic(400, 50, 4, n_classes=4, corruption=0.5, seed=3, xp=xp,
+                               device=device, model="mlp", hidden=3)
+    Q = DataCleaning.synthetic(400, 50, 4, n_classes=4, corruption=0.0, seed=3, model="mlp",
+                               hidden=3)
+    # same seed: same features; the clean labels of Q show which rows P corrupted
+    np.testing.assert_array_equal(to_host(P.A_train), to_host(Q.A_train))
+    rate = (to_host(P.Y_train).argmax(1) != to_host(Q.Y_train).argmax(1)).mean()
+    assert 0.4 < rate < 0.6
+    np.testing.assert_array_equal(to_host(P.Y_val), to_host(Q.Y_val))
+    assert P.dim_x == P.n_inner == 400 and P.dim_y == 4 * 3 + 3 + 3 * 4 + 4
+    y0 = P.init_y()
+    assert_same_kind(y0, P.A_train[0, :])
+    assert np.abs(to_host(y0)).max() > 0  # a zero MLP start is a saddle
+    assert to_host(P.init_x()).tolist() == [0.0] * 400
+    desc = P.describe()
+    assert desc["name"] == "cleaning" and desc["hidden"] == 3 and desc["reg"] == 0.002
