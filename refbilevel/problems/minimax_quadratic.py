@@ -71,6 +71,11 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     :math:`v_i = z_i^*(x)`; substituting gives a linear system in (x, y), solved in
     :meth:`penalty_saddle` in a cancellation-free form
     (:math:`λ(z_i - v_i) = -λ W_i^{-1}(A_i v_i + a_i + E_i y)`).
+
+    References
+    ----------
+    .. [1] Y. Yang, P. Si, W. Lyu, K. Ji, "First-order minimax bilevel optimization",
+       NeurIPS 2024 (problem (1) and its penalty reformulation).
     """
 
     name = "minimax_quadratic"

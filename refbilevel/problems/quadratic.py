@@ -74,6 +74,13 @@ class Quadratic(BilevelProblem):
     with :math:`S_λ = λ(A + λH)^{-1}`, and :math:`\|x_λ - x^*\| = O(1/λ)`.
 
     The data carry no samples: ``batch`` arguments are accepted and ignored.
+
+    References
+    ----------
+    .. [1] J. Kwon, D. Kwon, S. Wright, R. Nowak, "A fully first-order method for stochastic
+       bilevel optimization", ICML 2023 (the penalty function :math:`L^*_λ`).
+    .. [2] M. Dagréou, P. Ablin, S. Vaiter, T. Moreau, benchopt ``benchmark_bilevel``
+       (quadratic test problems with closed-form hypergradients).
     """
 
     name = "quadratic"
@@ -216,6 +223,17 @@ class Quadratic(BilevelProblem):
 class Toy1D(Quadratic):
     r"""MinimaxOPT's Example 1 (ALGORITHMS.md §1.4): 1-D least squares with a box on x.
 
+    Parameters
+    ----------
+    a, b : float
+        Coefficients, ``a != 0``.
+    lo, hi : float
+        The box :math:`X = [\text{lo}, \text{hi}]` (``x_lower``, ``x_upper``).
+    xp, dtype, device
+        Backend, floating dtype and device of the data.
+
+    Notes
+    -----
     .. math::
 
         f(x, y) = \tfrac12 (y - b)^2, \qquad g(x, y) = \tfrac12 (y - a x)^2, \qquad
@@ -231,6 +249,11 @@ class Toy1D(Quadratic):
 
     The constants of the paper's example were lost in extraction; this is the
     reconstruction of ALGORITHMS.md §1.4 [RECONSTRUCTED].
+
+    References
+    ----------
+    .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
+       reformulation", arXiv:2305.13153, Appendix A.2, Example 1.
     """
 
     name = "toy_1d"
