@@ -1,0 +1,477 @@
+"""Synthetic generators and offline real datasets.
+
+Every generator draws on the host from one seeded :class:`numpy.random.Generator`, so the
+same seed gives the same data on every backend; the problem builders (``make_*``) then move
+the arrays once with :func:`refbilevel._backend.from_host` (``xp``, ``dtype``, ``device``).
+
+Plain-data functions return a :class:`Split` of host NumPy arrays. Real data needs no
+download at run time: scikit-learn's bundled ``load_digits`` / ``load_breast_cancer`` (extra
+``data``), Fashion-MNIST from IDX files in a directory (Debian's ``dataset-fashion-mnist``
+package installs them), and any LIBSVM-format file through scikit-learn's
+``load_svmlight_file``. Splits are seeded; standardisation is fitted on the training rows only.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ._backend import backend_namespace, from_host, host_rng, resolve_dtype
+from ._validation import check_choice, check_int, check_real
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_DIRS",
+    "Split",
+    "classification_data",
+    "cleaning_data",
+    "corrupt_labels",
+    "load_breast_cancer",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_libsvm",
+    "logreg_hpo_data",
+    "make_cleaning",
+    "make_logreg_hpo",
+    "make_meta_learning",
+    "make_multinomial_hpo",
+    "make_multitask_auc",
+    "meta_learning_data",
+    "multitask_auc_data",
+    "read_idx",
+    "split_indices",
+    "standardize",
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Host arrays of a train/validation(/test) split; ``info`` holds extras (e.g. masks)."""
+
+    A_train: np.ndarray
+    y_train: np.ndarray
+    A_val: np.ndarray
+    y_val: np.ndarray
+    A_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _backend_args(xp, dtype, device):
+    xp = backend_namespace("numpy") if xp is None else xp
+    return xp, resolve_dtype(xp, dtype), device
+
+
+def _fl(a, xp, dtype, device):
+    return from_host(np.asarray(a, dtype=np.float64), xp, dtype=dtype, device=device)
+
+
+def _int(a, xp, device):
+    return from_host(np.asarray(a, dtype=np.int64), xp, device=device)
+
+
+# ---------------------------------------------------------------- splits, scaling
+def split_indices(n, *, val_fraction=0.2, test_fraction=0.2, seed=0):
+    """Seeded permutation of ``range(n)`` cut into (train, val, test) index arrays."""
+    n = check_int(n, "n", minimum=3)
+    val_fraction = check_real(val_fraction, "val_fraction", low=0.0, high=1.0)
+    test_fraction = check_real(test_fraction, "test_fraction", low=0.0, high=1.0)
+    n_val, n_test = int(round(val_fraction * n)), int(round(test_fraction * n))
+    if n_val + n_test >= n or n_val < 1:
+        raise ValueError(f"val_fraction={val_fraction} and test_fraction={test_fraction} leave "
+                         f"no training rows (or no validation rows) out of {n}")
+    perm = host_rng(seed).permutation(n)
+    return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+
+
+def standardize(split: Split) -> Split:
+    """Centre and scale every feature with the training rows' mean and std (std 0 -> 1)."""
+    mean = split.A_train.mean(axis=0)
+    std = split.A_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+
+    def f(a):
+        return None if a is None else (a - mean) / std
+
+    return replace(split, A_train=f(split.A_train), A_val=f(split.A_val), A_test=f(split.A_test))
+
+
+def _split_arrays(A, y, *, seed, val_fraction, test_fraction, do_standardize, info=None):
+    tr, va, te = split_indices(A.shape[0], val_fraction=val_fraction,
+                               test_fraction=test_fraction, seed=seed)
+    out = Split(A[tr], y[tr], A[va], y[va], A[te] if te.size else None,
+                y[te] if te.size else None, dict(info or {}))
+    return standardize(out) if do_standardize else out
+
+
+# ---------------------------------------------------------------- synthetic
+def logreg_hpo_data(n=1000, p=100, *, seed=0, noise=0.1, informative=None) -> Split:
+    r"""Binary logistic HPO data (MinimaxOPT §4.1 setting; n and p were stripped: ours).
+
+    Features :math:`a_i \sim N(0, I_p)`, a sparse ground truth (``informative`` nonzero
+    coefficients, default p/10 rounded up), labels :math:`b_i = \operatorname{sign}(a_i^\top
+    w + \text{noise}\,\epsilon_i) \in \{\pm1\}`; half train, half validation.
+    """
+    n = check_int(n, "n", minimum=4)
+    p = check_int(p, "p", minimum=1)
+    noise = check_real(noise, "noise", nonnegative=True)
+    k = max(1, -(-p // 10)) if informative is None else check_int(informative, "informative",
+                                                                    minimum=1)
+    rng = host_rng(seed)
+    w = np.zeros(p)
+    w[rng.choice(p, size=min(k, p), replace=False)] = rng.standard_normal(min(k, p))
+    A = rng.standard_normal((n, p))
+    b = np.where(A @ w + noise * rng.standard_normal(n) >= 0, 1.0, -1.0)
+    h = n // 2
+    return Split(A[:h], b[:h], A[h:], b[h:], info={"w_true": w})
+
+
+def classification_data(n=600, p=20, n_classes=3, *, seed=0, class_sep=2.0,
+                        val_fraction=0.25, test_fraction=0.25) -> Split:
+    """Gaussian-mixture multinomial data: class centres ~ N(0, class_sep² I), unit noise.
+
+    Labels are int64 in ``0..n_classes-1``, assigned round-robin so classes are balanced
+    (counts differ by at most one), then shuffled by the seeded split.
+    """
+    n = check_int(n, "n", minimum=3)
+    p = check_int(p, "p", minimum=1)
+    n_classes = check_int(n_classes, "n_classes", minimum=2)
+    class_sep = check_real(class_sep, "class_sep", nonnegative=True)
+    rng = host_rng(seed)
+    centres = class_sep * rng.standard_normal((n_classes, p))
+    y = np.arange(n) % n_classes
+    A = centres[y] + rng.standard_normal((n, p))
+    return _split_arrays(A, y.astype(np.int64), seed=rng, val_fraction=val_fraction,
+                         test_fraction=test_fraction, do_standardize=False)
+
+
+def corrupt_labels(labels, rate, n_classes, *, seed=0, mode="exact"):
+    """Corrupt labels for hyper-cleaning; returns ``(new_labels, corrupted_mask)``.
+
+    A corrupted label is replaced by a class drawn uniformly from the **other**
+    ``n_classes - 1`` classes, so ``corrupted_mask`` marks exactly the changed labels.
+    ``mode="exact"`` corrupts ``round(rate * n)`` rows chosen uniformly without replacement;
+    ``mode="bernoulli"`` corrupts each row independently with probability ``rate``
+    (the papers' "corrupted with probability p").
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError("labels must be a 1-D integer array")
+    rate = check_real(rate, "rate", low=0.0, high=1.0)
+    n_classes = check_int(n_classes, "n_classes", minimum=2)
+    check_choice(mode, "mode", ("exact", "bernoulli"))
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+    rng = host_rng(seed)
+    n = labels.shape[0]
+    mask = np.zeros(n, dtype=bool)
+    if mode == "exact":
+        mask[rng.choice(n, size=int(round(rate * n)), replace=False)] = True
+    else:
+        mask = rng.random(n) < rate
+    shift = rng.integers(1, n_classes, size=n)
+    new = np.where(mask, (labels + shift) % n_classes, labels).astype(labels.dtype)
+    return new, mask
+
+
+def cleaning_data(n_train=400, n_val=200, n_test=200, p=20, n_classes=5, *, corruption=0.5,
+                  seed=0, class_sep=2.0, mode="exact", data: Split | None = None) -> Split:
+    """Hyper-cleaning data: training labels corrupted at rate ``corruption``.
+
+    Synthetic Gaussian-mixture data by default, or any :class:`Split` with integer labels
+    (``data``; e.g. :func:`load_digits`). ``info["corrupted"]`` is the corrupted-row mask,
+    ``info["clean_labels"]`` the original training labels.
+    """
+    rng = host_rng(seed)
+    if data is None:
+        n = check_int(n_train, "n_train", minimum=1) + check_int(n_val, "n_val", minimum=1) \
+            + check_int(n_test, "n_test", minimum=0)
+        data = classification_data(n, p, n_classes, seed=rng, class_sep=class_sep,
+                                   val_fraction=n_val / n, test_fraction=n_test / n)
+    else:
+        n_classes = int(max(data.y_train.max(), data.y_val.max())) + 1
+    noisy, mask = corrupt_labels(data.y_train, corruption, n_classes, seed=rng, mode=mode)
+    info = dict(data.info, corrupted=mask, clean_labels=data.y_train, n_classes=n_classes)
+    return replace(data, y_train=noisy, info=info)
+
+
+def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ratio=0.2,
+                       seed=0, task_spread=0.5, class_sep=1.5) -> Split:
+    r"""Imbalanced multi-task binary data, arrays of shape ``(T, n, d)`` and labels in {0, 1}.
+
+    Task *i* has direction :math:`w_i = w_0 + \text{spread}\,\epsilon_i` (unit norm);
+    positives are :math:`N(\text{sep}\,w_i/2, I)`, negatives :math:`N(-\text{sep}\,w_i/2, I)`.
+    Exactly ``round(pos_ratio_i * n)`` rows are positive (at least 1, at most n-1) in each
+    of the train and validation parts; ``pos_ratio`` is a float or one value per task.
+    """
+    T = check_int(n_tasks, "n_tasks", minimum=1)
+    n_train = check_int(n_train, "n_train", minimum=2)
+    n_val = check_int(n_val, "n_val", minimum=2)
+    d = check_int(n_features, "n_features", minimum=1)
+    ratios = np.broadcast_to(np.asarray(pos_ratio, dtype=np.float64), (T,)).copy() \
+        if np.ndim(pos_ratio) == 0 else np.asarray(pos_ratio, dtype=np.float64)
+    if ratios.shape != (T,) or not np.all((ratios > 0) & (ratios < 1)):
+        raise ValueError(f"pos_ratio must be a float or {T} floats strictly between 0 and 1")
+    rng = host_rng(seed)
+    w0 = rng.standard_normal(d)
+    W = w0 + task_spread * rng.standard_normal((T, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+
+    def draw(n):
+        k = np.clip(np.round(ratios * n).astype(int), 1, n - 1)
+        y = (np.arange(n)[None, :] < k[:, None]).astype(np.float64)
+        y = np.stack([rng.permutation(row) for row in y])
+        A = rng.standard_normal((T, n, d)) + class_sep * (y - 0.5)[..., None] * W[:, None, :]
+        return A, y
+
+    A_tr, y_tr = draw(n_train)
+    A_va, y_va = draw(n_val)
+    return Split(A_tr, y_tr, A_va, y_va, info={"pos_ratio": ratios, "directions": W})
+
+
+def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0,
+                       task_spread=0.3, noise=0.1, n_outlier_tasks=0, outlier_noise=3.0,
+                       task="regression") -> Split:
+    r"""Few-shot linear-regression task family: arrays ``(T, n, d)``, targets ``(T, n)``.
+
+    Task *i* has :math:`w_i = w_0 + \text{spread}\,\epsilon_i`, targets
+    :math:`b = A w_i + \text{noise}\,\epsilon`; the first ``n_outlier_tasks`` tasks get
+    targets with noise ``outlier_noise`` instead (the tasks a ranked-range loss should
+    discard); ``info["outliers"]`` lists them. ``task="classification"`` returns the signs
+    of these targets (labels ±1; outlier tasks are then mostly label noise).
+    """
+    check_choice(task, "task", ("regression", "classification"))
+    T = check_int(n_tasks, "n_tasks", minimum=1)
+    ns = check_int(n_support, "n_support", minimum=1)
+    nq = check_int(n_query, "n_query", minimum=1)
+    d = check_int(n_features, "n_features", minimum=1)
+    n_out = check_int(n_outlier_tasks, "n_outlier_tasks", minimum=0)
+    if n_out > T:
+        raise ValueError(f"n_outlier_tasks must be <= n_tasks={T}; got {n_out}")
+    rng = host_rng(seed)
+    w0 = rng.standard_normal(d)
+    W = w0 + task_spread * rng.standard_normal((T, d))
+    sig = np.where(np.arange(T) < n_out, outlier_noise, noise)[:, None]
+    A_s, A_q = rng.standard_normal((T, ns, d)), rng.standard_normal((T, nq, d))
+    b_s = np.einsum("tnd,td->tn", A_s, W) + sig * rng.standard_normal((T, ns))
+    b_q = np.einsum("tnd,td->tn", A_q, W) + sig * rng.standard_normal((T, nq))
+    if task == "classification":
+        b_s, b_q = np.where(b_s >= 0, 1.0, -1.0), np.where(b_q >= 0, 1.0, -1.0)
+    return Split(A_s, b_s, A_q, b_q, info={"w0": w0, "task_weights": W,
+                                             "outliers": np.arange(n_out)})
+
+
+# ---------------------------------------------------------------- problem builders
+def make_logreg_hpo(n=1000, p=100, *, seed=0, xp=None, dtype="float64", device=None,
+                    data: Split | None = None, noise=0.1, **problem_kw):
+    """:class:`~refbilevel.problems.logreg.LogRegHPO` (binary) on :func:`logreg_hpo_data`.
+
+    ``data`` (labels ±1) replaces the synthetic data; ``problem_kw`` go to the constructor
+    (``reduction``, ``parametrization``).
+    """
+    from .problems.logreg import LogRegHPO
+
+    xp, dt, device = _backend_args(xp, dtype, device)
+    s = logreg_hpo_data(n, p, seed=seed, noise=noise) if data is None else data
+    return LogRegHPO(_fl(s.A_train, xp, dt, device), _fl(s.y_train, xp, dt, device),
+                     _fl(s.A_val, xp, dt, device), _fl(s.y_val, xp, dt, device),
+                     task="binary", **problem_kw)
+
+
+def make_multinomial_hpo(n=600, p=20, n_classes=3, *, seed=0, xp=None, dtype="float64",
+                         device=None, data: Split | None = None, **problem_kw):
+    """Multinomial :class:`~refbilevel.problems.logreg.LogRegHPO` on :func:`classification_data`."""
+    from .problems.logreg import LogRegHPO
+
+    xp, dt, device = _backend_args(xp, dtype, device)
+    s = classification_data(n, p, n_classes, seed=seed) if data is None else data
+    n_classes = int(max(s.y_train.max(), s.y_val.max())) + 1 if data is not None else n_classes
+    return LogRegHPO(_fl(s.A_train, xp, dt, device), _int(s.y_train, xp, device),
+                     _fl(s.A_val, xp, dt, device), _int(s.y_val, xp, device),
+                     task="multinomial", n_classes=n_classes, **problem_kw)
+
+
+def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, seed=0,
+                  xp=None, dtype="float64", device=None, data: Split | None = None,
+                  model="linear", **problem_kw):
+    """:class:`~refbilevel.problems.cleaning.DataCleaning` on :func:`cleaning_data`.
+
+    Returns ``(problem, split)``: the split's ``info["corrupted"]`` says which training
+    labels were corrupted. ``problem_kw`` (``reg``, ``hidden``, ``activation``, ...) go to
+    the constructor, whose defaults apply otherwise.
+    """
+    from .problems.cleaning import DataCleaning
+
+    xp, dt, device = _backend_args(xp, dtype, device)
+    s = cleaning_data(n_train, n_val, 0, p, n_classes, corruption=corruption, seed=seed,
+                      data=data)
+    problem = DataCleaning(_fl(s.A_train, xp, dt, device), _int(s.y_train, xp, device),
+                           _fl(s.A_val, xp, dt, device), _int(s.y_val, xp, device),
+                           n_classes=s.info["n_classes"], model=model, **problem_kw)
+    return problem, s
+
+
+def make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ratio=0.2,
+                       seed=0, xp=None, dtype="float64", device=None, **problem_kw):
+    """:class:`~refbilevel.problems.auc.MultiTaskAUC` on :func:`multitask_auc_data`."""
+    from .problems.auc import MultiTaskAUC
+
+    xp, dt, device = _backend_args(xp, dtype, device)
+    s = multitask_auc_data(n_tasks, n_train, n_val, n_features, pos_ratio=pos_ratio, seed=seed)
+    return MultiTaskAUC(*(_fl(a, xp, dt, device) for a in (s.A_train, s.y_train, s.A_val,
+                                                             s.y_val)), **problem_kw)
+
+
+def make_meta_learning(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0, xp=None,
+                       dtype="float64", device=None, n_outlier_tasks=0, **problem_kw):
+    """:class:`~refbilevel.problems.meta.RankedMetaLearning` on :func:`meta_learning_data`.
+
+    ``loss="logistic"`` (in ``problem_kw``) draws classification tasks (labels ±1).
+    """
+    from .problems.meta import RankedMetaLearning
+
+    xp, dt, device = _backend_args(xp, dtype, device)
+    task = "classification" if problem_kw.get("loss") == "logistic" else "regression"
+    s = meta_learning_data(n_tasks, n_support, n_query, n_features, seed=seed,
+                           n_outlier_tasks=n_outlier_tasks, task=task)
+    return RankedMetaLearning(*(_fl(a, xp, dt, device) for a in (s.A_train, s.y_train, s.A_val,
+                                                                   s.y_val)), **problem_kw)
+
+
+# ---------------------------------------------------------------- real data
+def _sklearn_datasets():
+    try:
+        import sklearn.datasets as skd
+    except ImportError as exc:
+        raise ImportError("this loader needs scikit-learn (pip install 'refbilevel[data]' or "
+                          "pip install scikit-learn)") from exc
+    return skd
+
+
+def load_digits(*, seed=0, val_fraction=0.2, test_fraction=0.2, standardize_features=True):
+    """scikit-learn's bundled digits (1797 x 64, 10 classes), split and standardised."""
+    d = _sklearn_datasets().load_digits()
+    return _split_arrays(d.data.astype(np.float64), d.target.astype(np.int64), seed=seed,
+                         val_fraction=val_fraction, test_fraction=test_fraction,
+                         do_standardize=standardize_features, info={"n_classes": 10})
+
+
+def load_breast_cancer(*, seed=0, val_fraction=0.2, test_fraction=0.2,
+                       standardize_features=True, labels="pm1"):
+    """scikit-learn's bundled breast cancer (569 x 30, binary); labels ±1 or {0,1} (``labels``)."""
+    check_choice(labels, "labels", ("pm1", "01"))
+    d = _sklearn_datasets().load_breast_cancer()
+    y = d.target.astype(np.float64)
+    y = 2.0 * y - 1.0 if labels == "pm1" else y
+    return _split_arrays(d.data.astype(np.float64), y, seed=seed, val_fraction=val_fraction,
+                         test_fraction=test_fraction, do_standardize=standardize_features)
+
+
+def load_libsvm(path, *, seed=0, val_fraction=0.2, test_fraction=0.2,
+                standardize_features=False, n_features=None):
+    """Any LIBSVM-format file (e.g. ijcnn1) via scikit-learn's ``load_svmlight_file``, densified."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"LIBSVM file not found: {path!r}")
+    A, y = _sklearn_datasets().load_svmlight_file(path, n_features=n_features)
+    return _split_arrays(np.asarray(A.todense(), dtype=np.float64), np.asarray(y), seed=seed,
+                         val_fraction=val_fraction, test_fraction=test_fraction,
+                         do_standardize=standardize_features)
+
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed, detected from the magic bytes)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"IDX file not found: {path!r}")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path!r} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dt = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims)) if dims else 1
+    if len(raw) != 4 + 4 * ndim + count * dt.itemsize:
+        raise ValueError(f"{path!r}: size does not match the IDX header dimensions {dims}")
+    out = np.frombuffer(raw, dtype=dt, offset=4 + 4 * ndim).reshape(dims)
+    return out.astype(dt.newbyteorder("="))
+
+
+#: Folders searched for Fashion-MNIST when ``directory`` is None (Debian's package).
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/share/fashion-mnist")
+
+
+def _find_idx(directory, stem):
+    for name in (stem, stem + ".gz"):
+        full = os.path.join(directory, name)
+        if os.path.isfile(full):
+            return full
+    raise FileNotFoundError(f"{stem}[.gz] not found in {directory!r}; install Debian's "
+                            "dataset-fashion-mnist package or pass the folder of the IDX files")
+
+
+def load_fashion_mnist(directory=None, *, seed=0, n_val=10000, standardize_features=False,
+                       scale=True):
+    """Fashion-MNIST from its IDX files (train 60000 -> train/val by seed; t10k -> test).
+
+    Parameters
+    ----------
+    directory : path, optional
+        Folder with ``train-images-idx3-ubyte[.gz]`` etc.; default the first existing of
+        :data:`FASHION_MNIST_DIRS` (find yours with ``dpkg -L dataset-fashion-mnist``).
+    scale : bool
+        Divide pixel values by 255.
+    """
+    if directory is None:
+        directory = next((d for d in FASHION_MNIST_DIRS if os.path.isdir(d)), None)
+        if directory is None:
+            raise FileNotFoundError("Fashion-MNIST not found: install Debian's "
+                                    "dataset-fashion-mnist package or pass directory=")
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Fashion-MNIST directory not found: {directory!r}")
+    parts = {}
+    for split in ("train", "t10k"):
+        X = read_idx(_find_idx(directory, f"{split}-images-idx3-ubyte"))
+        y = read_idx(_find_idx(directory, f"{split}-labels-idx1-ubyte"))
+        X = X.reshape(X.shape[0], -1).astype(np.float64) / (255.0 if scale else 1.0)
+        parts[split] = (X, y.astype(np.int64))
+    (X, y), (Xt, yt) = parts["train"], parts["t10k"]
+    n_val = check_int(n_val, "n_val", minimum=1)
+    if n_val >= X.shape[0]:
+        raise ValueError(f"n_val must be < {X.shape[0]}; got {n_val}")
+    perm = host_rng(seed).permutation(X.shape[0])
+    tr, va = perm[n_val:], perm[:n_val]
+    out = Split(X[tr], y[tr], X[va], y[va], Xt, yt, {"n_classes": 10})
+    return standardize(out) if standardize_features else out
+
+
+#: name -> {"loader": callable, "description": str}, for ``refbilevel list``.
+DATASETS = {
+    "logreg_hpo": {"loader": logreg_hpo_data,
+                   "description": "synthetic binary logistic HPO, half train / half val"},
+    "classification": {"loader": classification_data,
+                       "description": "synthetic Gaussian-mixture multinomial data"},
+    "cleaning": {"loader": cleaning_data,
+                 "description": "synthetic multinomial data with corrupted training labels"},
+    "multitask_auc": {"loader": multitask_auc_data,
+                      "description": "synthetic imbalanced multi-task binary data (T, n, d)"},
+    "meta_learning": {"loader": meta_learning_data,
+                      "description": "synthetic few-shot linear-regression task family"},
+    "digits": {"loader": load_digits,
+               "description": "scikit-learn bundled digits, 1797 x 64, 10 classes"},
+    "breast_cancer": {"loader": load_breast_cancer,
+                      "description": "scikit-learn bundled breast cancer, 569 x 30, binary"},
+    "fashion_mnist": {"loader": load_fashion_mnist,
+                      "description": "Fashion-MNIST IDX files (Debian dataset-fashion-mnist)"},
+    "libsvm": {"loader": load_libsvm, "description": "any LIBSVM-format file (path argument)"},
+}

@@ -1,0 +1,456 @@
+r"""Multi-task AUC maximisation (AUC-M) as a minimax-bilevel problem.
+
+.. math::
+
+    \min_x \max_\alpha \frac1T \sum_{i=1}^T f_i(x, \alpha_i, z_i^*(x)), \qquad
+    z_i^*(x) = \arg\min_z g_i(x, z).
+
+What is known and what is ours (ALGORITHMS.md 3.1 and 3.5):
+
+* **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) evaluate FOSL/MemCS on multi-task deep AUC
+  maximisation: one block per task, the upper level is the AUC-M min-max margin loss, the
+  lower level is a strongly convex task-specific problem.
+* **[CODE]** The AUC-M loss itself, as in LibAUC (``refbilevel.models.auc``).
+* **[RECONSTRUCTED]** (our precise, well-posed choice; each choice a named option): the
+  shared outer variable is :math:`x = (\operatorname{vec} W, a_1..a_T, b_1..b_T)` with a linear
+  representation :math:`\varphi(A; W) = A W` (:math:`W \in \mathbb R^{d\times r}`, option
+  ``rank``); the lower level of task *i* fits a linear head :math:`z_i \in \mathbb R^r` on the
+  shared features of the task's **training** rows by ridge-regularised logistic regression
+  (``mu``); the upper level evaluates AUC-M on the task's **validation** rows with scores
+  :math:`h = \sigma(\varphi(A^{val}_i; W) z_i)` (option ``score="sigmoid"``, LibAUC's usual
+  squashing, or ``"linear"``), dual :math:`y_i = \alpha_i` (``f_i`` reads only ``y_i``), the
+  class prior :math:`p_i` fixed from the task's validation labels (option ``prior``).
+  The alternative reading of the paper, a task-specific copy of a shared linear model
+  anchored to it, is option ``lower="anchored"`` (below).
+
+Precisely, with :math:`s = 2y - 1 \in \{\pm1\}`, :math:`\ell(t) = \log(1 + e^{-t})`,
+
+.. math::
+
+    g_i(x, z) = \frac1{n_{tr}} \sum_j \ell\big(s_{ij}\, a_{ij}^\top W z\big)
+        + \frac{\mu}{2}\|z\|^2, \qquad
+    f_i(x, \alpha_i, z) = F_{\text{AUC-M}}\big(h_i(W, z);\, a_i, b_i, \alpha_i\big),
+
+which is :math:`\mu`-strongly convex in *z* and (for v1 with :math:`0 < p_i < 1`, or v2)
+strongly concave in :math:`\alpha_i`. With ``lower="anchored"`` the representation is the
+raw features (:math:`\Phi_i = A_i`, :math:`z_i \in \mathbb R^d`) and the ridge is anchored
+at a shared model :math:`w` that replaces *W* in *x*:
+:math:`g_i(x, z) = \frac1{n_{tr}}\sum_j \ell(s_{ij} a_{ij}^\top z) + \frac\mu2\|z - w\|^2`,
+so :math:`\nabla_w g_i = -\mu(z - w)` and :math:`\nabla^2_{wz} g_i = -\mu I`.
+Derivatives of the default (``lower="head"``; docs: theory/auc):
+
+.. math::
+
+    \nabla_z g_i = \Phi_i^\top q_i + \mu z,\quad q_{ij} = -s_{ij}\sigma(-t_{ij})/n,\qquad
+    \nabla_W g_i = A_i^\top q_i\, z^\top,\qquad
+    \nabla^2_{zz} g_i = \Phi_i^\top \operatorname{diag}(\omega_i) \Phi_i + \mu I,
+
+:math:`\omega_{ij} = \sigma(t_{ij})\sigma(-t_{ij})/n`, and the cross term
+:math:`\nabla^2_{Wz} g_i\, v = A_i^\top q_i v^\top + A_i^\top(\omega_i \odot \Phi_i v)\, z^\top`.
+For *f*, :math:`\nabla_z f_i = \Phi^{val\top}_i \bar u_i`,
+:math:`\nabla_W f_i = A^{val\top}_i \bar u_i\, z^\top` with
+:math:`\bar u = \partial F/\partial h \odot \sigma'(u)` (sigmoid scores).
+
+References
+----------
+.. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization. NeurIPS 2024.
+.. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization. ICCV 2021.
+"""
+
+from __future__ import annotations
+
+from .._backend import array_namespace, device, to_host, to_host_scalar
+from .._validation import check_array, check_bool, check_choice, check_int, check_real
+from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
+from .base import Batch, MinimaxBilevelProblem
+
+__all__ = ["MultiTaskAUC", "block_newton"]
+
+
+def _log1pexp(xp, t):
+    """``log(1 + e^t)`` stably."""
+    return xp.logaddexp(xp.zeros_like(t), t)
+
+
+def _sigmoid(xp, t):
+    """``1 / (1 + e^{-t})`` stably (finite in float32 for |t| up to 1e4 and beyond)."""
+    return xp.exp(-_log1pexp(xp, -t))
+
+
+def _take(xp, a, blocks, rows):
+    a = xp.take(a, blocks, axis=0)
+    return a if rows is None else xp.take(a, rows, axis=1)
+
+
+def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
+    r"""Damped Newton on independent strongly convex block problems, vectorised over blocks.
+
+    Parameters
+    ----------
+    value, grad, hessian : callable
+        ``z -> (n,)`` per-block values, ``(n, k)`` per-block gradients, ``(n, k, k)`` Hessians.
+    z0 : array, shape (n, k)
+        Start.
+    tol : float, optional
+        Stop when every block has :math:`\|\nabla g_i\| \le \text{tol}\,(1 + G_0)`,
+        :math:`G_0` the largest gradient norm at ``z0`` (``tol`` default 1e-13 in float64,
+        1e-5 in float32), then take two more steps so the solution is exact to rounding
+        (value functions built on it are then smooth enough for finite differences).
+
+    Notes
+    -----
+    Each step solves the stacked Newton systems at once and picks, per block, the largest
+    step in :math:`1, 1/2, \dots, 2^{-30}` satisfying Armijo (factor 1e-4); the full step
+    once the Newton decrement :math:`d^\top H d` is below :math:`10^{-10}(1 + |g_i|)`, where
+    rounding hides the decrease. It also stops after three consecutive steps in which every
+    block was in that regime (full steps from there converge quadratically, so the
+    gradient is then at its rounding floor, which may lie above the target, e.g. in
+    float32 far from the origin). Synchronises twice per step (exact oracles only).
+    """
+    xp = array_namespace(z0)
+    if tol is None:
+        tol = 1e-13 if z0.dtype == xp.float64 else 1e-5
+    z = z0
+    polish = 2  # full Newton steps after the tolerance is met: z* to rounding level
+    target, stalled = None, 0
+    for _ in range(max_iter + polish):
+        gz = grad(z)
+        if polish == 0:
+            break
+        gmax = to_host_scalar(xp.max(xp.linalg.vector_norm(gz, axis=1)))
+        if target is None:
+            target = tol * (1.0 + gmax)
+        if stalled >= 3:   # rounding floor above the target (e.g. float32 at large scale)
+            break
+        if gmax <= target:
+            polish -= 1
+        d = -xp.linalg.solve(hessian(z), gz[..., None])[..., 0]
+        slope = xp.sum(d * gz, axis=1)
+        g0 = value(z)
+        step = xp.zeros_like(g0)
+        found = xp.zeros(g0.shape, dtype=xp.bool, device=device(z0))
+        tval = 1.0
+        for _k in range(31):
+            ok = (value(z + tval * d) <= g0 + 1e-4 * tval * slope) & ~found
+            step = xp.where(ok, tval, step)
+            found = found | ok
+            tval *= 0.5
+        small = -slope <= 1e-10 * (1.0 + xp.abs(g0))
+        damped = found & ~small
+        stalled = 0 if to_host_scalar(xp.any(damped)) else stalled + 1
+        step = xp.where(damped, step, 1.0)
+        z = z + step[:, None] * d
+    return z
+
+
+class MultiTaskAUC(MinimaxBilevelProblem):
+    r"""T binary AUC-M tasks sharing a linear representation; one block per task.
+
+    See the module docstring for the formulation and what is reconstructed.
+
+    Parameters
+    ----------
+    A_train, A_val : array, shape (T, n_train, d) and (T, n_val, d)
+        Per-task features (training rows feed ``g``, validation rows feed ``f``).
+    y_train, y_val : array, shape (T, n_train) and (T, n_val)
+        Labels in {0, 1} (float or integer; stored as float masks).
+    lower : {"head", "anchored"}
+        Lower-level formulation [RECONSTRUCTED]: a ridge-logistic head on the shared
+        representation ``A W`` (default), or a task copy of a shared linear model ``w``
+        anchored by :math:`\frac\mu2\|z_i - w\|^2`.
+    rank : int, optional
+        Width r of the shared representation ``W`` (default ``d``; ``lower="head"`` only)
+        [RECONSTRUCTED].
+    mu : float
+        Ridge of the task heads (strong convexity of ``g_i``), default 0.1 [ours].
+    version : {"v1", "v2"}
+        AUC-M form (default ``"v1"``, LibAUC's ``AUCMLoss``).
+    margin : float
+        Margin m, default 1.0 [CODE: LibAUC].
+    nonnegative_alpha : bool
+        ``True`` for AUC-M (α ≥ 0, default), ``False`` for the AUC square loss.
+    score : {"sigmoid", "linear"}
+        Score map on the head output (default ``"sigmoid"`` as in LibAUC) [RECONSTRUCTED].
+    prior : array of shape (T,), optional
+        Positive priors :math:`p_i` for v1; default the validation positive ratio per task.
+        A constant: unlike LibAUC's ``auto`` mode it is not re-estimated per minibatch
+        [ours]. (v2 uses the class counts of the rows read, minibatch or full.)
+
+    Notes
+    -----
+    Variables: ``x = (vec(W) row-major, a (T), b (T))``, ``dim_x = d r + 2T`` (anchored:
+    ``x = (w, a, b)``, ``dim_x = d + 2T``); ``y = (α_1..α_T)``; ``z`` has shape
+    ``(n_blocks, r)`` (anchored: ``(n_blocks, d)``). Default start (:meth:`init_x`):
+    ``W = eye(d, r)`` (anchored: ``w = 0``), ``a = b = 0`` (LibAUC initialises a, b, α at 0).
+    ``batch.outer``/``batch.inner`` index validation/training rows (the same rows in every
+    task). Derivation: docs/theory/auc.rst.
+
+    References
+    ----------
+    .. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization.
+       NeurIPS 2024.
+    .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
+       ICCV 2021.
+    """
+
+    name = "multitask_auc"
+
+    def __init__(self, A_train, y_train, A_val, y_val, *, lower="head", rank=None, mu=0.1,
+                 version="v1", margin=1.0, nonnegative_alpha=True, score="sigmoid",
+                 prior=None):
+        check_array(A_train, "A_train", ndim=3)
+        self._set_backend(A_train, y_train, A_val, y_val,
+                          names=("A_train", "y_train", "A_val", "y_val"))
+        xp = self.xp
+        T, n_tr, d = A_train.shape
+        check_array(A_val, "A_val", shape=(T, None, d), like=A_train)
+        for name, lab, A in (("y_train", y_train, A_train), ("y_val", y_val, A_val)):
+            if lab.ndim != 2 or tuple(lab.shape) != tuple(A.shape[:2]):
+                raise ValueError(f"{name} must have shape {tuple(A.shape[:2])}; "
+                                 f"got {tuple(lab.shape)}")
+            host = to_host(lab)
+            if not ((host == 0) | (host == 1)).all():
+                raise ValueError(f"{name} must contain only the values 0 and 1")
+        self.lower = check_choice(lower, "lower", ("head", "anchored"))
+        if self.lower == "anchored" and rank is not None:
+            raise ValueError("rank must be None for lower='anchored' (the head has d entries)")
+        self.rank = d if rank is None else check_int(rank, "rank", minimum=1)
+        self.mu = check_real(mu, "mu", positive=True)
+        self.version = check_choice(version, "version", VERSIONS)
+        self.margin = check_real(margin, "margin")
+        self.nonnegative_alpha = check_bool(nonnegative_alpha, "nonnegative_alpha")
+        self.score = check_choice(score, "score", ("sigmoid", "linear"))
+        dt = A_train.dtype
+        self.A_train, self.A_val = A_train, A_val
+        self.y_train = xp.astype(y_train, dt)
+        self.y_val = xp.astype(y_val, dt)
+        if prior is None:
+            prior = xp.mean(self.y_val, axis=1)
+        else:
+            check_array(prior, "prior", shape=(T,), like=A_train)
+        if self.version == "v1":
+            hp = to_host(prior)
+            if not ((hp > 0) & (hp < 1)).all():
+                raise ValueError("prior must lie strictly in (0, 1) for version='v1' (every task "
+                                 "needs both classes in its validation rows)")
+        self.prior = prior
+        self.n_blocks, self.n_inner, self.n_outer, self.dim_features = T, n_tr, A_val.shape[1], d
+        self.dim_z = self.rank
+        self.dim_y = T
+        self.dim_x = (d * self.rank if self.lower == "head" else d) + 2 * T
+
+    # ------------------------------------------------------------ layout
+    def split_x(self, x):
+        """``(W (d, r), a (T), b (T))`` (head) or ``(w (d), a, b)`` (anchored) views of x."""
+        xp, T = self.xp, self.n_blocks
+        k = self.dim_x - 2 * T
+        first = x[:k] if self.lower == "anchored" else xp.reshape(x[:k], (self.dim_features,
+                                                                          self.rank))
+        return first, x[k: k + T], x[k + T:]
+
+    def init_x(self):
+        """``W = eye(d, r)`` (head) or ``w = 0`` (anchored); ``a = b = 0`` (as LibAUC)."""
+        xp, d, r, T = self.xp, self.dim_features, self.rank, self.n_blocks
+        if self.lower == "anchored":
+            return xp.zeros(self.dim_x, dtype=self.dtype, device=self.device)
+        W = xp.eye(d, r, dtype=self.dtype, device=self.device)
+        return xp.concat([xp.reshape(W, (-1,)),
+                          xp.zeros(2 * T, dtype=self.dtype, device=self.device)])
+
+    def _features(self, A, x):
+        """Shared representation: ``A @ W`` (head) or ``A`` itself (anchored)."""
+        return A if self.lower == "anchored" else A @ self.split_x(x)[0]
+
+    def _offset(self, x, z):
+        """``z - w`` (anchored) or ``z`` (head): the argument of the ridge term."""
+        return z - self.split_x(x)[0][None, :] if self.lower == "anchored" else z
+
+    def _onehot(self, blocks):
+        xp = self.xp
+        cols = xp.arange(self.n_blocks, device=self.device)
+        return xp.astype(blocks[:, None] == cols[None, :], self.dtype)
+
+    # ------------------------------------------------------------ lower level
+    def _g_parts(self, x, z, blocks, rows):
+        xp = self.xp
+        A = _take(xp, self.A_train, blocks, rows)
+        lab = _take(xp, self.y_train, blocks, rows)
+        feats = self._features(A, x)                    # (nb, n, r)
+        t = (2.0 * lab - 1.0) * xp.sum(feats * z[:, None, :], axis=-1)
+        return A, lab, feats, t
+
+    def g(self, x, z, blocks, batch: Batch | None = None):
+        """Mean over ``blocks`` of :math:`g_i(x, z_i)` (module docstring), a 0-d array."""
+        xp = self.xp
+        _, _, _, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
+        dz = self._offset(x, z)
+        per = xp.mean(_log1pexp(xp, -t), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
+        return xp.mean(per)
+
+    def _q(self, lab, t):
+        xp = self.xp
+        return -(2.0 * lab - 1.0) * _sigmoid(xp, -t) / t.shape[1]
+
+    def grad_g(self, x, z, blocks, batch: Batch | None = None):
+        r"""``(gx, gz)``: gradient of the mean in x; per-block :math:`\nabla_z g_i` (nb, r)."""
+        xp = self.xp
+        A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
+        q = self._q(lab, t)
+        dz = self._offset(x, z)
+        gz = xp.sum(feats * q[..., None], axis=1) + self.mu * dz
+        if self.lower == "anchored":
+            return self._pack(-self.mu * xp.mean(dz, axis=0)), gz
+        Mq = xp.sum(A * q[..., None], axis=1)           # (nb, d)
+        return self._pack((Mq.mT @ z) / z.shape[0]), gz
+
+    def _pack(self, gW, ga=None, gb=None):
+        xp, T = self.xp, self.n_blocks
+        zero = xp.zeros(T, dtype=self.dtype, device=self.device)
+        return xp.concat([xp.reshape(gW, (-1,)), zero if ga is None else ga,
+                          zero if gb is None else gb])
+
+    def hvp_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""Per-block Hessian-vector product in z.
+
+        :math:`\nabla^2_{zz} g_i\, v_i = \Phi_i^\top(\omega_i\odot\Phi_i v_i) + \mu v_i`.
+        """
+        xp = self.xp
+        _, _, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
+        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        fv = xp.sum(feats * v[:, None, :], axis=-1)
+        return xp.sum(feats * (w * fv)[..., None], axis=1) + self.mu * v
+
+    def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""x-gradient of :math:`\frac1{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`.
+
+        Notes
+        -----
+        .. math::
+
+            \nabla^2_{Wz} g_i\, v = A_i^\top q_i\, v^\top
+                + A_i^\top(\omega_i\odot\Phi_i v)\, z^\top
+
+        (``lower="anchored"``: :math:`-\mu v`).
+        """
+        xp = self.xp
+        if self.lower == "anchored":
+            return self._pack(-self.mu * xp.mean(v, axis=0))
+        A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
+        q = self._q(lab, t)
+        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        rho = w * xp.sum(feats * v[:, None, :], axis=-1)
+        Mq = xp.sum(A * q[..., None], axis=1)
+        Mr = xp.sum(A * rho[..., None], axis=1)
+        return self._pack((Mq.mT @ v + Mr.mT @ z) / z.shape[0])
+
+    def _hessians(self, x, z, blocks):
+        xp = self.xp
+        _, _, feats, t = self._g_parts(x, z, blocks, None)
+        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        eye = xp.eye(self.rank, dtype=self.dtype, device=self.device)
+        return (feats * w[..., None]).mT @ feats + self.mu * eye
+
+    def inner_solution(self, x, *, tol=None, max_iter=100):
+        r"""``z*(x)`` for all blocks (shape ``(T, r)``): damped Newton, vectorised over blocks.
+
+        See :func:`block_newton` (relative tolerance ``tol`` on every block's
+        :math:`\|\nabla_z g_i\|`: 1e-13 in float64, 1e-5 in float32), started at zero.
+        Synchronises: an exact oracle.
+        """
+        xp = self.xp
+        blocks = self.all_blocks()
+
+        def per_block(zz):
+            _, _, _, t = self._g_parts(x, zz, blocks, None)
+            dz = self._offset(x, zz)
+            return xp.mean(_log1pexp(xp, -t), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
+
+        return block_newton(per_block, lambda zz: self.grad_g(x, zz, blocks)[1],
+                            lambda zz: self._hessians(x, zz, blocks), self.init_z(),
+                            tol=tol, max_iter=max_iter)
+
+    # ------------------------------------------------------------ upper level
+    def _f_parts(self, x, z, blocks, rows):
+        xp = self.xp
+        _, a, b = self.split_x(x)
+        Av = _take(xp, self.A_val, blocks, rows)
+        lab = _take(xp, self.y_val, blocks, rows)
+        feats = self._features(Av, x)
+        u = xp.sum(feats * z[:, None, :], axis=-1)
+        h = _sigmoid(xp, u) if self.score == "sigmoid" else u
+        p = xp.take(self.prior, blocks, axis=0)
+        return Av, lab, feats, u, h, xp.take(a, blocks, axis=0), xp.take(b, blocks, axis=0), p
+
+    def _auc_kw(self, p):
+        return {"p": p if self.version == "v1" else None, "margin": self.margin,
+                "version": self.version}
+
+    def f(self, x, y, z, blocks, batch: Batch | None = None):
+        """Mean over ``blocks`` of the AUC-M loss of each task, a 0-d array."""
+        xp = self.xp
+        rows = None if batch is None else batch.outer
+        _, lab, _, _, h, a, b, p = self._f_parts(x, z, blocks, rows)
+        alpha = xp.take(y, blocks, axis=0)
+        return xp.mean(auc_m_loss(h, lab, a, b, alpha, **self._auc_kw(p)))
+
+    def grad_f(self, x, y, z, blocks, batch: Batch | None = None):
+        r"""``(gx, gy, gz)``: mean gradients in x and α; per-block :math:`\nabla_z f_i`."""
+        xp = self.xp
+        Av, lab, feats, u, h, a, b, p = self._f_parts(x, z, blocks,
+                                                      None if batch is None else batch.outer)
+        alpha = xp.take(y, blocks, axis=0)
+        dh, da, db, dalpha = auc_m_grad(h, lab, a, b, alpha, **self._auc_kw(p))
+        du = dh * (_sigmoid(xp, u) * _sigmoid(xp, -u)) if self.score == "sigmoid" else dh
+        gz = xp.sum(feats * du[..., None], axis=1)
+        nb = z.shape[0]
+        if self.lower == "anchored":
+            gW = xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
+        else:
+            gW = (xp.sum(Av * du[..., None], axis=1).mT @ z) / nb
+        E = self._onehot(blocks)
+        gx = self._pack(gW, (da @ E) / nb, (db @ E) / nb)
+        return gx, (dalpha @ E) / nb, gz
+
+    def alpha_star(self, x, z, blocks=None):
+        """Closed-form maximiser α_i* for each block given heads ``z`` (shape ``(nb,)``)."""
+        blocks = self.all_blocks() if blocks is None else blocks
+        _, lab, _, _, h, _, _, p = self._f_parts(x, z, blocks, None)
+        return auc_m_alpha_star(h, lab, nonnegative=self.nonnegative_alpha, **self._auc_kw(p))
+
+    def _saddle_point(self, x):
+        xp = self.xp
+        z = self.inner_solution(x)
+        alpha = self.alpha_star(x, z)     # all blocks in order: alpha is y itself
+        return z, xp.asarray(alpha, copy=True)
+
+    def value(self, x):
+        r""":math:`\Phi(x) = \frac1T\sum_i \max_{\alpha_i} f_i(x, \alpha_i, z_i^*(x))`, 0-d."""
+        z, alpha = self._saddle_point(x)
+        return self.f(x, alpha, z, self.all_blocks())
+
+    def saddle_gradient(self, x):
+        r"""Exact :math:`\nabla\Phi(x)` (Danskin in α, implicit function theorem in z).
+
+        Notes
+        -----
+        .. math::
+
+            \nabla\Phi(x) = \frac1T\sum_i \Big[\nabla_x f_i - \nabla^2_{xz} g_i\,
+                [\nabla^2_{zz} g_i]^{-1} \nabla_z f_i\Big]_{(\alpha_i^*, z_i^*)},
+
+        with the ``T`` systems of size ``r`` solved densely in one stacked call.
+        """
+        xp = self.xp
+        blocks = self.all_blocks()
+        z, alpha = self._saddle_point(x)
+        gx, _, gz = self.grad_f(x, alpha, z, blocks)
+        V = xp.linalg.solve(self._hessians(x, z, blocks), gz[..., None])[..., 0]
+        return gx - self.cross_g(x, z, V, blocks)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out.update(lower=self.lower, rank=self.rank, mu=self.mu, version=self.version,
+                   margin=self.margin,
+                   score=self.score, nonnegative_alpha=self.nonnegative_alpha,
+                   n_train=self.n_inner, n_val=self.n_outer)
+        return out
