@@ -203,14 +203,19 @@ def _cuda_available() -> bool:
 
 
 def available_backends() -> list[str]:
-    """Backend names usable on this machine (numpy always)."""
-    names = []
-    for name in BACKEND_NAMES:
-        try:
-            backend_namespace(name)
-        except ValueError:
-            continue
-        names.append(name)
+    """Backend names usable on this machine (numpy always).
+
+    Checks without importing heavy libraries where possible (torch is only looked up).
+    """
+    import importlib.util
+
+    names = ["numpy"]
+    if importlib.util.find_spec("array_api_strict") is not None:
+        names.append("array_api_strict")
+    if _cuda_available():
+        names.append("cupy")
+    if importlib.util.find_spec("torch") is not None:
+        names.append("torch")
     return names
 
 

@@ -158,8 +158,8 @@ def test_synthetic_seed_defaults_and_description(xp, device):
     np.testing.assert_array_equal(to_host(P.init_y()), to_host(Q.init_y()))
     assert P.dim_x == 2 and P.dim_y == 3 * 5 + 5 + 5 * 3 + 3
     assert_same_kind(P.init_y(), P.A_train[0, :])
-    assert to_host(P.init_x()).tolist() == [0.5, 0.5]
-    # raw x = 0.5 and exp x = 0 give the same regulariser at the default start
+    assert to_host(P.init_x()).tolist() == [0.05, 0.05]
+    # raw x = 0.05 and exp x = log(0.1) give the same regulariser at the default start
     E = LayerDecayMLP.synthetic(40, 10, 3, n_classes=3, hidden=5, seed=4, xp=xp, device=device)
     assert relative_error(E.g(E.init_x(), E.init_y()), P.g(P.init_x(), P.init_y())) <= 1e-14
     desc = P.describe()

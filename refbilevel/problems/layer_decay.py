@@ -2,6 +2,8 @@ r"""Per-layer weight decay on a two-layer MLP: one decay coefficient per weight 
 
 from __future__ import annotations
 
+import math
+
 from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int
 from ..models.mlp import ACTIVATIONS, MLP
@@ -127,9 +129,15 @@ class LayerDecayMLP(BilevelProblem):
         return take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
 
     def init_x(self):
-        """0 for ``"exp"``, 0.5 for ``"raw"`` (both: ``½||W_l||²``)."""
+        """``log(0.1)`` for ``"exp"``, 0.05 for ``"raw"`` (both: the decay ``0.05·||W_l||²``).
+
+        A decay of order 1 (``x = 0``) drives both weight matrices of the synthetic
+        instances to zero, where ``∇_x g = ½e^{x}||W_l||²`` vanishes and the start is a
+        degenerate stationary point of ``F``; 0.1 keeps the trained network non-trivial
+        [ours].
+        """
         x = self.xp.zeros(2, dtype=self.dtype, device=self.device)
-        return x if self.parametrization == "exp" else x + 0.5
+        return x + math.log(0.1) if self.parametrization == "exp" else x + 0.05
 
     def init_y(self):
         """The seeded random MLP parameters (a zero MLP is a saddle point)."""
