@@ -246,7 +246,6 @@ _CLASSES, _IMPORT_ERRORS = _public_classes()
 # Classes whose docstring lacked a section when this test was written; their owners decide
 # (non-strict, so a fix shows up as XPASS rather than a failure).
 KNOWN_INCOMPLETE = {
-    "refbilevel.solvers.minimaxopt.MinimaxOPTStochastic": "short docstring, no sections",
 }
 
 

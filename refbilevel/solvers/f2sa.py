@@ -1,0 +1,328 @@
+r"""F2SA (Kwon, Kwon, Wright and Nowak, 2023) and F2SA with Adam.
+
+Fully first-order stochastic approximation of the penalty problem
+:math:`\min_x L^*_\lambda(x)`, :math:`L_\lambda = f + \lambda(g - g^*)`, with an increasing
+multiplier (ALGORITHMS.md §0, §2): ``y`` tracks :math:`\arg\min_y f + \lambda g`, ``z``
+tracks :math:`y^*(x)`, and ``x`` follows
+:math:`\nabla_x f(x, y) + \lambda(\nabla_x g(x, y) - \nabla_x g(x, z))`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .._validation import check_bool, check_choice, check_int, check_real
+from ..optim import adam
+from ..problems.base import Batch
+from ..sampling import BatchSchedule
+from ._common import start_point
+from .base import OracleCalls, Solver, SolverState
+
+__all__ = ["F2SA", "F2SAAdam", "F2SAState"]
+
+_SCHEDULES = ("paper", "benchopt", "constant")
+_DEFAULT_EXPONENTS = {"paper": (5 / 7, 4 / 7, 5 / 7, 0.0),
+                      "benchopt": (5 / 7, 4 / 7, 4 / 7, 1 / 7),
+                      "constant": (0.0, 0.0, 0.0, 0.0)}
+
+
+@dataclass(frozen=True)
+class F2SAState(SolverState):
+    """State of :class:`F2SA` / :class:`F2SAAdam`.
+
+    Attributes
+    ----------
+    z : array
+        Tracks :math:`y^*(x)` (warm-started across outer steps).
+    multiplier : float
+        :math:`\\lambda_k`, the multiplier the next outer step uses.
+    opt_x : NamedTuple or None
+        Persistent Adam state of x (:class:`F2SAAdam` only).
+    batches : BatchSchedule or None
+        Host-side minibatch schedule (None when full batch).
+    """
+
+    z: Any = None
+    opt_x: Any = None
+    batches: Any = None
+
+
+@dataclass(frozen=True)
+class F2SA(Solver):
+    r"""F2SA: fully first-order stochastic approximation for bilevel problems.
+
+    Parameters
+    ----------
+    n_inner_steps : int
+        T, inner steps on y and z per outer step. Default 10 [CODE: benchopt].
+    lr_y : float
+        Scale of :math:`\alpha_k` (y step). Default 0.01 [CODE: benchopt ``step``].
+    lr_z : float or None
+        Scale of :math:`\gamma_k` (z step); ``None`` uses ``lr_y`` [CODE: benchopt uses one
+        ``step`` for both].
+    xi : float
+        Ratio ξ of the x step to the y step. Default 1.0 [PAPER, slides' selected values;
+        CODE: benchopt ``1/outer_ratio``].
+    lam0 : float
+        :math:`\lambda_0`. Default 1.0 [CODE: benchopt].
+    delta : float
+        Scale of the increments :math:`\delta_k` (schedules "benchopt" and "constant").
+        Default 0.1 [CODE: benchopt ``delta_lmbda``; PAPER slides].
+    schedule : {"benchopt", "paper", "constant"}
+        Step-size and multiplier schedules, see Notes. Default "benchopt" [CODE].
+    exponents : tuple of 4 floats or None
+        ``(e_α, e_γ, e_x, e_δ)`` overriding the schedule's exponents (``"paper"`` uses
+        only ``e_α`` and ``e_γ``: its x step is ξα_k and λ_k follows γ_k/α_k).
+    batch_size_outer, batch_size_inner : int or None
+        Minibatch sizes (``None``: full batch). benchopt uses 64 [CODE].
+    sampling : {"epoch", "iid"}
+        Minibatch mode.
+
+    Notes
+    -----
+    Outer step k (ALGORITHMS.md §2.1), with warm starts :math:`y_{k,0} = y_k`,
+    :math:`z_{k,0} = z_k`:
+
+    .. math::
+
+        z_{k,t+1} &= z_{k,t} - \gamma_k \nabla_y g(x_k, z_{k,t}; \phi_t),\\
+        y_{k,t+1} &= y_{k,t} - \alpha_k\,[\nabla_y f(x_k, y_{k,t}; \zeta_t)
+                     + \lambda_k \nabla_y g(x_k, y_{k,t}; \phi'_t)],\qquad t = 0..T-1,\\
+        x_{k+1} &= x_k - \eta_k\,[\nabla_x f(x_k, y_{k+1}; \zeta') + \lambda_k(
+                   \nabla_x g(x_k, y_{k+1}; \phi'') - \nabla_x g(x_k, z_{k+1}; \phi'''))],\\
+        \lambda_{k+1} &= \lambda_k + \delta_k .
+
+    Every stochastic oracle reads its own minibatch (benchopt draws a fresh one per
+    oracle): per outer step T+1 outer and 2T+2 inner batches, moved to the device in one
+    transfer. With full batch the two g-oracles at the same ``x`` are evaluated as one
+    stacked call. Schedules (:math:`c/(k+1)^e`):
+
+    * ``"benchopt"`` [CODE: benchmark_bilevel ``solvers/f2sa.py``]:
+      :math:`\alpha_k = \text{lr}_y/(k+1)^{5/7}`, :math:`\gamma_k = \text{lr}_z/(k+1)^{4/7}`,
+      :math:`\eta_k = \xi\,\text{lr}_y/(k+1)^{4/7}`, :math:`\delta_k = \delta/(k+1)^{1/7}`.
+    * ``"paper"`` [UNVERIFIED, from memory of Thm 3.1 of arXiv:2301.10945]: same
+      :math:`\alpha_k, \gamma_k`, :math:`\eta_k = \xi\alpha_k`, and
+      :math:`\lambda_k = \lambda_0 (\gamma_k/\alpha_k)/(\gamma_0/\alpha_0) = \lambda_0 (k+1)^{e_\alpha - e_\gamma}`,
+      i.e. :math:`\delta_k = \lambda_{k+1} - \lambda_k` (``delta`` unused).
+    * ``"constant"`` [PAPER, slides' selected values]: constant :math:`\alpha, \gamma`,
+      :math:`\eta = \xi\,\text{lr}_y`, :math:`\delta_k = \delta`.
+
+    Stability needs :math:`\alpha_k\lambda_k \lesssim 1/L_g` (the y step on g is
+    :math:`\alpha_k\lambda_k`).
+
+    Oracle calls per outer step: :math:`T+1` ``grad_f`` and :math:`2T+2` ``grad_g``
+    (:math:`3T + 3` first-order calls).
+
+    References
+    ----------
+    .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
+           for stochastic bilevel optimization. ICML. arXiv:2301.10945.
+    .. [2] Dagréou, M. et al. benchmark_bilevel (benchopt), ``solvers/f2sa.py``.
+    """
+
+    name = "f2sa"
+
+    n_inner_steps: int = 10
+    lr_y: float = 0.01
+    lr_z: float | None = None
+    xi: float = 1.0
+    lam0: float = 1.0
+    delta: float = 0.1
+    schedule: str = "benchopt"
+    exponents: tuple | None = None
+    batch_size_outer: int | None = None
+    batch_size_inner: int | None = None
+    sampling: str = "epoch"
+
+    def __post_init__(self):
+        check_int(self.n_inner_steps, "n_inner_steps", minimum=1)
+        check_real(self.lr_y, "lr_y", positive=True)
+        check_real(self.lr_z, "lr_z", positive=True, allow_none=True)
+        check_real(self.xi, "xi", positive=True)
+        check_real(self.lam0, "lam0", positive=True)
+        check_real(self.delta, "delta", nonnegative=True)
+        check_choice(self.schedule, "schedule", _SCHEDULES)
+        if self.exponents is not None:
+            if not isinstance(self.exponents, tuple) or len(self.exponents) != 4:
+                raise TypeError("exponents must be a tuple (e_alpha, e_gamma, e_x, e_delta); "
+                                f"got {self.exponents!r}")
+            for i, e in enumerate(self.exponents):
+                check_real(e, f"exponents[{i}]", nonnegative=True)
+        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
+        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
+        check_choice(self.sampling, "sampling", ("epoch", "iid"))
+
+    # ---------------------------------------------------------------- schedules
+    def _exponents(self):
+        return self.exponents if self.exponents is not None else _DEFAULT_EXPONENTS[self.schedule]
+
+    def steps(self, k: int) -> tuple[float, float, float]:
+        r"""Host step sizes :math:`(\alpha_k, \gamma_k, \eta_k)` of outer step ``k``."""
+        e_a, e_g, e_x, _ = self._exponents()
+        lr_z = self.lr_y if self.lr_z is None else self.lr_z
+        alpha = self.lr_y / (k + 1) ** e_a
+        gamma = lr_z / (k + 1) ** e_g
+        if self.schedule == "paper":
+            eta = self.xi * alpha
+        else:
+            eta = self.xi * self.lr_y / (k + 1) ** e_x
+        return alpha, gamma, eta
+
+    def next_multiplier(self, lam: float, k: int) -> float:
+        r""":math:`\lambda_{k+1} = \lambda_k + \delta_k` (host float)."""
+        e_a, e_g, _, e_d = self._exponents()
+        if self.schedule == "paper":
+            ratio = lambda j: (j + 1) ** (e_a - e_g)  # noqa: E731  γ_j/α_j up to a constant
+            return lam + self.lam0 * (ratio(k + 1) - ratio(k))
+        return lam + self.delta / (k + 1) ** e_d
+
+    # ---------------------------------------------------------------- protocol
+    def _batches(self, problem, rng):
+        if self.batch_size_outer is None and self.batch_size_inner is None:
+            return None
+        return BatchSchedule(problem.n_outer, problem.n_inner,
+                             batch_size_outer=self.batch_size_outer,
+                             batch_size_inner=self.batch_size_inner, rng=rng, mode=self.sampling)
+
+    def init(self, problem, x0, y0, rng) -> F2SAState:
+        """Start at ``(x0, y0, z0 = y0)``, :math:`\\lambda = \\lambda_0`."""
+        x0, y0 = start_point(problem, x0, y0)
+        return F2SAState(x=x0, y=y0, z=problem.xp.asarray(y0, copy=True), iteration=0,
+                         calls=OracleCalls(), multiplier=self.lam0,
+                         batches=self._batches(problem, rng))
+
+    def _draw(self, problem, state):
+        """Per-oracle batches: (outer list of T+1, inner list of 2T+2), or None (stacked)."""
+        b = state.batches
+        if b is None or b.is_full:
+            return None
+        T = self.n_inner_steps
+        return b.draw_streams(problem.xp, problem.device, T + 1, 2 * T + 2)
+
+    def _directions_inner(self, problem, x, y, z, lam, draws, t):
+        """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
+        xp = problem.xp
+        if draws is None:
+            gys = problem.grad_g_y_many(x, xp.stack([z, y]))     # one stacked call (2 calls)
+            h_gz, h_gy = gys[0, ...], gys[1, ...]
+            h_fy = problem.grad_f_y(x, y)
+        else:
+            outs, ins = draws
+            h_gz = problem.grad_g_y(x, z, Batch(inner=ins[2 * t]))        # φ
+            h_fy = problem.grad_f_y(x, y, Batch(outer=outs[t]))           # ζ
+            h_gy = problem.grad_g_y(x, y, Batch(inner=ins[2 * t + 1]))    # φ'
+        return h_gz, h_fy + lam * h_gy
+
+    def _direction_outer(self, problem, x, y, z, lam, draws):
+        """Raw x direction ``h_fx + λ (h_gxy − h_gxz)``."""
+        xp = problem.xp
+        T = self.n_inner_steps
+        if draws is None:
+            gxs = problem.grad_g_x_many(x, xp.stack([y, z]))
+            h_gxy, h_gxz = gxs[0, ...], gxs[1, ...]
+            h_fx = problem.grad_f_x(x, y)
+        else:
+            outs, ins = draws
+            h_fx = problem.grad_f_x(x, y, Batch(outer=outs[T]))           # ζ'
+            h_gxy = problem.grad_g_x(x, y, Batch(inner=ins[2 * T]))       # φ''
+            h_gxz = problem.grad_g_x(x, z, Batch(inner=ins[2 * T + 1]))   # φ'''
+        return h_fx + lam * (h_gxy - h_gxz)
+
+    def step(self, problem, state: F2SAState) -> F2SAState:
+        x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier
+        alpha, gamma, eta = self.steps(k)
+        draws = self._draw(problem, state)
+        for t in range(self.n_inner_steps):          # warm start: z_{k,0} = z_k, y_{k,0} = y_k
+            d_z, d_y = self._directions_inner(problem, x, y, z, lam, draws, t)
+            z = z - gamma * d_z                        # z_{k,t+1} = z_{k,t} − γ_k h_gz
+            y = y - alpha * d_y                        # y_{k,t+1} = y_{k,t} − α_k (h_fy + λ_k h_gy)
+        d_x = self._direction_outer(problem, x, y, z, lam, draws)
+        x = x - eta * d_x                              # x_{k+1} = x_k − ξα_k (h_fx + λ_k(h_gxy − h_gxz))
+        return replace(state, x=x, y=y, z=z, iteration=k + 1,
+                       calls=state.calls + self.calls_per_step(problem),
+                       multiplier=self.next_multiplier(lam, k))   # λ_{k+1} = λ_k + δ_k
+
+    def calls_per_step(self, problem) -> OracleCalls:
+        """``T+1`` ``grad_f`` and ``2T+2`` ``grad_g`` calls (3T + 3 first-order calls)."""
+        T = self.n_inner_steps
+        return OracleCalls(grad_f=T + 1, grad_g=2 * T + 2)
+
+
+@dataclass(frozen=True)
+class F2SAAdam(F2SA):
+    r"""F2SA with Adam on each direction (slides of Kwon et al.; ALGORITHMS.md §2.2).
+
+    Parameters
+    ----------
+    lr_y, lr_z : float
+        Adam step sizes α (y) and γ (z). Default 1e-3 [PAPER: FashionMNIST selection].
+    xi : float
+        x step = ξα. Default 1.0 [PAPER].
+    beta1, beta2 : float
+        Adam decay rates. Defaults 0.9, 0.99 [PAPER: MNIST/FashionMNIST selection].
+    eps : float
+        Adam ε. Default 1e-8 [ours].
+    bias_correction : bool
+        Use :math:`\hat m, \hat v`. Default True [UNVERIFIED: the slide computes the
+        corrected moments but writes the raw ones in the update].
+    schedule : {"constant", "paper", "benchopt"}
+        Default "constant" [PAPER: the slides select constant {γ, α} and δ = 0.1].
+    Other parameters as in :class:`F2SA`.
+
+    Notes
+    -----
+    The loop of :class:`F2SA` with each raw direction passed through
+    :func:`refbilevel.optim.adam`. The y and z Adam states are **reset to zero at every
+    outer step** (counter t+1 = 1, 2, ... inside the inner loop); the x state persists
+    across outer steps (counter k+1). The slide passes t from 0, which would divide by
+    :math:`1-\beta^0 = 0`; the counters start at 1 here. Oracle calls as :class:`F2SA`.
+
+    References
+    ----------
+    .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
+           for stochastic bilevel optimization. ICML. (slides: F2SA with Adam)
+    """
+
+    name = "f2sa_adam"
+
+    lr_y: float = 1e-3
+    schedule: str = "constant"
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    bias_correction: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("beta1", "beta2"):
+            b = check_real(getattr(self, name), name, nonnegative=True)
+            if not b < 1:
+                raise ValueError(f"{name} must be < 1; got {b}")
+        check_real(self.eps, "eps", positive=True)
+        check_bool(self.bias_correction, "bias_correction")
+
+    def _adam(self):
+        return adam(self.beta1, self.beta2, self.eps, bias_correction=self.bias_correction)
+
+    def init(self, problem, x0, y0, rng) -> F2SAState:
+        state = super().init(problem, x0, y0, rng)
+        return replace(state, opt_x=self._adam().init(x0))
+
+    def step(self, problem, state: F2SAState) -> F2SAState:
+        x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier
+        alpha, gamma, eta = self.steps(k)
+        opt = self._adam()
+        draws = self._draw(problem, state)
+        opt_y, opt_z = opt.init(y), opt.init(z)       # m_{y,−1} = v_{y,−1} = m_{z,−1} = v_{z,−1} = 0
+        for t in range(self.n_inner_steps):
+            d_z, d_y = self._directions_inner(problem, x, y, z, lam, draws, t)
+            step_z, opt_z = opt.update(d_z, opt_z, gamma)   # AdamGrad(m_z, v_z, h_gz, t+1)
+            step_y, opt_y = opt.update(d_y, opt_y, alpha)   # AdamGrad(m_y, v_y, h_fy + λ h_gy, t+1)
+            z = z + step_z                                  # z −= γ_k m̂_z/(√v̂_z + ε)
+            y = y + step_y                                  # y −= α_k m̂_y/(√v̂_y + ε)
+        d_x = self._direction_outer(problem, x, y, z, lam, draws)
+        step_x, opt_x = opt.update(d_x, state.opt_x, eta)   # persistent x state, counter k+1
+        return replace(state, x=x + step_x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
+                       calls=state.calls + self.calls_per_step(problem),
+                       multiplier=self.next_multiplier(lam, k))

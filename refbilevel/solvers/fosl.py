@@ -1,0 +1,243 @@
+r"""FOSL: fully single-loop first-order method for minimax-bilevel problems.
+
+Yang, Si, Lyu and Ji (NeurIPS 2024) solve
+
+.. math::
+
+    \min_x \max_y \frac1n \sum_{i=1}^n f_i(x, y, z_i^*(x)), \qquad
+    z_i^*(x) = \arg\min_z g_i(x, z),
+
+through the per-block penalty (ALGORITHMS.md §3.2)
+:math:`L_\lambda = \frac1n\sum_i [f_i(x, y, z_i) + \lambda(g_i(x, z_i) - g_i(x, v_i))]`,
+updating x, y and every sampled block's ``z_i`` and ``v_i`` at once. Only the paper's
+first page was available: the update rules are RECONSTRUCTED (ALGORITHMS.md §3.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .._backend import device
+from .._validation import check_bool, check_int, check_real
+from ..sampling import BatchSchedule, BlockSampler
+from ._common import start_point
+from .base import OracleCalls, Solver, SolverState
+
+__all__ = ["FOSL", "FOSLState", "scatter_rows"]
+
+
+def scatter_rows(xp, z, idx, rows):
+    """``z`` with rows ``idx`` replaced by ``rows`` (out of place, standard-only).
+
+    Uses a one-hot match (``n × S``) and a gather instead of fancy ``__setitem__``, which
+    the array API does not have; ``idx`` must hold distinct indices.
+    """
+    n = z.shape[0]
+    dev = device(z)
+    match = xp.arange(n, device=dev)[:, None] == idx[None, :]           # (n, S)
+    hit = xp.any(match, axis=1)
+    pos = xp.argmax(xp.astype(match, xp.int32), axis=1)                  # column of the match
+    return xp.where(hit[:, None], xp.take(rows, pos, axis=0), z)
+
+
+@dataclass(frozen=True)
+class FOSLState(SolverState):
+    """State of :class:`FOSL`.
+
+    Attributes
+    ----------
+    z, v : array, shape (n_blocks, dim_z)
+        Lower-level variables of **all** blocks: ``z_i`` tracks
+        :math:`\\arg\\min_z f_i + \\lambda g_i`, ``v_i`` tracks :math:`z_i^*(x)`.
+    blocks : BlockSampler
+        Host-side block participation schedule.
+    batches : BatchSchedule or None
+        Host-side minibatch schedule (None when full batch).
+    """
+
+    z: Any = None
+    v: Any = None
+    blocks: Any = None
+    batches: Any = None
+
+
+def _check_common(solver):
+    for name in ("lr_x", "lr_y", "lr_z", "lr_v"):
+        check_real(getattr(solver, name), name, positive=True)
+    check_real(solver.lam, "lam", positive=True)
+    check_real(solver.delta, "delta", nonnegative=True)
+    check_real(solver.delta_power, "delta_power", nonnegative=True)
+    check_int(solver.n_sampled, "n_sampled", minimum=1, allow_none=True)
+    check_int(solver.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
+    check_int(solver.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
+    if solver.y_bounds is not None:
+        if not isinstance(solver.y_bounds, tuple) or len(solver.y_bounds) != 2:
+            raise TypeError(f"y_bounds must be a (lower, upper) tuple; got {solver.y_bounds!r}")
+        lo = check_real(solver.y_bounds[0], "y_bounds[0]")
+        hi = check_real(solver.y_bounds[1], "y_bounds[1]")
+        if not lo <= hi:
+            raise ValueError(f"y_bounds must have lower <= upper; got {solver.y_bounds}")
+
+
+def _make_samplers(solver, problem, rng):
+    r_blocks, r_data = rng.spawn(2)
+    blocks = BlockSampler(problem.n_blocks, solver.n_sampled, rng=r_blocks)
+    batches = None
+    if solver.batch_size_outer is not None or solver.batch_size_inner is not None:
+        batches = BatchSchedule(getattr(problem, "n_outer", 1), getattr(problem, "n_inner", 1),
+                                batch_size_outer=solver.batch_size_outer,
+                                batch_size_inner=solver.batch_size_inner, rng=r_data)
+    return blocks, batches
+
+
+def _n_sampled(solver, problem):
+    return problem.n_blocks if solver.n_sampled is None else solver.n_sampled
+
+
+def _draw_batches(problem, batches, k):
+    """``k`` batches (f reads .outer, both g's read .inner), or ``[None]*k`` for full data."""
+    if batches is None or batches.is_full:
+        return [None] * k
+    return batches.draw(problem.xp, problem.device, k)
+
+
+def _block_directions(problem, x, y, z, v, idx, lam, batch):
+    """Oracles of one penalty evaluation on blocks ``idx`` (1 grad_f + 2 grad_g calls per block).
+
+    Returns ``(d_z, d_v, d_x, g_y)``: per-block z and v directions (descent), the x
+    direction and the y gradient (ascent), at the given point.
+    """
+    fx, fy, fz = problem.grad_f(x, y, z, idx, batch)
+    gx_z, gz_z = problem.grad_g(x, z, idx, batch)
+    gx_v, gz_v = problem.grad_g(x, v, idx, batch)
+    d_z = fz + lam * gz_z                     # ∇_z f_i + λ ∇_z g_i(x, z_i)
+    d_v = gz_v                                # ∇_z g_i(x, v_i)
+    d_x = fx + lam * (gx_z - gx_v)            # (1/S) Σ [∇_x f_i + λ(∇_x g_i(z_i) − ∇_x g_i(v_i))]
+    return d_z, d_v, d_x, fy
+
+
+def _project_y(problem, solver, y):
+    if solver.y_bounds is None:
+        return y
+    return problem.xp.clip(y, min=solver.y_bounds[0], max=solver.y_bounds[1])
+
+
+@dataclass(frozen=True)
+class FOSL(Solver):
+    r"""FOSL: fully single-loop penalty method with full or partial block participation.
+
+    Parameters
+    ----------
+    lr_x, lr_y, lr_z, lr_v : float
+        Step sizes :math:`\eta_x` (descent), :math:`\eta_y` (ascent), :math:`\eta_z`,
+        :math:`\eta_v`. Defaults 0.05, 0.1, 0.01, 0.1 [ours; UNVERIFIED. Typical theory:
+        :math:`\eta_x \ll \eta_y`, :math:`\eta_z \approx 1/(L_f + \lambda L_g)`,
+        :math:`\eta_v \approx 1/L_g`].
+    lam : float
+        Penalty multiplier λ (:math:`\lambda_0` if ``delta > 0``). Default 10.0 [ours; the
+        paper's figures vary a constant λ, UNVERIFIED].
+    delta, delta_power : float
+        Optional increasing multiplier :math:`\lambda_{t+1} = \lambda_t + \delta/(t+1)^p`.
+        Default 0 (constant λ) [UNVERIFIED].
+    n_sampled : int or None
+        S, blocks per step; ``None`` is full participation [PAPER: partial participation].
+    gauss_seidel : bool
+        Take the x/y step at the updated ``z``, ``v`` (Gauss-Seidel) instead of the iterate
+        ``t`` (Jacobi, default) [UNVERIFIED]. Costs a second oracle evaluation per block.
+    y_bounds : tuple of float or None
+        Box for ``Proj_Y`` (default none) [UNVERIFIED].
+    batch_size_outer, batch_size_inner : int or None
+        Minibatches for f (ξ) and for both g's (ζ); ``None`` is full data.
+
+    Notes
+    -----
+    Step t (ALGORITHMS.md §3.3), with sampled blocks :math:`I_t`, :math:`|I_t| = S`:
+
+    .. math::
+
+        v_i &\leftarrow v_i - \eta_v \nabla_z g_i(x_t, v_i),\qquad
+        z_i \leftarrow z_i - \eta_z\,[\nabla_z f_i(x_t, y_t, z_i) + \lambda\nabla_z g_i(x_t, z_i)],
+        \quad i \in I_t,\\
+        y_{t+1} &= \mathrm{Proj}_Y\Bigl(y_t + \frac{\eta_y}{S}\sum_{i\in I_t}\nabla_y f_i(x_t, y_t, z_i^t)\Bigr),\\
+        x_{t+1} &= x_t - \frac{\eta_x}{S}\sum_{i \in I_t}\bigl[\nabla_x f_i(x_t, y_t, z_i^t)
+                  + \lambda(\nabla_x g_i(x_t, z_i^t) - \nabla_x g_i(x_t, v_i^t))\bigr].
+
+    The state stores ``z`` and ``v`` for all ``n`` blocks (O(n·dim_z) memory, the cost
+    :class:`~refbilevel.solvers.memcs.MemCS` removes). Blocks outside :math:`I_t` keep their
+    values. Oracle calls per step, counted per block (a call on S blocks counts S): S
+    ``grad_f`` and 2S ``grad_g`` (Jacobi); twice that with ``gauss_seidel=True``.
+
+    References
+    ----------
+    .. [1] Yang, Y., Si, X., Lyu, S. and Ji, K. (2024). First-order minimax bilevel
+           optimization. NeurIPS. (OpenReview GZoAUVSkaw)
+    .. [2] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
+           for stochastic bilevel optimization. ICML. (the penalty)
+    """
+
+    name = "fosl"
+    minimax = True
+
+    lr_x: float = 0.05
+    lr_y: float = 0.1
+    lr_z: float = 0.01
+    lr_v: float = 0.1
+    lam: float = 10.0
+    delta: float = 0.0
+    delta_power: float = 0.0
+    n_sampled: int | None = None
+    gauss_seidel: bool = False
+    y_bounds: tuple | None = None
+    batch_size_outer: int | None = None
+    batch_size_inner: int | None = None
+
+    def __post_init__(self):
+        _check_common(self)
+        check_bool(self.gauss_seidel, "gauss_seidel")
+
+    def next_multiplier(self, lam: float, t: int) -> float:
+        """:math:`\\lambda_{t+1} = \\lambda_t + \\delta/(t+1)^p` (host float)."""
+        if self.delta == 0.0:
+            return lam
+        return lam + self.delta / (t + 1) ** self.delta_power
+
+    def init(self, problem, x0, y0, rng) -> FOSLState:
+        """``z = v = problem.init_z()`` for all blocks."""
+        x0, y0 = start_point(problem, x0, y0)
+        blocks, batches = _make_samplers(self, problem, rng)
+        z0 = problem.init_z()
+        return FOSLState(x=x0, y=y0, z=z0, v=problem.xp.asarray(z0, copy=True), iteration=0,
+                         calls=OracleCalls(), multiplier=self.lam, blocks=blocks,
+                         batches=batches)
+
+    def step(self, problem, state: FOSLState) -> FOSLState:
+        xp = problem.xp
+        x, y, lam, t = state.x, state.y, state.multiplier, state.iteration
+        idx = state.blocks.draw(xp, problem.device)              # sample I_t
+        batch = _draw_batches(problem, state.batches, 1)[0]      # ξ (f), ζ (both g)
+        full = state.blocks.is_full
+        z_I = state.z if full else xp.take(state.z, idx, axis=0)
+        v_I = state.v if full else xp.take(state.v, idx, axis=0)
+        d_z, d_v, d_x, g_y = _block_directions(problem, x, y, z_I, v_I, idx, lam, batch)
+        v_new = v_I - self.lr_v * d_v                            # v_i ← v_i − η_v ∇_z g_i(x_t, v_i)
+        z_new = z_I - self.lr_z * d_z                            # z_i ← z_i − η_z (∇_z f_i + λ∇_z g_i)
+        if self.gauss_seidel:                                    # x/y step at z^{t+1}, v^{t+1}
+            _, _, d_x, g_y = _block_directions(problem, x, y, z_new, v_new, idx, lam, batch)
+        y_next = _project_y(problem, self, y + self.lr_y * g_y)  # ascent on y
+        x_next = x - self.lr_x * d_x                             # descent on x
+        if full:
+            z_all, v_all = z_new, v_new
+        else:
+            z_all = scatter_rows(xp, state.z, idx, z_new)
+            v_all = scatter_rows(xp, state.v, idx, v_new)
+        return replace(state, x=x_next, y=y_next, z=z_all, v=v_all, iteration=t + 1,
+                       calls=state.calls + self.calls_per_step(problem),
+                       multiplier=self.next_multiplier(lam, t))
+
+    def calls_per_step(self, problem) -> OracleCalls:
+        """``S`` grad_f + ``2S`` grad_g per step (doubled with ``gauss_seidel``)."""
+        S = _n_sampled(self, problem)
+        m = 2 if self.gauss_seidel else 1
+        return OracleCalls(grad_f=m * S, grad_g=2 * m * S)
+

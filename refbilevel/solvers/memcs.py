@@ -1,0 +1,139 @@
+r"""MemCS: memory-efficient double loop with cold-start lower-level variables.
+
+Yang, Si, Lyu and Ji (NeurIPS 2024): "a memory-efficient double-loop algorithm with
+cold-start initialization". For each sampled block the lower-level variables start from
+a fixed point, run K inner steps, are used for the x/y step and are discarded, so memory
+is O(S·dim_z) instead of FOSL's O(n·dim_z). RECONSTRUCTED (ALGORITHMS.md §3.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .._validation import check_int
+from ._common import start_point
+from .base import OracleCalls, Solver, SolverState
+from .fosl import _block_directions, _check_common, _make_samplers, _n_sampled, _project_y
+
+__all__ = ["MemCS", "MemCSState"]
+
+
+@dataclass(frozen=True)
+class MemCSState(SolverState):
+    """State of :class:`MemCS`: no block variable of an unsampled block is ever stored.
+
+    Attributes
+    ----------
+    last_blocks : array of int, shape (S,)
+        Blocks sampled by the last step (None before the first step).
+    last_z, last_v : array, shape (S, dim_z)
+        That step's inner variables after K inner steps, kept **for inspection only** (the
+        next step cold-starts and does not read them). None before the first step.
+    blocks, batches
+        Host-side block and minibatch schedules.
+    """
+
+    last_blocks: Any = None
+    last_z: Any = None
+    last_v: Any = None
+    blocks: Any = None
+    batches: Any = None
+
+
+@dataclass(frozen=True)
+class MemCS(Solver):
+    r"""MemCS: cold-start double loop for minimax-bilevel problems.
+
+    Parameters
+    ----------
+    n_inner_steps : int
+        K, inner steps per sampled block and outer step. Default 20 [ours; the paper needs
+        :math:`K = O(\kappa\log(\lambda/\epsilon))`, UNVERIFIED].
+    lr_x, lr_y, lr_z, lr_v, lam, delta, delta_power, n_sampled, y_bounds,
+    batch_size_outer, batch_size_inner
+        As in :class:`~refbilevel.solvers.fosl.FOSL` (same defaults).
+
+    Notes
+    -----
+    Step t (ALGORITHMS.md §3.4): sample :math:`I_t` (:math:`|I_t| = S`); for
+    :math:`i \in I_t` cold-start :math:`z_i^0 = v_i^0 = z_{\text{init}}`
+    (``problem.init_z(S)``, zeros by default [UNVERIFIED: the paper's cold-start point]),
+    then for :math:`k = 0..K-1`
+
+    .. math::
+
+        v_i^{k+1} = v_i^k - \eta_v\nabla_z g_i(x_t, v_i^k),\qquad
+        z_i^{k+1} = z_i^k - \eta_z[\nabla_z f_i(x_t, y_t, z_i^k) + \lambda\nabla_z g_i(x_t, z_i^k)],
+
+    and the x/y step of FOSL at :math:`(z_i^K, v_i^K)`; the block variables are then
+    discarded. Each inner step and the final evaluation draw a fresh minibatch when
+    minibatches are used. Oracle calls per step, counted per block: :math:`(K+1)S`
+    ``grad_f`` and :math:`2(K+1)S` ``grad_g``.
+
+    References
+    ----------
+    .. [1] Yang, Y., Si, X., Lyu, S. and Ji, K. (2024). First-order minimax bilevel
+           optimization. NeurIPS. (OpenReview GZoAUVSkaw)
+    """
+
+    name = "memcs"
+    minimax = True
+
+    n_inner_steps: int = 20
+    lr_x: float = 0.05
+    lr_y: float = 0.1
+    lr_z: float = 0.01
+    lr_v: float = 0.1
+    lam: float = 10.0
+    delta: float = 0.0
+    delta_power: float = 0.0
+    n_sampled: int | None = None
+    y_bounds: tuple | None = None
+    batch_size_outer: int | None = None
+    batch_size_inner: int | None = None
+
+    def __post_init__(self):
+        check_int(self.n_inner_steps, "n_inner_steps", minimum=1)
+        _check_common(self)
+
+    def next_multiplier(self, lam: float, t: int) -> float:
+        """:math:`\\lambda_{t+1} = \\lambda_t + \\delta/(t+1)^p` (host float)."""
+        if self.delta == 0.0:
+            return lam
+        return lam + self.delta / (t + 1) ** self.delta_power
+
+    def init(self, problem, x0, y0, rng) -> MemCSState:
+        x0, y0 = start_point(problem, x0, y0)
+        blocks, batches = _make_samplers(self, problem, rng)
+        return MemCSState(x=x0, y=y0, iteration=0, calls=OracleCalls(), multiplier=self.lam,
+                          blocks=blocks, batches=batches)
+
+    def step(self, problem, state: MemCSState) -> MemCSState:
+        xp = problem.xp
+        x, y, lam, t = state.x, state.y, state.multiplier, state.iteration
+        K = self.n_inner_steps
+        S = _n_sampled(self, problem)
+        idx = state.blocks.draw(xp, problem.device)                 # sample I_t
+        batches = [None] * (K + 1)
+        if state.batches is not None and not state.batches.is_full:
+            batches = state.batches.draw(xp, problem.device, K + 1)
+        z = problem.init_z(S)                                       # cold start z_i^0
+        v = xp.asarray(z, copy=True)                                # cold start v_i^0
+        for k in range(K):
+            d_z, d_v, _, _ = _block_directions(problem, x, y, z, v, idx, lam, batches[k])
+            v = v - self.lr_v * d_v                                 # v^{k+1} = v^k − η_v ∇_z g_i
+            z = z - self.lr_z * d_z                                 # z^{k+1} = z^k − η_z(∇_z f_i + λ∇_z g_i)
+        _, _, d_x, g_y = _block_directions(problem, x, y, z, v, idx, lam, batches[K])
+        y_next = _project_y(problem, self, y + self.lr_y * g_y)     # ascent on y at z^K
+        x_next = x - self.lr_x * d_x                                # descent on x at (z^K, v^K)
+        return replace(state, x=x_next, y=y_next, iteration=t + 1,
+                       calls=state.calls + self.calls_per_step(problem),
+                       multiplier=self.next_multiplier(lam, t),
+                       last_blocks=idx, last_z=z, last_v=v)          # kept for inspection only
+
+    def calls_per_step(self, problem) -> OracleCalls:
+        """``(K+1)S`` grad_f + ``2(K+1)S`` grad_g per step."""
+        S = _n_sampled(self, problem)
+        K = self.n_inner_steps
+        return OracleCalls(grad_f=(K + 1) * S, grad_g=2 * (K + 1) * S)

@@ -1,0 +1,284 @@
+r"""MinimaxOPT: multi-stage gradient descent-ascent on the minimax reformulation.
+
+Wang, Pan, Pi and Zhang (2023) replace the bilevel problem by
+
+.. math::
+
+    \min_{x \in X,\, y} \max_z\; L_\alpha(x, y, z) = f(x, y) + \alpha\,[g(x, y) - g(x, z)]
+
+and run simultaneous gradient descent (x, y) / ascent (z) in stages, multiplying
+:math:`\alpha` by :math:`\tau` per stage and the step sizes by :math:`\tau^{-1}`
+(ALGORITHMS.md §1.2). :class:`MinimaxOPT` is Algorithm 1 (deterministic, full batch);
+:class:`MinimaxOPTStochastic` is the same class with the defaults of Algorithm 2
+(Appendix D.2: minibatches, heavy-ball momentum, cosine schedule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .._validation import check_choice, check_int, check_real
+from ..optim import cosine, momentum, sgd, stage_multiplier
+from ..sampling import BatchSchedule
+from ._common import start_point
+from .base import OracleCalls, Solver, SolverState
+
+__all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
+
+
+@dataclass(frozen=True)
+class MinimaxOPTState(SolverState):
+    """State of :class:`MinimaxOPT`.
+
+    Attributes
+    ----------
+    z : array
+        Auxiliary copy of ``y`` (ascent variable, tracks :math:`y^*(x)`).
+    opt_x, opt_y, opt_z : NamedTuple
+        Optimiser states (:func:`refbilevel.optim.sgd` or :func:`~refbilevel.optim.momentum`).
+    batches : BatchSchedule or None
+        Host-side minibatch schedule (None when full batch).
+    multiplier : float
+        The α the next step uses.
+    """
+
+    z: Any = None
+    opt_x: Any = None
+    opt_y: Any = None
+    opt_z: Any = None
+    batches: Any = None
+
+
+@dataclass(frozen=True)
+class MinimaxOPT(Solver):
+    r"""MinimaxOPT, Algorithm 1 (multi-stage GDA) and, by options, Algorithm 2.
+
+    Parameters
+    ----------
+    lr : float
+        Base step size η shared by x, y, z. Default 0.1 [ours; the paper's grid values were
+        lost in extraction, UNVERIFIED]. The paper finally uses one rate for all three
+        variables [PAPER, App. D.1].
+    lr_x, lr_y, lr_z : float or None
+        Separate base step sizes (``None``: use ``lr``) [CODE: ScaleBiO's
+        ``minmax_init_lr_{w,u,lambda}``].
+    alpha0 : float
+        Initial multiplier α₀. Default 1.0 [ours; the ScaleBiO CLI default is 0.03, CODE].
+    tau : float
+        Stage factor τ > 1: α ← τα per stage, steps × τ⁻¹ per stage. Default 2.0 [CODE:
+        ScaleBiO CLI].
+    steps_per_stage : int
+        K, steps per stage. Default 100 [ours; UNVERIFIED].
+    n_stages : int
+        N, number of stages; sets the cosine horizon N·K. ``run(n_iter=N*K)`` runs the
+        algorithm exactly; further steps continue with further stages. Default 10 [ours].
+    alpha_update : {"pre", "post"}
+        Multiply α before each stage (the authors' code; stage ``i`` uses α₀τ^{i+1}) or
+        after it (the paper's wording; α₀τ^i). Default "pre" [CODE; RECONSTRUCTED].
+    momentum : float
+        Heavy-ball coefficient μ (torch convention ``buf ← μ buf + g``); 0 gives plain GDA.
+        Default 0.0 here, 0.9 in :class:`MinimaxOPTStochastic` [UNVERIFIED].
+    lr_schedule : {"constant", "cosine"}
+        Base schedule multiplied by τ⁻ⁱ; cosine over all N·K steps from ``lr`` to
+        ``lr_min`` [CODE: ScaleBiO ``get_cosine_decay_scheduler``].
+    lr_min : float
+        Floor of the cosine schedule (default 0 [CODE]).
+    weight_decay_y : float
+        torch-style weight decay on y only (``g_y += wd·y``); default 0 (off) [CODE:
+        ScaleBiO uses 5e-4, probably not part of MinimaxOPT].
+    batch_size_outer, batch_size_inner : int or None
+        Minibatch sizes for f and for g; ``None`` is full batch (Algorithm 1).
+        :class:`MinimaxOPTStochastic` defaults to 256 for both [PAPER, CIFAR-10].
+    sampling : {"epoch", "iid"}
+        Minibatch mode (:class:`refbilevel.sampling.MinibatchSampler`).
+    x_bounds : tuple of float or None
+        Box ``(lower, upper)`` for ``Proj_X``. ``None`` uses the problem's ``x_lower`` /
+        ``x_upper`` attributes if it has them (e.g. :func:`~refbilevel.toy_1d`), else no
+        projection.
+
+    Notes
+    -----
+    One ``step`` is one GDA step (Algorithm 1, inner loop body). With stage
+    :math:`i = \lfloor t/K \rfloor`, :math:`s_t = \tau^{-i}\,\eta(t)` (η constant or cosine):
+
+    .. math::
+
+        g_x &= \nabla_x f(x,y) + \alpha_i\,[\nabla_x g(x,y) - \nabla_x g(x,z)],\\
+        g_y &= \nabla_y f(x,y) + \alpha_i \nabla_y g(x,y),\qquad
+        g_z = \alpha_i \nabla_y g(x,z),\\
+        z &\leftarrow z - s_t\eta_z\,g_z,\quad y \leftarrow y - s_t\eta_y\,g_y,\quad
+        x \leftarrow \mathrm{Proj}_X(x - s_t\eta_x\,g_x),
+
+    all gradients at the same point (Jacobi). Since :math:`\alpha_i \tau^{-i}` is constant the
+    step on ``g`` stays fixed while the weight of ``f`` decays. With momentum each raw
+    direction goes through :func:`refbilevel.optim.momentum` before scaling by the step.
+    Stochastic: one outer minibatch feeds f; **one** inner minibatch feeds both
+    :math:`g(x, y)` and :math:`g(x, z)` [CODE: ``reuse_last_samples=True``].
+
+    Oracle calls per step: 1 ``grad_f`` (at (x, y)) and 2 ``grad_g`` (at (x, y) and (x, z),
+    one stacked ``grad_g_many`` call on the same data).
+
+    References
+    ----------
+    .. [1] Wang, J., Pan, R., Pi, R. and Zhang, T. (2023). Effective bilevel optimization via
+           minimax reformulation. arXiv:2305.13153. Algorithm 1, Appendix D.2.
+    """
+
+    name = "minimaxopt"
+
+    lr: float = 0.1
+    lr_x: float | None = None
+    lr_y: float | None = None
+    lr_z: float | None = None
+    alpha0: float = 1.0
+    tau: float = 2.0
+    steps_per_stage: int = 100
+    n_stages: int = 10
+    alpha_update: str = "pre"
+    momentum: float = 0.0
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    weight_decay_y: float = 0.0
+    batch_size_outer: int | None = None
+    batch_size_inner: int | None = None
+    sampling: str = "epoch"
+    x_bounds: tuple | None = None
+
+    def __post_init__(self):
+        check_real(self.lr, "lr", positive=True)
+        for name in ("lr_x", "lr_y", "lr_z"):
+            check_real(getattr(self, name), name, positive=True, allow_none=True)
+        check_real(self.alpha0, "alpha0", positive=True)
+        check_real(self.tau, "tau", low=1.0)
+        check_int(self.steps_per_stage, "steps_per_stage", minimum=1)
+        check_int(self.n_stages, "n_stages", minimum=1)
+        check_choice(self.alpha_update, "alpha_update", ("pre", "post"))
+        mu = check_real(self.momentum, "momentum", nonnegative=True)
+        if not mu < 1:
+            raise ValueError(f"momentum must be < 1; got {mu}")
+        check_choice(self.lr_schedule, "lr_schedule", ("constant", "cosine"))
+        check_real(self.lr_min, "lr_min", nonnegative=True)
+        check_real(self.weight_decay_y, "weight_decay_y", nonnegative=True)
+        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
+        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
+        check_choice(self.sampling, "sampling", ("epoch", "iid"))
+        if self.x_bounds is not None:
+            if not isinstance(self.x_bounds, tuple) or len(self.x_bounds) != 2:
+                raise TypeError(f"x_bounds must be a (lower, upper) tuple; got {self.x_bounds!r}")
+            lo = check_real(self.x_bounds[0], "x_bounds[0]")
+            hi = check_real(self.x_bounds[1], "x_bounds[1]")
+            if not lo <= hi:
+                raise ValueError(f"x_bounds must have lower <= upper; got {self.x_bounds}")
+
+    # ---------------------------------------------------------------- schedules
+    def _optimizer(self):
+        return sgd() if self.momentum == 0.0 else momentum(self.momentum)
+
+    def alpha(self, stage: int) -> float:
+        """Multiplier of stage ``stage`` (:func:`refbilevel.optim.stage_multiplier`)."""
+        return stage_multiplier(self.alpha0, self.tau, update=self.alpha_update)(stage)
+
+    def step_scale(self, t: int) -> float:
+        r"""Host factor :math:`\tau^{-i}\eta(t)/\eta` of global step ``t`` (η(t) constant or cosine)."""
+        stage = t // self.steps_per_stage
+        base = 1.0
+        if self.lr_schedule == "cosine":
+            base = cosine(1.0, self.n_stages * self.steps_per_stage,
+                          floor=self.lr_min / self.lr)(t)
+        return self.tau ** (-stage) * base
+
+    def _bounds(self, problem):
+        if self.x_bounds is not None:
+            return self.x_bounds
+        lo, hi = getattr(problem, "x_lower", None), getattr(problem, "x_upper", None)
+        if lo is None and hi is None:
+            return None
+        return (lo, hi)
+
+    # ---------------------------------------------------------------- protocol
+    def init(self, problem, x0, y0, rng) -> MinimaxOPTState:
+        """Start at ``(x0, y0, z0 = y0)`` [CODE: both copies load the same model]."""
+        x0, y0 = start_point(problem, x0, y0)
+        opt = self._optimizer()
+        batches = None
+        if self.batch_size_outer is not None or self.batch_size_inner is not None:
+            batches = BatchSchedule(problem.n_outer, problem.n_inner,
+                                    batch_size_outer=self.batch_size_outer,
+                                    batch_size_inner=self.batch_size_inner, rng=rng,
+                                    mode=self.sampling)
+        z0 = problem.xp.asarray(y0, copy=True)
+        return MinimaxOPTState(x=x0, y=y0, z=z0, iteration=0, calls=OracleCalls(),
+                               multiplier=self.alpha(0), opt_x=opt.init(x0), opt_y=opt.init(y0),
+                               opt_z=opt.init(z0), batches=batches)
+
+    def step(self, problem, state: MinimaxOPTState) -> MinimaxOPTState:
+        xp = problem.xp
+        x, y, z, t = state.x, state.y, state.z, state.iteration
+        K = self.steps_per_stage
+        alpha = self.alpha(t // K)              # Alg. 1: α ← τα at each stage ("pre"/"post")
+        s = self.step_scale(t)                  # s = τ^{-i} (× cosine, Alg. 2)
+        eta_x = s * (self.lr if self.lr_x is None else self.lr_x)
+        eta_y = s * (self.lr if self.lr_y is None else self.lr_y)
+        eta_z = s * (self.lr if self.lr_z is None else self.lr_z)
+        batch = None
+        if state.batches is not None and not state.batches.is_full:
+            batch = state.batches.draw(xp, problem.device, 1)[0]
+        # gradients at the same (x, y, z); one inner batch for g(x, y) and g(x, z)
+        fx, fy = problem.grad_f(x, y, batch)
+        gxs, gys = problem.grad_g_many(x, xp.stack([y, z]), batch)
+        gx = fx + alpha * (gxs[0, ...] - gxs[1, ...])     # ∇_x L_α
+        gy = fy + alpha * gys[0, ...]                     # ∇_y L_α
+        gz = alpha * gys[1, ...]                          # −∇_z L_α (ascent on z)
+        if self.weight_decay_y:
+            gy = gy + self.weight_decay_y * y
+        opt = self._optimizer()
+        dz, opt_z = opt.update(gz, state.opt_z, eta_z)
+        dy, opt_y = opt.update(gy, state.opt_y, eta_y)
+        dx, opt_x = opt.update(gx, state.opt_x, eta_x)
+        z_new = z + dz                                    # z ← z − s η_z g_z
+        y_new = y + dy                                    # y ← y − s η_y g_y
+        x_new = x + dx                                    # x ← Proj_X(x − s η_x g_x)
+        bounds = self._bounds(problem)
+        if bounds is not None:
+            x_new = xp.clip(x_new, min=bounds[0], max=bounds[1])
+        calls = state.calls + self.calls_per_step(problem)
+        return replace(state, x=x_new, y=y_new, z=z_new, iteration=t + 1, calls=calls,
+                       multiplier=self.alpha((t + 1) // K), opt_x=opt_x, opt_y=opt_y,
+                       opt_z=opt_z)
+
+    def calls_per_step(self, problem) -> OracleCalls:
+        """1 ``grad_f`` + 2 ``grad_g`` (one stacked call at (x, y) and (x, z))."""
+        return OracleCalls(grad_f=1, grad_g=2)
+
+
+@dataclass(frozen=True)
+class MinimaxOPTStochastic(MinimaxOPT):
+    r"""MinimaxOPT Algorithm 2 (Appendix D.2): :class:`MinimaxOPT` with stochastic defaults.
+
+    Minibatches of 256 for f and g [PAPER, CIFAR-10], heavy-ball momentum 0.9 [UNVERIFIED:
+    the value was not stated], cosine schedule over all N·K steps to ``lr_min = 0`` [CODE].
+    Weight decay on y stays off (the reference code's 5e-4 is available as
+    ``weight_decay_y``). All other parameters as in :class:`MinimaxOPT`.
+
+    Notes
+    -----
+    Per step: one outer minibatch for f and **one** inner minibatch for both
+    :math:`g(x, y)` and :math:`g(x, z)`; each raw direction goes through heavy-ball momentum
+    :math:`b \leftarrow \mu b + d` and the step is
+    :math:`\eta_t = \tau^{-i}(\eta_{\min} + (\eta_0 - \eta_{\min})\tfrac12(1 + \cos(\pi t/(NK))))`,
+    :math:`t = iK + k`. Oracle calls per step as :class:`MinimaxOPT`.
+
+    References
+    ----------
+    .. [1] Wang, J., Pan, R., Pi, R. and Zhang, T. (2023). Effective bilevel optimization via
+           minimax reformulation. arXiv:2305.13153. Appendix D.2.
+    """
+
+    name = "minimaxopt_stochastic"
+
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    batch_size_outer: int | None = 256
+    batch_size_inner: int | None = 256
+

@@ -1,0 +1,315 @@
+"""The seed algorithms (MinimaxOPT, F2SA, F2SA-Adam, FOSL, MemCS) against closed forms.
+
+Oracles: the quadratic closed forms of refbilevel.problems.quadratic (x*, the penalty
+saddle for a fixed multiplier, MinimaxOPT's Example 1), a second backend (numpy vs
+array_api_strict trajectories), and the exact hypergradient of LogRegHPO.
+
+Long runs (multi-stage schedules, partial participation, LogRegHPO budgets) run on NumPy
+and CuPy only: array_api_strict costs ~100 µs per operation, and the cross-backend
+trajectory tests below show it follows the NumPy trajectory to 1e-12.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from refbilevel._backend import backend_namespace, is_array, to_host
+from refbilevel.problems.logreg import LogRegHPO
+from refbilevel.problems.quadratic import MinimaxQuadratic, Quadratic, toy_1d
+from refbilevel.run import run
+from refbilevel.solvers import F2SA, FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxOPTStochastic
+
+STRICT = ("array_api_strict",)
+SLOW_REASON = "long run: array_api_strict is ~100x slower; backend agreement is tested below"
+
+
+def _host(a):
+    return to_host(a) if is_array(a) else np.asarray(a, dtype=np.float64)
+
+
+def _err(a, b):
+    return float(np.max(np.abs(_host(a) - _host(b))))
+
+
+def _quadratic(xp=None, device=None, cond=2.0):
+    return Quadratic.random(3, 4, seed=0, cond=cond, ridge=1.0, xp=xp, device=device)
+
+
+def _minimax(xp=None, device=None):
+    return MinimaxQuadratic.random(4, 2, 2, 3, seed=1, cond=2.0, xp=xp, device=device)
+
+
+# ------------------------------------------------------ fixed multiplier: penalty saddle
+FIXED = 10.0
+
+
+@pytest.mark.parametrize("solver, n_iter", [
+    (MinimaxOPT(lr=0.05, alpha0=FIXED, tau=1.0), 500),
+    (F2SA(lr_y=0.05, lr_z=0.5, lam0=FIXED, delta=0.0, schedule="constant", n_inner_steps=3), 400),
+    # eps = 1: near the fixed point Adam's step is ~ lr*m/eps (with eps = 1e-8 the reset
+    # y/z states make the first inner step sign-like, of size lr, and the error stalls at O(lr))
+    (F2SAAdam(lr_y=0.05, lr_z=0.5, xi=2.0, lam0=FIXED, delta=0.0, n_inner_steps=3, eps=1.0),
+     400),
+], ids=["minimaxopt", "f2sa", "f2sa_adam"])
+def test_fixed_multiplier_reaches_penalty_saddle(xp, device, solver, n_iter):
+    P = _quadratic(xp, device)
+    r = run(P, solver, n_iter=n_iter, record_every=n_iter, metrics=())
+    assert r.state.multiplier == FIXED
+    x_l, y_l, z_l = P.penalty_solution(FIXED)
+    assert _err(r.x, x_l) < 1e-8
+    assert _err(r.y, y_l) < 1e-8
+    assert _err(r.state.z, z_l) < 1e-8
+    # the penalty saddle is not the bilevel solution: O(1/λ) away (the test can tell them apart)
+    assert _err(x_l, P.solution()) > 1e-4
+
+
+# ---------------------------------------------------- increasing multiplier: x -> x*
+@pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)
+@pytest.mark.parametrize("solver, n_iter, factor", [
+    (MinimaxOPT(lr=0.1, alpha0=0.5, tau=2.0, steps_per_stage=500, n_stages=8), 4000, 3.5),
+    (F2SA(schedule="paper", lr_y=0.02, lr_z=0.1, lam0=5.0, xi=10.0, n_inner_steps=5), 3000, 1.5),
+    (F2SAAdam(schedule="paper", lr_y=0.05, lr_z=0.1, lam0=5.0, xi=2.0, n_inner_steps=5), 3000, 1.5),
+], ids=["minimaxopt", "f2sa", "f2sa_adam"])
+def test_increasing_multiplier_reaches_x_star(xp, device, solver, n_iter, factor):
+    P = _quadratic(xp, device, cond=5.0)
+    r = run(P, solver, n_iter=n_iter, record_every=n_iter, metrics=())
+    lam = r.state.multiplier
+    assert lam > solver.alpha0 if isinstance(solver, MinimaxOPT) else lam > solver.lam0
+    x_star = P.solution()
+    gap = _err(P.penalty_solution(lam)[0], x_star)       # ‖x_λ − x*‖ = O(1/λ), closed form
+    assert _err(r.x, x_star) <= factor * gap
+    assert _err(r.x, x_star) < 0.1 * _err(P.init_x(), x_star)
+
+
+def test_minimaxopt_schedule_bookkeeping():
+    s = MinimaxOPT(alpha0=0.5, tau=2.0, steps_per_stage=3, n_stages=2, lr_schedule="cosine",
+                   lr_min=0.01, lr=0.1)
+    assert [s.alpha(i) for i in range(3)] == [1.0, 2.0, 4.0]
+    post = dataclasses.replace(s, alpha_update="post")
+    assert [post.alpha(i) for i in range(3)] == [0.5, 1.0, 2.0]
+    # τ^{-i} × cosine over N·K = 6 steps, relative to lr
+    t = 4
+    cos = (0.01 + 0.09 * 0.5 * (1 + np.cos(np.pi * t / 6))) / 0.1
+    assert s.step_scale(t) == pytest.approx(0.5 * cos, rel=1e-14)
+    # α_i τ^{-i} is constant across stages (the property of §1.2)
+    assert len({s.alpha(t // 3) * 2.0 ** -(t // 3) for t in range(9)}) == 1
+
+
+def test_f2sa_schedules():
+    b = F2SA(lr_y=0.1, lr_z=0.2, xi=0.5, lam0=1.0, delta=0.3, schedule="benchopt")
+    k = 9
+    a, g, e = b.steps(k)
+    assert (a, g, e) == pytest.approx((0.1 / 10 ** (5 / 7), 0.2 / 10 ** (4 / 7),
+                                       0.05 / 10 ** (4 / 7)), rel=1e-14)
+    assert b.next_multiplier(2.0, k) == pytest.approx(2.0 + 0.3 / 10 ** (1 / 7), rel=1e-14)
+    p = dataclasses.replace(b, schedule="paper")
+    a, g, e = p.steps(k)
+    assert e == pytest.approx(0.5 * a, rel=1e-15)
+    lam = 1.0
+    for j in range(20):
+        lam = p.next_multiplier(lam, j)
+    assert lam == pytest.approx(21 ** (1 / 7), rel=1e-13)     # λ_k = λ0 (k+1)^{5/7-4/7}
+    c = dataclasses.replace(b, schedule="constant")
+    assert c.steps(100) == (0.1, 0.2, 0.05) and c.next_multiplier(1.0, 50) == 1.3
+
+
+# --------------------------------------------------------- toy_1d (ALGORITHMS.md 1.4)
+@pytest.mark.parametrize("a, b", [
+    (2.0, 3.0), (2.0, 1.0),
+    pytest.param(-1.5, 4.0, marks=pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)),
+], ids=["outside", "inside", "outside-neg"])
+def test_minimaxopt_toy_1d(xp, device, a, b):
+    # ALGORITHMS.md 1.4 ran N = 10 stages of K = 200 steps; K = 100 suffices for 1e-8 here
+    P = toy_1d(a, b, -1.0, 1.0, xp=xp, device=device)
+    s = MinimaxOPT(lr=0.1, alpha0=1.0, tau=2.0, steps_per_stage=100, n_stages=10)
+    r = run(P, s, n_iter=1000, record_every=1000, metrics=())
+    alpha = s.alpha(9)                                   # the last stage's multiplier
+    assert alpha == 1024.0
+    x_star = min(max(b / a, -1.0), 1.0)
+    y_alpha = (b + alpha * a * x_star) / (1 + alpha)
+    assert _err(r.x, [x_star]) < 1e-8
+    assert _err(r.state.z, [a * x_star]) < 1e-8          # z = y*
+    assert _err(r.y, [y_alpha]) < 1e-8                   # y = (b + α a x*)/(1 + α)
+    if -1.0 <= b / a <= 1.0:
+        assert _err(r.y, [b]) < 1e-8                     # exact for every α
+    else:
+        assert _err(r.y, [a * x_star]) > 1e-4            # biased by |b − a x*|/(1+α)
+
+
+# ------------------------------------------------------------ FOSL / MemCS (minimax)
+def _fosl(lam):
+    return FOSL(lam=lam, lr_x=0.05, lr_y=0.1, lr_z=0.4 / lam, lr_v=0.4)
+
+
+def _memcs(lam, **kw):
+    kw = {"lr_x": 0.2, "lr_y": 0.3, "n_inner_steps": 20, "lr_z": 0.6 / lam, "lr_v": 0.6, **kw}
+    return MemCS(lam=lam, **kw)
+
+
+@pytest.mark.parametrize("lam", [10.0, 100.0])
+def test_fosl_penalty_saddle_and_true_saddle(xp, device, lam):
+    P = _minimax(xp, device)
+    r = run(P, _fosl(lam), n_iter=500, record_every=500, metrics=())
+    x_l, y_l, z_l, v_l = P.penalty_saddle(lam)
+    for got, want in ((r.x, x_l), (r.y, y_l), (r.state.z, z_l), (r.state.v, v_l)):
+        assert _err(got, want) < 1e-8
+    x_s, y_s, _ = P.saddle()
+    gap = _err(x_l, x_s)
+    assert 0.1 < gap * lam < 0.5                            # O(1/λ) on this instance
+    assert _err(r.x, x_s) < 1.01 * gap
+
+
+@pytest.mark.parametrize("lam", [
+    10.0, pytest.param(100.0, marks=pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON))])
+def test_memcs_penalty_saddle_and_true_saddle(xp, device, lam):
+    P = _minimax(xp, device)
+    r = run(P, _memcs(lam), n_iter=80, record_every=80, metrics=())
+    x_l, y_l, _, _ = P.penalty_saddle(lam)
+    # bias of K = 20 cold-started inner steps (contraction <= 0.4 per step): ~1e-8
+    assert _err(r.x, x_l) < 1e-7 and _err(r.y, y_l) < 1e-7
+    x_s, _, _ = P.saddle()
+    assert _err(r.x, x_s) < 1.01 * _err(x_l, x_s) + 1e-7
+
+
+def test_true_saddle_error_shrinks_with_lambda():
+    P = _minimax()
+    x_s = P.saddle()[0]
+    errs = [_err(run(P, _fosl(lam), n_iter=500, record_every=500, metrics=()).x, x_s)
+            for lam in (10.0, 100.0, 1000.0)]
+    assert errs[0] > 5 * errs[1] > 25 * errs[2]
+
+
+@pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)
+@pytest.mark.parametrize("make, n_iter", [
+    (lambda: FOSL(lam=10.0, lr_x=0.002, lr_y=0.004, lr_z=0.04, lr_v=0.4, n_sampled=2), 2000),
+    (lambda: _memcs(10.0, lr_x=0.01, lr_y=0.02, n_inner_steps=10, n_sampled=2), 600),
+], ids=["fosl", "memcs"])
+def test_partial_participation_converges(xp, device, make, n_iter):
+    P = _minimax(xp, device)
+    x_l = P.penalty_saddle(10.0)[0]
+    start = _err(P.init_x(), x_l)
+    r = run(P, make(), n_iter=n_iter, record_every=n_iter, metrics=())
+    # constant steps with sampled blocks: a noise ball around the saddle
+    assert _err(r.x, x_l) < 0.03 * start
+
+
+def test_memcs_stores_only_sampled_blocks(xp, device):
+    P = MinimaxQuadratic.random(5, 2, 2, 3, seed=0, xp=xp, device=device)
+    s = MemCS(n_inner_steps=2, n_sampled=2)
+    state = s.init(P, None, None, np.random.default_rng(0))
+    for _ in range(2):
+        state = s.step(P, state)
+        for f in dataclasses.fields(state):
+            a = getattr(state, f.name)
+            if is_array(a) and a.ndim >= 1:
+                assert a.shape[0] != P.n_blocks, f.name      # nothing of shape (n, ...)
+        assert tuple(state.last_z.shape) == (2, 3) and tuple(state.last_v.shape) == (2, 3)
+        assert tuple(state.last_blocks.shape) == (2,)
+    fosl = FOSL(n_sampled=2).init(P, None, None, np.random.default_rng(0))
+    assert tuple(fosl.z.shape) == (5, 3)                     # FOSL stores all blocks
+
+
+# --------------------------------------------------------- stochastic reproducibility
+def _logreg_small(xp, device=None):
+    return LogRegHPO.synthetic(n_samples=40, n_features=3, seed=0, xp=xp, device=device)
+
+
+def _minimax_small(xp, device=None):
+    return MinimaxQuadratic.random(5, 2, 2, 3, seed=0, xp=xp, device=device)
+
+
+def _stochastic_cases():
+    return [
+        ("minimaxopt", _logreg_small,
+         MinimaxOPTStochastic(lr=0.1, steps_per_stage=10, n_stages=3, batch_size_outer=6,
+                              batch_size_inner=8)),
+        ("f2sa", _logreg_small,
+         F2SA(lr_y=0.1, n_inner_steps=2, batch_size_outer=6, batch_size_inner=8)),
+        ("f2sa_adam", _logreg_small,
+         F2SAAdam(lr_y=0.05, n_inner_steps=2, batch_size_outer=6, batch_size_inner=8,
+                  sampling="iid")),
+        ("fosl", _minimax_small,
+         FOSL(n_sampled=2)),
+        ("memcs", _minimax_small,
+         MemCS(n_sampled=3, n_inner_steps=3)),
+    ]
+
+
+@pytest.mark.parametrize("case", _stochastic_cases(), ids=lambda c: c[0])
+def test_same_seed_same_trajectory(xp, device, case):
+    _, make, solver = case
+    np_xp = backend_namespace("numpy")
+    P_np = make(np_xp)
+    a = run(P_np, solver, n_iter=30, seed=11, record_every=10, metrics=("value",))
+    b = run(P_np, solver, n_iter=30, seed=11, record_every=10, metrics=("value",))
+    np.testing.assert_array_equal(to_host(a.x), to_host(b.x))          # bitwise
+    np.testing.assert_array_equal(a.history["value"], b.history["value"])
+    c = run(P_np, solver, n_iter=30, seed=12, record_every=10, metrics=("value",))
+    assert not np.array_equal(to_host(a.x), to_host(c.x))              # the seed matters
+    if xp is not np_xp:
+        P = make(xp, device)
+        d = run(P, solver, n_iter=30, seed=11, record_every=10, metrics=("value",))
+        np.testing.assert_allclose(to_host(d.x), to_host(a.x), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(to_host(d.y), to_host(a.y), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(d.history["value"], a.history["value"], rtol=1e-12)
+
+
+# ------------------------------------------------ expected decrease on LogRegHPO
+@pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)
+@pytest.mark.parametrize("solver, n_iter", [
+    (MinimaxOPTStochastic(lr=0.2, alpha0=1.0, tau=2.0, steps_per_stage=100, n_stages=3,
+                          batch_size_outer=10, batch_size_inner=10), 300),
+    (F2SA(schedule="paper", lr_y=0.3, lam0=1.0, n_inner_steps=3, xi=30.0, batch_size_outer=25,
+          batch_size_inner=25), 600),
+    (F2SAAdam(lr_y=0.05, lam0=2.0, delta=0.1, n_inner_steps=2, xi=2.0, batch_size_outer=10,
+              batch_size_inner=10), 300),
+], ids=["minimaxopt", "f2sa", "f2sa_adam"])
+def test_expected_hypergradient_decrease_logreg(xp, device, solver, n_iter):
+    P = LogRegHPO.synthetic(n_samples=100, n_features=10, task="binary", seed=0, xp=xp,
+                            device=device)
+    finals = []
+    for seed in range(3):
+        r = run(P, solver, n_iter=n_iter, seed=seed, record_every=n_iter,
+                metrics=("hypergradient_norm",))
+        assert r.status == "max_iter"
+        finals.append(r.history["hypergradient_norm"][-1])
+    start = r.history["hypergradient_norm"][0]
+    assert np.mean(finals) < 0.75 * start
+
+
+# ---------------------------------------------------------------------- validation
+@pytest.mark.parametrize("make, exc", [
+    (lambda: MinimaxOPT(lr=0.0), ValueError),
+    (lambda: MinimaxOPT(lr_x=-1.0), ValueError),
+    (lambda: MinimaxOPT(tau=0.5), ValueError),
+    (lambda: MinimaxOPT(steps_per_stage=0), ValueError),
+    (lambda: MinimaxOPT(steps_per_stage=2.5), TypeError),
+    (lambda: MinimaxOPT(alpha_update="later"), ValueError),
+    (lambda: MinimaxOPT(momentum=1.0), ValueError),
+    (lambda: MinimaxOPT(x_bounds=(1.0, 0.0)), ValueError),
+    (lambda: MinimaxOPT(batch_size_inner=0), ValueError),
+    (lambda: F2SA(n_inner_steps=0), ValueError),
+    (lambda: F2SA(schedule="fast"), ValueError),
+    (lambda: F2SA(lam0=0.0), ValueError),
+    (lambda: F2SA(exponents=(1.0, 1.0)), TypeError),
+    (lambda: F2SAAdam(beta2=1.0), ValueError),
+    (lambda: F2SAAdam(bias_correction="yes"), TypeError),
+    (lambda: FOSL(lr_z=0.0), ValueError),
+    (lambda: FOSL(n_sampled=0), ValueError),
+    (lambda: FOSL(gauss_seidel=1), TypeError),
+    (lambda: MemCS(n_inner_steps=0), ValueError),
+    (lambda: MemCS(lam=-1.0), ValueError),
+])
+def test_hyperparameter_validation(make, exc):
+    with pytest.raises(exc):
+        make()
+
+
+def test_init_validates_start_point(xp, device, asxp):
+    P = _quadratic(xp, device)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="x0"):
+        MinimaxOPT().init(P, asxp(np.zeros(2)), None, rng)
+    with pytest.raises(ValueError, match="n_sampled"):
+        FOSL(n_sampled=9).init(_minimax(xp, device), None, None, rng)
