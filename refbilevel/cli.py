@@ -1,18 +1,41 @@
-"""The ``refbilevel`` command-line tool."""
+"""The ``refbilevel`` command-line tool (also ``python -m refbilevel``).
+
+Subcommands: ``list``, ``run``, ``export``, ``compare``, ``plot``, ``bench``, ``check``.
+A mistake on the command line (unknown name, bad value, missing file) prints one line on
+stderr and exits with status 2; ``compare`` exits with 1 when the trajectories differ.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
 import sys
 
 import numpy as np
 
-from . import __version__, checks
-from ._backend import backend_namespace, to_host
-from .problems.quadratic import Quadratic
+from . import __version__
+
+EXIT_USAGE = 2
 
 
+class UsageError(ValueError):
+    """A user mistake on the command line (reported in one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage + message otherwise)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+# ------------------------------------------------------------------------------ check
 def _cmd_check(args) -> int:
+    from . import checks
+    from ._backend import backend_namespace, to_host
+    from .problems.quadratic import Quadratic
+
     xp = backend_namespace(args.backend)
     problem = Quadratic.random(args.dim_x, args.dim_y, seed=args.seed, cond=args.cond, xp=xp)
     x = problem.init_x() + 0.5
@@ -25,17 +48,318 @@ def _cmd_check(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------- list
+def _fmt_defaults(d: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in d.items())
+
+
+def _cmd_list(args) -> int:
+    from .registry import DEFAULT_RUN, describe_all
+
+    info = describe_all()
+    print("problems (synthetic by default; --set problem.KEY=VALUE):")
+    for name, p in info["problems"].items():
+        kind = "minimax-bilevel" if p["minimax"] else "bilevel"
+        print(f"  {name:<18} [{kind}] {p['description']}")
+        if p["datasets"]:
+            print(f"  {'':<18} real data: --data {' | '.join(p['datasets'])}")
+        print(f"  {'':<18} {_fmt_defaults(p['defaults'])}")
+    print("solvers (--set KEY=VALUE):")
+    for name, s in info["solvers"].items():
+        kind = "minimax-bilevel" if s["minimax"] else "bilevel"
+        print(f"  {name:<22} {s['class']} [{kind}]")
+        print(f"  {'':<22} {_fmt_defaults(s['defaults'])}")
+    print("backends available here: " + ", ".join(info["backends"]))
+    print("datasets:")
+    for name, desc in info["datasets"].items():
+        print(f"  {name:<16} {desc}")
+    print(f"default run: {DEFAULT_RUN['solver']} on {DEFAULT_RUN['problem']} "
+          f"({_fmt_defaults(DEFAULT_RUN['hyperparameters'])}, iters={DEFAULT_RUN['iters']})")
+    return 0
+
+
+# -------------------------------------------------------------------------------- run
+def _run_config(args) -> dict:
+    """The reproducible description of a run from the command-line options."""
+    from .registry import DEFAULT_RUN, get_problem, get_solver, parse_settings
+
+    problem = args.problem or DEFAULT_RUN["problem"]
+    solver = args.solver or DEFAULT_RUN["solver"]
+    solver_cls = get_solver(solver)
+    _check_kinds(problem, solver_cls)
+    hyper = {}
+    if solver == DEFAULT_RUN["solver"] and problem == DEFAULT_RUN["problem"]:
+        hyper.update(DEFAULT_RUN["hyperparameters"])
+    s_kw, p_kw = parse_settings(args.set, solver_cls, problem)
+    hyper.update(s_kw)
+    from .registry import problem_defaults
+
+    p_kw = {**problem_defaults(problem), **p_kw}
+    return {"problem": problem, "problem_params": p_kw, "dataset": args.data, "solver": solver,
+            "hyperparameters": hyper, "seed": args.seed, "backend": args.backend,
+            "dtype": args.dtype, "iters": args.iters,
+            "record_every": args.record_every or DEFAULT_RUN["record_every"],
+            "checkpoint_every": args.checkpoint_every, "metrics": args.metrics}
+
+
+def _check_kinds(problem: str, solver_cls) -> None:
+    from .registry import PROBLEMS, get_problem
+
+    spec = get_problem(problem)
+    if spec.minimax != bool(getattr(solver_cls, "minimax", False)):
+        kind = "minimax-bilevel" if not spec.minimax else "bilevel"
+        fits = [n for n, s in PROBLEMS.items() if s.minimax != spec.minimax and s.available()]
+        raise UsageError(f"solver {solver_cls.name!r} needs a {kind} problem "
+                         f"({', '.join(fits)}); problem {problem!r} is not one")
+
+
+def build_from_config(config: dict):
+    """``(problem, solver, n_iter)`` from a run configuration (``config.json``)."""
+    from .registry import build_problem, build_solver, default_iters
+
+    problem = build_problem(config["problem"], seed=config["seed"], backend=config["backend"],
+                            dtype=config["dtype"], params=config.get("problem_params") or {},
+                            dataset=config.get("dataset"))
+    hyper = dict(config.get("hyperparameters") or {})
+    solver = build_solver(config["solver"], _tuples(hyper))
+    n_iter = config.get("iters") or default_iters(solver)
+    return problem, solver, n_iter
+
+
+def _tuples(hyper: dict) -> dict:
+    """JSON turns tuples into lists; dataclass fields typed ``tuple`` want tuples back."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()}
+
+
+def _summary(result, config, out) -> str:
+    h = result.history
+    rows = [("problem", f"{config['problem']}" + (f" ({config['dataset']})" if config.get("dataset") else "")),
+            ("solver", config["solver"]),
+            ("backend / dtype", f"{config['backend']} / {config['dtype']} on {config.get('device', '?')}"),
+            ("iterations", str(result.n_iter)),
+            ("final outer value f(x, y)", f"{h['value'][-1]:.8g}" if "value" in h else "-"),
+            ("inner residual", f"{h['inner_residual'][-1]:.4g}" if "inner_residual" in h else "-")]
+    if "hypergradient_norm" in h and np.isfinite(h["hypergradient_norm"][-1]):
+        rows.append(("exact hypergradient norm", f"{h['hypergradient_norm'][-1]:.4g} "
+                                                 f"(start {h['hypergradient_norm'][0]:.4g})"))
+    calls = result.calls.as_dict()
+    rows += [("oracle calls", ", ".join(f"{k}={v}" for k, v in calls.items() if v) or "0"),
+             ("wall time (solver)", f"{result.wall_time:.3f} s"),
+             ("status", f"{result.status}: {result.message}"),
+             ("results", out)]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _cmd_run(args) -> int:
+    from ._backend import backend_namespace
+    from .results import CHECKPOINT, CONFIG, environment, load_config, save_run, write_config
+    from .run import METRICS, run
+
+    if args.resume:
+        if args.out is None:
+            raise UsageError("--resume needs --out DIR (the folder of the interrupted run)")
+        config = load_config(args.out)
+        if args.iters is not None:
+            config["iters"] = args.iters
+    else:
+        config = _run_config(args)
+        config["command"] = "refbilevel " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
+    out = args.out or os.path.join(
+        "runs", f"{config['problem']}-{config['solver']}-{config['backend']}-seed{config['seed']}")
+    problem, solver, n_iter = build_from_config(config)
+    config["iters"] = n_iter
+    config["hyperparameters"] = solver.hyperparameters()
+    config.update(environment(problem.xp))
+    config["problem_description"] = problem.describe()
+    metrics = tuple(config.get("metrics") or METRICS)
+    for m in metrics:
+        if m not in METRICS:
+            raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+    checkpoint = os.path.join(out, CHECKPOINT)
+    if not args.resume:
+        if os.path.isdir(out) and os.listdir(out):
+            if not os.path.isfile(os.path.join(out, CONFIG)):
+                raise UsageError(f"--out {out!r} exists and is not a refbilevel results folder")
+            for name in os.listdir(out):  # a fresh run replaces an old one
+                path = os.path.join(out, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        os.makedirs(out, exist_ok=True)
+    config["status"] = "running"
+    write_config(out, config)
+    if args.resume and os.path.isfile(checkpoint):
+        print(f"resuming from {checkpoint}", file=sys.stderr)
+    result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
+                 record_every=config["record_every"], metrics=metrics,
+                 progress=not args.no_progress, checkpoint=checkpoint,
+                 checkpoint_every=config.get("checkpoint_every"))
+    save_run(out, config, result)
+    if os.path.exists(checkpoint) and not args.keep_checkpoint:
+        os.remove(checkpoint)
+    print(_summary(result, config, out))
+    return 0 if result.status != "diverged" else 1
+
+
+# ----------------------------------------------------------------------------- export
+def _cmd_export(args) -> int:
+    from .registry import get_solver, parse_settings
+    from .verify import export
+
+    s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
+    path = export(args.problem, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                  path=args.out, solver=args.solver, hyperparameters=s_kw, problem_params=p_kw,
+                  dtype=args.dtype, dataset=args.data)
+    print(f"wrote {path} (problem {args.problem}, solver {args.solver}, {args.steps} steps, "
+          f"batch size {args.batch_size}); description: array 'description' and "
+          f"{args.out[:-4] if args.out.endswith('.npz') else args.out}.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------- compare
+def _cmd_compare(args) -> int:
+    from .verify import compare, load_candidate, reference_for
+
+    if (args.reference is None) == (args.solver is None):
+        raise UsageError("compare needs exactly one of --reference DIR|FILE.npz and --solver NAME")
+    candidate = load_candidate(args.candidate)
+    reference = reference_for(candidate, reference=args.reference, solver=args.solver,
+                              problem=args.problem, seed=args.seed, settings=args.set)
+    report = compare(reference, candidate, rtol=args.rtol, atol=args.atol)
+    print(report.format(max_rows=args.max_rows))
+    return 0 if report.passed else 1
+
+
+# ------------------------------------------------------------------------------- plot
+def _cmd_plot(args) -> int:
+    from .plotting import plot_runs
+
+    path = plot_runs(args.dirs, x=args.x, y=args.y, out=args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ bench
+def _cmd_bench(args) -> int:
+    from .bench import bench, format_table
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    from .registry import get_solver, parse_settings
+
+    s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
+    rows = bench(args.problem, args.solver, backends=backends, sizes=sizes, dtype=args.dtype,
+                 n_steps=args.steps, repeats=args.repeats, hyperparameters=s_kw,
+                 problem_params=p_kw, seed=args.seed)
+    print(format_table(rows))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _int_arg(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+
+
+def _pos_int(text):
+    v = _int_arg(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return v
+
+
+def _nonneg_int(text):
+    v = _int_arg(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text!r}")
+    return v
+
+
+def _add_common(p, *, problem_default=None, solver_default=None):
+    p.add_argument("--problem", default=problem_default,
+                   help="problem name (refbilevel list); default: the embedded default")
+    p.add_argument("--solver", default=solver_default, help="solver name (refbilevel list)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data and batches (default 0)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="solver hyperparameter, or problem.KEY=VALUE for a problem parameter")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="real dataset instead of synthetic data (refbilevel list)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="refbilevel", description=__doc__)
+    parser = _Parser(prog="refbilevel", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"refbilevel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
     p = sub.add_parser("check", help="exact hypergradient and derivative-check table of a random quadratic")
-    p.add_argument("--dim-x", type=int, default=3)
-    p.add_argument("--dim-y", type=int, default=5)
+    p.add_argument("--dim-x", type=_pos_int, default=3)
+    p.add_argument("--dim-y", type=_pos_int, default=5)
     p.add_argument("--cond", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
     p.add_argument("--backend", default="numpy")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("list", help="problems, solvers and their defaults, backends, datasets")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run a solver on a problem and write a results folder")
+    _add_common(p)
+    p.add_argument("--backend", default="numpy", help="numpy | cupy | array_api_strict | torch")
+    p.add_argument("--iters", type=_nonneg_int, default=None,
+                   help="outer iterations (default: N*K for MinimaxOPT, else 1000)")
+    p.add_argument("--record-every", type=_pos_int, default=None)
+    p.add_argument("--checkpoint-every", type=_pos_int, default=None)
+    p.add_argument("--metrics", default=None, type=lambda s: tuple(m for m in s.split(",") if m),
+                   help="comma-separated: value,inner_residual,hypergradient_norm")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="results folder (default runs/PROBLEM-SOLVER-BACKEND-seedN)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("export", help="write a problem instance and its batch schedule (.npz)")
+    _add_common(p, problem_default="logreg", solver_default="f2sa")
+    p.add_argument("--steps", type=_pos_int, default=10)
+    p.add_argument("--batch-size", type=_pos_int, default=None,
+                   help="minibatch size for f and g (default: full batch)")
+    p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("compare", help="compare a foreign trajectory with the reference")
+    p.add_argument("--candidate", required=True, metavar="FILE.npz")
+    p.add_argument("--reference", default=None, metavar="DIR|FILE.npz",
+                   help="a results folder or an exported file")
+    p.add_argument("--solver", default=None, help="compute the reference with this solver")
+    p.add_argument("--problem", default=None)
+    p.add_argument("--seed", type=_nonneg_int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--rtol", type=float, default=1e-6)
+    p.add_argument("--atol", type=float, default=1e-12)
+    p.add_argument("--max-rows", type=_pos_int, default=12)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("plot", help="convergence curves of results folders (PNG)")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--x", choices=("iteration", "time", "oracle_calls"), default="iteration")
+    p.add_argument("--y", default=None, help="history column (default hypergradient_norm or value)")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("bench", help="time per step of a solver across backends")
+    p.add_argument("--problem", default="logreg")
+    p.add_argument("--solver", default="minimaxopt")
+    p.add_argument("--backends", default="numpy")
+    p.add_argument("--sizes", default=None, help="comma-separated values of the size parameter")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    p.add_argument("--steps", type=_pos_int, default=20, help="steps per timed repeat")
+    p.add_argument("--repeats", type=_pos_int, default=5)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -44,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (TypeError, ValueError) as exc:
-        print(f"refbilevel: error: {exc}", file=sys.stderr)
-        return 2
+    except (TypeError, ValueError, FileNotFoundError, NotADirectoryError, ImportError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"refbilevel {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("refbilevel: interrupted", file=sys.stderr)
+        return 130
