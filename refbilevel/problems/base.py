@@ -61,32 +61,13 @@ def _inner(batch):
     return None if batch is None else batch.inner
 
 
-class BilevelProblem:
-    r"""Base class of bilevel problems :math:`\min_x f(x, y^*(x))`, :math:`y^* = \arg\min_y g`.
+class _ProblemData:
+    """Namespace, dtype and device of a problem's data, and its default starting points."""
 
-    Subclasses set ``dim_x``, ``dim_y``, ``n_outer``, ``n_inner`` and ``xp`` and implement
-    the fused oracles :meth:`f`, :meth:`g`, :meth:`grad_f`, :meth:`grad_g`,
-    :meth:`hvp_g` and :meth:`cross_g`. The narrow oracles (``grad_f_x`` ...) and the
-    stacked ones (``grad_g_many`` ...) derive from them here; override them when a
-    cheaper form exists (e.g. one pass over the data for several points).
-
-    The exact oracles :meth:`inner_solution`, :meth:`hypergradient` and :meth:`value`
-    are provided generically (damped Newton with CG on the hand-derived HVP; the implicit
-    function theorem with CG) for problems whose inner problem is strongly convex;
-    problems with closed forms override them.
-    """
-
-    #: Name used by the registry and the CLI.
-    name: str = "bilevel"
+    xp: Any
     dim_x: int
     dim_y: int
-    n_outer: int
-    n_inner: int
-    xp: Any
-    #: Whether the inner problem is strongly convex (the exact oracles apply).
-    strongly_convex_inner: bool = True
 
-    # ------------------------------------------------------------------ data
     @property
     def dtype(self):
         """Floating dtype of the problem's data and variables."""
@@ -111,6 +92,33 @@ class BilevelProblem:
     def init_y(self):
         """Documented default starting point for y (zeros unless a problem says otherwise)."""
         return self.xp.zeros(self.dim_y, dtype=self.dtype, device=self.device)
+
+
+class BilevelProblem(_ProblemData):
+    r"""Base class of bilevel problems :math:`\min_x f(x, y^*(x))`, :math:`y^* = \arg\min_y g`.
+
+    Subclasses set ``dim_x``, ``dim_y``, ``n_outer``, ``n_inner`` and ``xp`` and implement
+    the fused oracles :meth:`f`, :meth:`g`, :meth:`grad_f`, :meth:`grad_g`,
+    :meth:`hvp_g` and :meth:`cross_g`. The narrow oracles (``grad_f_x`` ...) and the
+    stacked ones (``grad_g_many`` ...) derive from them here; override them when a
+    cheaper form exists (e.g. one pass over the data for several points).
+
+    The exact oracles :meth:`inner_solution`, :meth:`hypergradient` and :meth:`value`
+    are provided generically (damped Newton with CG on the hand-derived HVP; the implicit
+    function theorem with CG) for problems whose inner problem is strongly convex;
+    problems with closed forms override them.
+    """
+
+    #: Name used by the registry and the CLI.
+    name: str = "bilevel"
+    dim_x: int
+    dim_y: int
+    n_outer: int
+    n_inner: int
+    xp: Any
+    #: Whether the inner problem is strongly convex (the exact oracles apply).
+    strongly_convex_inner: bool = True
+
 
     # ----------------------------------------------------- fused oracles
     def f(self, x, y, batch: Batch | None = None):
@@ -251,7 +259,7 @@ class BilevelProblem:
                 "n_outer": self.n_outer, "n_inner": self.n_inner}
 
 
-class MinimaxBilevelProblem:
+class MinimaxBilevelProblem(_ProblemData):
     r"""Base class of multi-block minimax-bilevel problems (FOSL and MemCS).
 
     .. math::
@@ -277,29 +285,9 @@ class MinimaxBilevelProblem:
     dim_z: int
     xp: Any
 
-    @property
-    def dtype(self):
-        return self._dtype
-
-    @property
-    def device(self):
-        return self._device
-
-    def _set_backend(self, *arrays, names=None) -> None:
-        self.xp = array_namespace(*arrays, names=names)
-        first = next(a for a in arrays if a is not None)
-        self._dtype = first.dtype
-        self._device = device(first)
-
     def all_blocks(self):
         """Index array ``0..n_blocks-1`` on the problem's device."""
         return self.xp.arange(self.n_blocks, device=self.device)
-
-    def init_x(self):
-        return self.xp.zeros(self.dim_x, dtype=self.dtype, device=self.device)
-
-    def init_y(self):
-        return self.xp.zeros(self.dim_y, dtype=self.dtype, device=self.device)
 
     def init_z(self, n_rows: int | None = None):
         """Cold-start lower-level variables, shape ``(n_rows, dim_z)`` (default all blocks)."""
