@@ -26,6 +26,14 @@ def _vdot(xp, u, v):
     return xp.sum(u * v)
 
 
+def _cg_start(xp, matvec, b, x0):
+    """CG's starting iterate, residual ``b − H v₀`` and its squared norm (no matvec from 0)."""
+    if x0 is None:
+        return xp.zeros_like(b), b, _vdot(xp, b, b)
+    r = b - matvec(x0)
+    return x0, r, _vdot(xp, r, r)
+
+
 def conjugate_gradient(matvec: Callable, b, *, n_iter: int, x0=None):
     r"""Run exactly ``n_iter`` conjugate-gradient steps on ``H v = b`` (H symmetric PD).
 
@@ -61,14 +69,8 @@ def conjugate_gradient(matvec: Callable, b, *, n_iter: int, x0=None):
     synchronises a GPU. In exact arithmetic ``n_iter = dim`` solves the system.
     """
     xp = array_namespace(b)
-    if x0 is None:
-        v = xp.zeros_like(b)
-        r = b
-    else:
-        v = x0
-        r = b - matvec(x0)
+    v, r, rs = _cg_start(xp, matvec, b, x0)
     p = r
-    rs = _vdot(xp, r, r)
     for _ in range(n_iter):
         hp = matvec(p)
         php = _vdot(xp, p, hp)
@@ -173,14 +175,8 @@ def cg_solve(matvec: Callable, b, *, rtol: float = 1e-13, atol: float = 0.0,
         max_iter = 10 * size + 10
     bnorm = to_host_scalar(xp.sqrt(_vdot(xp, b, b)))
     target = max(rtol * bnorm, atol)
-    if x0 is None:
-        v = xp.zeros_like(b)
-        r = b
-    else:
-        v = x0
-        r = b - matvec(x0)
+    v, r, rs = _cg_start(xp, matvec, b, x0)
     p = r
-    rs = _vdot(xp, r, r)
     rnorm = math.sqrt(to_host_scalar(rs))
     k = 0
     while rnorm > target and k < max_iter:
