@@ -28,15 +28,15 @@ def start_point(problem, x0, y0):
     return xp.asarray(x0, copy=True), xp.asarray(y0, copy=True)
 
 
-def project_x(problem, x):
-    """``Proj_X(x)``: clip to the problem's box ``[x_lower, x_upper]`` when it has one.
+def project_x(problem, x, bounds=None):
+    """``Proj_X(x)``: clip to the box ``bounds = (lower, upper)``, by default the problem's
+    ``[x_lower, x_upper]`` when it has one (either side may be None).
 
     The bounds are Python floats (or None), so this never synchronises.
     """
-    lo = getattr(problem, "x_lower", None)
-    hi = getattr(problem, "x_upper", None)
-    if lo is None and hi is None:
-        return x
+    if bounds is None:
+        bounds = (getattr(problem, "x_lower", None), getattr(problem, "x_upper", None))
+    lo, hi = bounds
     xp = problem.xp
     if lo is not None:
         x = xp.maximum(x, lo)

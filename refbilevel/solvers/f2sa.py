@@ -16,7 +16,7 @@ from .._validation import check_bool, check_choice, check_int, check_real
 from ..optim import adam
 from ..problems.base import Batch
 from ..sampling import BatchSchedule
-from ._common import start_point
+from ._common import project_x, start_point
 from .base import OracleCalls, Solver, SolverState
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
@@ -92,6 +92,10 @@ class F2SA(Solver):
         x_{k+1} &= x_k - \eta_k\,[\nabla_x f(x_k, y_{k+1}; \zeta') + \lambda_k(
                    \nabla_x g(x_k, y_{k+1}; \phi'') - \nabla_x g(x_k, z_{k+1}; \phi'''))],\\
         \lambda_{k+1} &= \lambda_k + \delta_k .
+
+    The x update is followed by :math:`\mathrm{Proj}_X`, the clip to the problem's box
+    ``[x_lower, x_upper]`` when it has one (e.g. :func:`~refbilevel.toy_1d`; the identity
+    otherwise), as in MinimaxOPT's Algorithm 1.
 
     Every stochastic oracle reads its own minibatch (benchopt draws a fresh one per
     oracle): per outer step T+1 outer and 2T+2 inner batches, moved to the device in one
@@ -238,7 +242,7 @@ class F2SA(Solver):
             z = z - gamma * d_z                        # z_{k,t+1} = z_{k,t} − γ_k h_gz
             y = y - alpha * d_y                        # y_{k,t+1} = y_{k,t} − α_k (h_fy + λ_k h_gy)
         d_x = self._direction_outer(problem, x, y, z, lam, draws)
-        x = x - eta * d_x                              # x_{k+1} = x_k − ξα_k (h_fx + λ_k(h_gxy − h_gxz))
+        x = project_x(problem, x - eta * d_x)          # x_{k+1} = x_k − ξα_k (h_fx + λ_k(h_gxy − h_gxz))
         return replace(state, x=x, y=y, z=z, iteration=k + 1,
                        calls=state.calls + self.calls_per_step(problem),
                        multiplier=self.next_multiplier(lam, k))   # λ_{k+1} = λ_k + δ_k
@@ -323,6 +327,7 @@ class F2SAAdam(F2SA):
             y = y + step_y                                  # y −= α_k m̂_y/(√v̂_y + ε)
         d_x = self._direction_outer(problem, x, y, z, lam, draws)
         step_x, opt_x = opt.update(d_x, state.opt_x, eta)   # persistent x state, counter k+1
-        return replace(state, x=x + step_x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
+        return replace(state, x=project_x(problem, x + step_x), y=y, z=z, iteration=k + 1,
+                       opt_x=opt_x,
                        calls=state.calls + self.calls_per_step(problem),
                        multiplier=self.next_multiplier(lam, k))

@@ -21,7 +21,7 @@ from typing import Any
 from .._validation import check_choice, check_int, check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
 from ..sampling import BatchSchedule
-from ._common import start_point
+from ._common import project_x, start_point
 from .base import OracleCalls, Solver, SolverState
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
@@ -188,14 +188,6 @@ class MinimaxOPT(Solver):
                           floor=self.lr_min / self.lr)(t)
         return self.tau ** (-stage) * base
 
-    def _bounds(self, problem):
-        if self.x_bounds is not None:
-            return self.x_bounds
-        lo, hi = getattr(problem, "x_lower", None), getattr(problem, "x_upper", None)
-        if lo is None and hi is None:
-            return None
-        return (lo, hi)
-
     # ---------------------------------------------------------------- protocol
     def init(self, problem, x0, y0, rng) -> MinimaxOPTState:
         """Start at ``(x0, y0, z0 = y0)`` [CODE: both copies load the same model]."""
@@ -239,9 +231,7 @@ class MinimaxOPT(Solver):
         z_new = z + dz                                    # z ← z − s η_z g_z
         y_new = y + dy                                    # y ← y − s η_y g_y
         x_new = x + dx                                    # x ← Proj_X(x − s η_x g_x)
-        bounds = self._bounds(problem)
-        if bounds is not None:
-            x_new = xp.clip(x_new, min=bounds[0], max=bounds[1])
+        x_new = project_x(problem, x_new, self.x_bounds)
         calls = state.calls + self.calls_per_step(problem)
         return replace(state, x=x_new, y=y_new, z=z_new, iteration=t + 1, calls=calls,
                        multiplier=self.alpha((t + 1) // K), opt_x=opt_x, opt_y=opt_y,
