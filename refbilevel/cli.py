@@ -64,7 +64,9 @@ def _cmd_list(args) -> int:
         if p["datasets"]:
             print(f"  {'':<18} real data: --data {' | '.join(p['datasets'])}")
         print(f"  {'':<18} {_fmt_defaults(p['defaults'])}")
-    print("solvers (--set KEY=VALUE):")
+        for solver, hyper in p["suggested"].items():
+            print(f"  {'':<18} suggested for {solver}: {_fmt_defaults(hyper)}")
+    print("solvers (--set KEY=VALUE; a problem's suggested settings apply under --set):")
     for name, s in info["solvers"].items():
         kind = "minimax-bilevel" if s["minimax"] else "bilevel"
         print(f"  {name:<22} {s['class']} [{kind}]")
@@ -121,7 +123,7 @@ def build_from_config(config: dict):
                             dtype=config["dtype"], params=config.get("problem_params") or {},
                             dataset=config.get("dataset"))
     hyper = dict(config.get("hyperparameters") or {})
-    solver = build_solver(config["solver"], _tuples(hyper))
+    solver = build_solver(config["solver"], _tuples(hyper), problem=config["problem"])
     n_iter = config.get("iters") or default_iters(solver)
     return problem, solver, n_iter
 
