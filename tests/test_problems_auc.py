@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from refbilevel._backend import device as dev_of, to_host, to_host_scalar
+from refbilevel.checks import relative_error
 from refbilevel.datasets import make_multitask_auc, multitask_auc_data
 from refbilevel.problems import Batch, MultiTaskAUC
 
@@ -155,3 +156,20 @@ def test_bad_inputs(rng):
         MultiTaskAUC(*args, lower="copy")
     with pytest.raises(TypeError, match="A_val"):
         MultiTaskAUC(s.A_train, s.y_train, [[0.0]], s.y_val)
+
+
+@pytest.mark.parametrize("lower", ["head", "anchored"])
+def test_stacked_grad_g_equals_one_point_calls(backend, lower):
+    """The one-pass ``grad_g_many`` equals ``grad_g`` at each point (to rounding)."""
+    from refbilevel.datasets import make_multitask_auc
+
+    problem = make_multitask_auc(seed=1, lower=lower, xp=backend.xp, device=backend.device)
+    rng = np.random.default_rng(3)
+    x = problem.init_x() + backend.asarray(0.1 * rng.standard_normal(problem.dim_x))
+    blocks = backend.asarray(np.array([2, 0, 1]))
+    Zs = backend.asarray(rng.standard_normal((2, 3, problem.dim_z)))
+    gxs, gzs = problem.grad_g_many(x, Zs, blocks)
+    for j in range(2):
+        gx, gz = problem.grad_g(x, Zs[j, ...], blocks)
+        assert relative_error(gxs[j, ...], gx) <= 1e-13
+        assert relative_error(gzs[j, ...], gz) <= 1e-13

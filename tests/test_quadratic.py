@@ -233,3 +233,17 @@ def test_constructor_rejects_bad_input(xp, device):
         q.penalty_solution(0.0)
     with pytest.raises(ValueError, match="a must be nonzero"):
         toy_1d(0.0, 1.0, -1.0, 1.0)
+
+
+def test_minimax_default_stacked_grad_g_equals_one_point_calls(mmq, asxp, rng):
+    """The base class's looping ``grad_g_many`` (MinimaxQuadratic does not override it)."""
+    from refbilevel.checks import relative_error
+
+    x = asxp(rng.standard_normal(mmq.dim_x))
+    blocks = asxp(np.array([3, 1]))
+    Zs = asxp(rng.standard_normal((2, 2, mmq.dim_z)))
+    gxs, gzs = mmq.grad_g_many(x, Zs, blocks)
+    for j in range(2):
+        gx, gz = mmq.grad_g(x, Zs[j, ...], blocks)
+        assert relative_error(gxs[j, ...], gx) <= 1e-15
+        assert relative_error(gzs[j, ...], gz) <= 1e-15

@@ -67,6 +67,21 @@ from .base import Batch, MinimaxBilevelProblem
 __all__ = ["MultiTaskAUC", "block_newton"]
 
 
+def _weighted_rows(w, M):
+    """``Σ_k w[b, k] M[b, k, :]`` for stacked blocks: ``(nb, n)``, ``(nb, n, p)`` -> ``(nb, p)``.
+
+    A batched matrix product reads ``M`` once and makes no temporary of its size
+    (``xp.sum(M * w[..., None], axis=1)`` does both; 4.3 -> 0.2 ms at 1,000,000 x 100 on an
+    H100, docs/benchmarks.md).
+    """
+    return (w[:, None, :] @ M)[:, 0, :]
+
+
+def _bmv(M, v):
+    """Batched matrix-vector product ``(nb, n, p) @ (nb, p) -> (nb, n)``."""
+    return (M @ v[..., None])[..., 0]
+
+
 def _log1pexp(xp, t):
     """``log(1 + e^t)`` stably."""
     return xp.logaddexp(xp.zeros_like(t), t)
@@ -276,7 +291,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         A = _take(xp, self.A_train, blocks, rows)
         lab = _take(xp, self.y_train, blocks, rows)
         feats = self._features(A, x)                    # (nb, n, r)
-        t = (2.0 * lab - 1.0) * xp.sum(feats * z[:, None, :], axis=-1)
+        t = (2.0 * lab - 1.0) * _bmv(feats, z)
         return A, lab, feats, t
 
     def g(self, x, z, blocks, batch: Batch | None = None):
@@ -297,11 +312,37 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         q = self._q(lab, t)
         dz = self._offset(x, z)
-        gz = xp.sum(feats * q[..., None], axis=1) + self.mu * dz
+        gz = _weighted_rows(q, feats) + self.mu * dz
         if self.lower == "anchored":
             return self._pack(-self.mu * xp.mean(dz, axis=0)), gz
-        Mq = xp.sum(A * q[..., None], axis=1)           # (nb, d)
+        Mq = _weighted_rows(q, A)           # (nb, d)
         return self._pack((Mq.mT @ z) / z.shape[0]), gz
+
+    def grad_g_many(self, x, Zs, blocks, batch: Batch | None = None):
+        r"""``grad_g`` at the points ``(x, Zs[j])`` with one pass over each block's data.
+
+        The features :math:`\Phi_i = A_i W` are formed once for all points, and the
+        x-gradients contract the stacked residuals with :math:`A_i` in one batched product.
+        Returns ``(m, dim_x)`` and ``(m, len(blocks), rank)`` stacks.
+        """
+        xp = self.xp
+        rows = None if batch is None else batch.inner
+        A = _take(xp, self.A_train, blocks, rows)
+        sign = 2.0 * _take(xp, self.y_train, blocks, rows) - 1.0         # (nb, n)
+        feats = self._features(A, x)                                      # (nb, n, r)
+        scores = feats @ xp.permute_dims(Zs, (1, 2, 0))                   # (nb, n, m)
+        T = sign[..., None] * scores
+        Q = -sign[..., None] * _sigmoid(xp, -T) / T.shape[1]              # (nb, n, m)
+        gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2))                    # (m, nb, r)
+        m, nb = Zs.shape[0], Zs.shape[1]
+        offsets = [self._offset(x, Zs[j, ...]) for j in range(m)]
+        gzs = gzs + self.mu * xp.stack(offsets)
+        if self.lower == "anchored":
+            gxs = [self._pack(-self.mu * xp.mean(o, axis=0)) for o in offsets]
+        else:
+            MQ = Q.mT @ A                                                 # (nb, m, d): one pass
+            gxs = [self._pack((MQ[:, j, :].mT @ Zs[j, ...]) / nb) for j in range(m)]
+        return xp.stack(gxs), gzs
 
     def _pack(self, gW, ga=None, gb=None):
         xp, T = self.xp, self.n_blocks
@@ -317,8 +358,8 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         xp = self.xp
         _, _, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
-        fv = xp.sum(feats * v[:, None, :], axis=-1)
-        return xp.sum(feats * (w * fv)[..., None], axis=1) + self.mu * v
+        fv = _bmv(feats, v)
+        return _weighted_rows(w * fv, feats) + self.mu * v
 
     def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
         r"""x-gradient of :math:`\frac1{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`.
@@ -338,9 +379,9 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         q = self._q(lab, t)
         w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
-        rho = w * xp.sum(feats * v[:, None, :], axis=-1)
-        Mq = xp.sum(A * q[..., None], axis=1)
-        Mr = xp.sum(A * rho[..., None], axis=1)
+        rho = w * _bmv(feats, v)
+        Mq = _weighted_rows(q, A)
+        Mr = _weighted_rows(rho, A)
         return self._pack((Mq.mT @ v + Mr.mT @ z) / z.shape[0])
 
     def _hessians(self, x, z, blocks):
@@ -376,7 +417,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         Av = _take(xp, self.A_val, blocks, rows)
         lab = _take(xp, self.y_val, blocks, rows)
         feats = self._features(Av, x)
-        u = xp.sum(feats * z[:, None, :], axis=-1)
+        u = _bmv(feats, z)
         h = _sigmoid(xp, u) if self.score == "sigmoid" else u
         p = xp.take(self.prior, blocks, axis=0)
         return Av, lab, feats, u, h, xp.take(a, blocks, axis=0), xp.take(b, blocks, axis=0), p
@@ -401,12 +442,12 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         alpha = xp.take(y, blocks, axis=0)
         dh, da, db, dalpha = auc_m_grad(h, lab, a, b, alpha, **self._auc_kw(p))
         du = dh * (_sigmoid(xp, u) * _sigmoid(xp, -u)) if self.score == "sigmoid" else dh
-        gz = xp.sum(feats * du[..., None], axis=1)
+        gz = _weighted_rows(du, feats)
         nb = z.shape[0]
         if self.lower == "anchored":
             gW = xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
         else:
-            gW = (xp.sum(Av * du[..., None], axis=1).mT @ z) / nb
+            gW = (_weighted_rows(du, Av).mT @ z) / nb
         E = self._onehot(blocks)
         gx = self._pack(gW, (da @ E) / nb, (db @ E) / nb)
         return gx, (dalpha @ E) / nb, gz

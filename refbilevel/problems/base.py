@@ -310,6 +310,15 @@ class MinimaxBilevelProblem(_ProblemData):
         """``(gx, gz)`` per the scaling convention of the class docstring."""
         raise NotImplementedError
 
+    def grad_g_many(self, x, Zs, blocks, batch: Batch | None = None):
+        """``grad_g`` at the points ``(x, Zs[j])``: stacks ``(m, dim_x)`` and ``(m, len(blocks), dim_z)``.
+
+        Counts ``m·len(blocks)`` ``grad_g`` calls. This default loops over the ``m`` points;
+        data-bound problems override it to read each block's data once for all points.
+        """
+        gxs, gzs = zip(*(self.grad_g(x, Zs[j, ...], blocks, batch) for j in range(Zs.shape[0])))
+        return self.xp.stack(gxs), self.xp.stack(gzs)
+
     def inner_solution(self, x):
         """``z*(x)`` for all blocks, shape ``(n_blocks, dim_z)``."""
         raise NotImplementedError

@@ -311,7 +311,7 @@ class F2SAAdam(F2SA):
 
     def init(self, problem, x0, y0, rng) -> F2SAState:
         state = super().init(problem, x0, y0, rng)
-        return replace(state, opt_x=self._adam().init(x0))
+        return replace(state, opt_x=self._adam().init(state.x))
 
     def step(self, problem, state: F2SAState) -> F2SAState:
         x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier

@@ -103,17 +103,17 @@ def _draw_batches(problem, batches, k):
 
 
 def _block_directions(problem, x, y, z, v, idx, lam, batch):
-    """Oracles of one penalty evaluation on blocks ``idx`` (1 grad_f + 2 grad_g calls per block).
+    """Oracles of one penalty evaluation on blocks ``idx`` (1 grad_f + 2 grad_g calls per block;
+    the two g-points share one stacked ``grad_g_many`` call).
 
     Returns ``(d_z, d_v, d_x, g_y)``: per-block z and v directions (descent), the x
     direction and the y gradient (ascent), at the given point.
     """
     fx, fy, fz = problem.grad_f(x, y, z, idx, batch)
-    gx_z, gz_z = problem.grad_g(x, z, idx, batch)
-    gx_v, gz_v = problem.grad_g(x, v, idx, batch)
-    d_z = fz + lam * gz_z                     # ∇_z f_i + λ ∇_z g_i(x, z_i)
-    d_v = gz_v                                # ∇_z g_i(x, v_i)
-    d_x = fx + lam * (gx_z - gx_v)            # (1/S) Σ [∇_x f_i + λ(∇_x g_i(z_i) − ∇_x g_i(v_i))]
+    gxs, gzs = problem.grad_g_many(x, problem.xp.stack([z, v]), idx, batch)  # one data pass
+    d_z = fz + lam * gzs[0, ...]              # ∇_z f_i + λ ∇_z g_i(x, z_i)
+    d_v = gzs[1, ...]                         # ∇_z g_i(x, v_i)
+    d_x = fx + lam * (gxs[0, ...] - gxs[1, ...])  # (1/S) Σ [∇_x f_i + λ(∇_x g_i(z_i) − ∇_x g_i(v_i))]
     return d_z, d_v, d_x, fy
 
 
