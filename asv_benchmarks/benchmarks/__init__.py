@@ -1,0 +1,1 @@
+"""refbilevel asv benchmarks (see ../README.md)."""

@@ -1,0 +1,206 @@
+"""Synchronisation-free solver steps (CuPy) and a smoke run of the asv benchmark suite.
+
+* On CuPy, every solver's ``step`` runs under ``cupyx.allow_synchronize(False)``, which
+  turns any implicit device-to-host synchronisation (``float()``, ``bool()``, ``.get()``,
+  printing, data-dependent shapes) into a ``DeviceSynchronized`` error. A canary checks
+  that the guard does catch a synchronising step, so the test can fail.
+* On NumPy, the asv benchmark modules import and their ``setup``/``time_``/``track_``
+  methods run at the small size (the same code asv runs), with sanity bounds on the
+  tracked numbers and a second-implementation check of the peer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from refbilevel import _backend as B
+from refbilevel import solvers as S
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASV_DIR = os.path.join(ROOT, "asv_benchmarks")
+
+HAS_GPU = "cupy" in B.available_backends()
+needs_gpu = pytest.mark.skipif(
+    not HAS_GPU, reason="needs CuPy and a CUDA GPU: cupyx.allow_synchronize guards device syncs")
+
+#: solver -> constructor kwargs that keep one step cheap (defaults otherwise)
+SOLVER_KW = {
+    "AID": {"n_inner": 5, "n_linear": 3},
+    "ITD": {"n_inner": 5},
+    "F2SA": {"n_inner_steps": 3},
+    "F2SAAdam": {"n_inner_steps": 3},
+    "MemCS": {"n_inner_steps": 3},
+}
+#: steps that synchronise by design (exact oracles with host-side stopping tests)
+SYNC_BY_DESIGN = {"ImplicitGD": "solves the inner problem exactly (Newton-CG with tolerance tests)"}
+
+
+def _solver_classes():
+    out = []
+    for name in S.__all__:
+        cls = getattr(S, name)
+        if isinstance(cls, type) and issubclass(cls, S.Solver) and cls is not S.Solver:
+            out.append(name)
+    return sorted(out)
+
+
+def _problem_for(solver, xp):
+    from refbilevel import datasets
+    from refbilevel.problems import LogRegHPO
+
+    if solver.minimax:
+        return datasets.make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=6, xp=xp)
+    return LogRegHPO.synthetic(n_samples=1200, n_features=12, xp=xp)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", _solver_classes())
+def test_step_has_no_host_sync(name):
+    import cupyx
+
+    if name in SYNC_BY_DESIGN:
+        pytest.skip(f"{name} synchronises by design: {SYNC_BY_DESIGN[name]}")
+    xp = B.backend_namespace("cupy")
+    solver = getattr(S, name)(**SOLVER_KW.get(name, {}))
+    problem = _problem_for(solver, xp)
+    state = solver.init(problem, problem.init_x(), problem.init_y(), np.random.default_rng(0))
+    state = solver.step(problem, state)          # first step outside: kernels compile
+    B.synchronize(xp)
+    with cupyx.allow_synchronize(False):
+        for _ in range(2):
+            state = solver.step(problem, state)
+    B.synchronize(xp)
+    assert math.isfinite(B.to_host_scalar(xp.sum(state.x)))
+
+
+@needs_gpu
+def test_sync_guard_catches_a_synchronising_step():
+    """Canary: a step that reads a device scalar on the host must raise under the guard."""
+    import cupyx
+
+    xp = B.backend_namespace("cupy")
+    solver = S.MinimaxOPT()
+    problem = _problem_for(solver, xp)
+    state = solver.init(problem, problem.init_x(), problem.init_y(), np.random.default_rng(0))
+
+    class Syncing(S.MinimaxOPT):
+        def step(self, problem, state):
+            new = super().step(problem, state)
+            if float(xp.sum(new.x)) > 1e300:     # a data-dependent branch: a sync
+                return state
+            return new
+
+    bad = Syncing()
+    with pytest.raises(cupyx.DeviceSynchronized):
+        with cupyx.allow_synchronize(False):
+            bad.step(problem, state)
+
+
+# ------------------------------------------------------------------ asv smoke run (CPU)
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, ASV_DIR)
+    try:
+        import benchmarks.common
+        import benchmarks.oracles
+        import benchmarks.peers
+        import benchmarks.solvers
+        import benchmarks.measure
+        import benchmarks.track
+        old = benchmarks.measure.MIN_TIME, benchmarks.measure.COPY_BYTES_CPU
+        benchmarks.measure.MIN_TIME = 0.002          # short timing batches: a smoke run
+        benchmarks.measure.COPY_BYTES_CPU = 1 << 24
+        yield benchmarks
+        benchmarks.measure.MIN_TIME, benchmarks.measure.COPY_BYTES_CPU = old
+    finally:
+        sys.path.remove(ASV_DIR)
+
+
+ARGS = ("numpy", "small", "float64")
+
+
+def _methods(obj, prefix):
+    return [m for m in dir(obj) if m.startswith(prefix)]
+
+
+def test_asv_oracle_benchmarks_run(bench):
+    classes = [bench.oracles.LogRegBinary, bench.oracles.LogRegMultinomial,
+               bench.oracles.CleaningMLP, bench.oracles.MultiTaskAUCOracles]
+    ran = 0
+    for cls in classes:
+        b = cls()
+        b.setup(*ARGS)
+        for m in _methods(b, "time_"):
+            getattr(b, m)(*ARGS)
+            ran += 1
+    assert ran == 4 * 4 + 3          # four oracles each, stacked grad_g on three problems
+
+
+def test_asv_solver_and_track_benchmarks_run(bench):
+    for name in bench.common.SOLVERS:
+        b = bench.solvers.SolverStep()
+        b.setup(*ARGS, name)
+        b.time_step(*ARGS, name)
+        t = bench.track.SolverTracks()
+        t.setup(*ARGS, name)
+        # the step is a handful of oracle calls plus a few vector updates: its time is
+        # of the order of their sum (a broken recorder gives 0 or inf; wide bounds because
+        # the smoke run times very short batches on a shared CPU)
+        ratio = t.track_overhead(*ARGS, name)
+        assert 0.05 < ratio < 20.0, (name, ratio)
+        assert t.track_state_memory(*ARGS, name) > 0.0
+        m = bench.track.MemoryTracks()
+        m.setup(*ARGS, name)
+        peak = m.track_peak_memory(*ARGS, name)
+        assert 0.0 < peak < 200.0, (name, peak)      # MB, small problem
+        with pytest.raises(NotImplementedError):      # syncs are counted on cupy only: skip
+            bench.track.SyncTracks().setup(*ARGS, name)
+
+
+def test_asv_invalid_combinations_skip(bench):
+    b = bench.solvers.SolverStep()
+    with pytest.raises(NotImplementedError):
+        b.setup("numpy", "large", "float64", "minimaxopt")     # GPU-only size
+    if not HAS_GPU:
+        with pytest.raises(NotImplementedError):
+            b.setup("cupy", "small", "float64", "minimaxopt")
+
+
+def test_asv_bandwidth_track_is_a_fraction(bench):
+    b = bench.track.BandwidthFraction()
+    b.setup(*ARGS)
+    frac = b.track_grad_g(*ARGS)
+    assert 0.0 < frac < 3.0      # bytes once / copy bandwidth; > 1 only from cache reuse
+
+
+def test_peer_steps_match_refbilevel(bench):
+    """Independent implementations (PyTorch eager) of the two steps agree with refbilevel."""
+    pytest.importorskip("torch")
+    problem = bench.common.make_problem("logreg_binary", "numpy", "small", "float64")
+    for step in ("minimaxopt", "f2sa"):
+        err = bench.peers.check_peers(problem, step, impls=("torch",))
+        assert err["torch"] < 1e-12, (step, err)
+
+
+def test_peer_benchmark_refbilevel_numpy(bench):
+    b = bench.peers.PeerSteps()
+    for step in ("f2sa", "minimaxopt"):
+        b.setup("refbilevel-numpy", "small", "float64", step)
+        b.time_step("refbilevel-numpy", "small", "float64", step)
+
+
+def test_recorder_counts_match_calls_per_step(bench):
+    """The recorded oracle calls of a MinimaxOPT step are its documented 1 + 1 (stacked)."""
+    from benchmarks.measure import record_step_oracles
+
+    problem, solver, state = bench.common.solver_step_setup("minimaxopt", *ARGS)
+    calls = [c[0] for c in record_step_oracles(problem, solver, state)]
+    assert sorted(calls) == ["grad_f", "grad_g_many"]
+    assert dataclasses.asdict(solver.calls_per_step(problem)) == {"grad_f": 1, "grad_g": 2,
+                                                                   "hvp": 0, "cross": 0}
