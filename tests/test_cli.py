@@ -101,7 +101,7 @@ def test_run_with_options(tmp_path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_resume_after_sigkill_gives_identical_result(tmp_path):
-    args = ["run", "--problem", "logreg", "--solver", "f2sa", "--iters", 1000,
+    args = ["run", "--problem", "logreg", "--solver", "f2sa", "--iters", 4000,
             "--set", "problem.n=200", "--set", "problem.p=20", "--set", "n_inner_steps=2",
             "--set", "batch_size_outer=16", "--set", "batch_size_inner=16",
             "--metrics", "value", "--record-every", 5, "--checkpoint-every", 5,
@@ -114,7 +114,7 @@ def test_resume_after_sigkill_gives_identical_result(tmp_path):
     deadline = time.time() + 60
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    time.sleep(0.05)
+    time.sleep(0.02)  # the first checkpoint exists: kill mid-way (4000 steps take seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
