@@ -29,6 +29,7 @@ __all__ = [
     "backend_name",
     "backend_namespace",
     "check_same_device",
+    "copy_into",
     "device",
     "device_name",
     "from_host",
@@ -325,6 +326,21 @@ def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
         if seed < 0:
             raise ValueError(f"seed must be >= 0; got {seed}")
     return np.random.default_rng(seed)
+
+
+def copy_into(dst, src) -> None:
+    """Copy ``src`` into the preallocated ``dst`` (same shape, dtype and device).
+
+    On CuPy a device-to-device ``cudaMemcpyAsync``: the copy engine, the path that shows a
+    device's copy bandwidth (CuPy's ``asarray(copy=True)`` runs an elementwise kernel that
+    reaches about 60 % of it on an H100; docs/benchmarks.md). Elsewhere ``dst[...] = src``.
+    For bandwidth measurements; asynchronous on a GPU.
+    """
+    xp = array_namespace(dst, src, names=("dst", "src"))
+    if is_cupy(xp):
+        dst.data.copy_from_device_async(src.data, src.nbytes)
+    else:
+        dst[...] = src
 
 
 def host_namespace():

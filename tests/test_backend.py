@@ -84,3 +84,11 @@ def test_asarray_like_keeps_namespace_device_dtype(xp, device):
     out = _backend.asarray(np.array([1.0, 2.0]), like=like)
     assert out.dtype == xp.float32
     assert _backend.device(out) == _backend.device(like)
+
+
+def test_copy_into_copies_values(xp, device):
+    src = from_host(np.arange(5.0), xp, device=device)
+    dst = xp.zeros_like(src)
+    _backend.copy_into(dst, src)
+    _backend.synchronize(xp)
+    np.testing.assert_array_equal(to_host(dst), np.arange(5.0))
