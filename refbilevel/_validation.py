@@ -15,6 +15,7 @@ from ._backend import array_namespace, device, to_host_scalar
 __all__ = [
     "check_array",
     "check_bool",
+    "check_bounds",
     "check_choice",
     "check_int",
     "check_labels",
@@ -53,6 +54,20 @@ def check_int(value, name: str, *, minimum: int | None = None, allow_none: bool 
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return value
+
+
+def check_bounds(value, name: str):
+    """Return ``value`` unchanged after checking it is None or a ``(lower, upper)`` tuple
+    of real numbers with ``lower <= upper``."""
+    if value is None:
+        return None
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise TypeError(f"{name} must be a (lower, upper) tuple; got {value!r}")
+    lo = check_real(value[0], f"{name}[0]")
+    hi = check_real(value[1], f"{name}[1]")
+    if not lo <= hi:
+        raise ValueError(f"{name} must have lower <= upper; got {value}")
     return value
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._backend import device
-from .._validation import check_bool, check_int, check_real
+from .._validation import check_bool, check_bounds, check_int, check_real
 from ..sampling import BatchSchedule, BlockSampler
 from ._common import start_point
 from .base import OracleCalls, Solver, SolverState
@@ -71,13 +71,7 @@ def _check_common(solver):
     check_int(solver.n_sampled, "n_sampled", minimum=1, allow_none=True)
     check_int(solver.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
     check_int(solver.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-    if solver.y_bounds is not None:
-        if not isinstance(solver.y_bounds, tuple) or len(solver.y_bounds) != 2:
-            raise TypeError(f"y_bounds must be a (lower, upper) tuple; got {solver.y_bounds!r}")
-        lo = check_real(solver.y_bounds[0], "y_bounds[0]")
-        hi = check_real(solver.y_bounds[1], "y_bounds[1]")
-        if not lo <= hi:
-            raise ValueError(f"y_bounds must have lower <= upper; got {solver.y_bounds}")
+    check_bounds(solver.y_bounds, "y_bounds")
 
 
 def _make_samplers(solver, problem, rng):

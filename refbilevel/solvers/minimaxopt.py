@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_bounds, check_choice, check_int, check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
 from ..sampling import BatchSchedule
 from ._common import project_x, start_point
@@ -163,13 +163,7 @@ class MinimaxOPT(Solver):
         check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
         check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
         check_choice(self.sampling, "sampling", ("epoch", "iid"))
-        if self.x_bounds is not None:
-            if not isinstance(self.x_bounds, tuple) or len(self.x_bounds) != 2:
-                raise TypeError(f"x_bounds must be a (lower, upper) tuple; got {self.x_bounds!r}")
-            lo = check_real(self.x_bounds[0], "x_bounds[0]")
-            hi = check_real(self.x_bounds[1], "x_bounds[1]")
-            if not lo <= hi:
-                raise ValueError(f"x_bounds must have lower <= upper; got {self.x_bounds}")
+        check_bounds(self.x_bounds, "x_bounds")
 
     # ---------------------------------------------------------------- schedules
     def _optimizer(self):
