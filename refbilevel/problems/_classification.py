@@ -7,7 +7,7 @@ from .._validation import check_array, check_int, check_labels
 from ..models.losses import one_hot
 
 __all__ = ["check_binary_data", "check_multiclass_data", "onehot_targets", "scatter_rows",
-           "to_problem_arrays"]
+           "set_multiclass_data", "to_problem_arrays"]
 
 def _check_features(A_train, A_val, names):
     xp = array_namespace(A_train, A_val, names=names)
@@ -50,6 +50,21 @@ def check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes,
     n_classes = check_int(n_classes, "n_classes", minimum=2)
     for lab, name in ((labels_train, tr_name), (labels_val, val_name)):
         check_labels(lab, name, values=tuple(range(n_classes)))
+    return xp, n_classes
+
+
+def set_multiclass_data(problem, A_train, labels_train, A_val, labels_val, n_classes):
+    """Validate a multiclass problem's data and store it on ``problem``; return ``(xp, C)``.
+
+    Sets the backend, ``n_classes``, ``n_features``, ``A_train``, ``A_val`` and the one-hot
+    targets ``Y_train``, ``Y_val``.
+    """
+    xp, n_classes = check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes)
+    problem._set_backend(A_train, A_val, names=("A_train", "A_val"))
+    problem.n_classes, problem.n_features = n_classes, A_train.shape[1]
+    problem.A_train, problem.A_val = A_train, A_val
+    problem.Y_train = onehot_targets(labels_train, n_classes, A_train, xp)
+    problem.Y_val = onehot_targets(labels_val, n_classes, A_train, xp)
     return xp, n_classes
 
 

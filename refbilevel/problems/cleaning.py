@@ -7,8 +7,7 @@ from .._validation import check_choice, check_int, check_real
 from ..models.linear import LinearModel
 from ..models.losses import sigmoid, sigmoid_prime
 from ..models.mlp import ACTIVATIONS, MLP
-from ._classification import (check_multiclass_data, onehot_targets,
-                              scatter_rows, to_problem_arrays)
+from ._classification import scatter_rows, set_multiclass_data, to_problem_arrays
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
 
 __all__ = ["DataCleaning"]
@@ -91,12 +90,8 @@ class DataCleaning(BilevelProblem):
         self.model_kind = check_choice(model, "model", ("linear", "mlp"))
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.hidden = check_int(hidden, "hidden", minimum=1)
-        xp, n_classes = check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes)
-        self._set_backend(A_train, A_val, names=("A_train", "A_val"))
-        self.n_classes, self.n_features = n_classes, A_train.shape[1]
-        self.A_train, self.A_val = A_train, A_val
-        self.Y_train = onehot_targets(labels_train, n_classes, A_train, xp)
-        self.Y_val = onehot_targets(labels_val, n_classes, A_train, xp)
+        xp, n_classes = set_multiclass_data(self, A_train, labels_train, A_val, labels_val,
+                                            n_classes)
         if model == "linear":
             self.model = LinearModel(self.n_features, n_classes)
             self._y0 = None

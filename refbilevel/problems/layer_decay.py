@@ -7,8 +7,7 @@ import math
 from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int
 from ..models.mlp import ACTIVATIONS, MLP
-from ._classification import (check_multiclass_data, onehot_targets,
-                              to_problem_arrays)
+from ._classification import set_multiclass_data, to_problem_arrays
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
 
 __all__ = ["LayerDecayMLP"]
@@ -87,12 +86,8 @@ class LayerDecayMLP(BilevelProblem):
         self.hidden = check_int(hidden, "hidden", minimum=1)
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
         self.parametrization = check_choice(parametrization, "parametrization", ("exp", "raw"))
-        xp, n_classes = check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes)
-        self._set_backend(A_train, A_val, names=("A_train", "A_val"))
-        self.n_classes, self.n_features = n_classes, A_train.shape[1]
-        self.A_train, self.A_val = A_train, A_val
-        self.Y_train = onehot_targets(labels_train, n_classes, A_train, xp)
-        self.Y_val = onehot_targets(labels_val, n_classes, A_train, xp)
+        xp, n_classes = set_multiclass_data(self, A_train, labels_train, A_val, labels_val,
+                                            n_classes)
         self.model = MLP(self.n_features, self.hidden, n_classes, self.activation)
         self._y0 = self.model.init(seed, xp=xp, dtype=self.dtype, device=self.device)
         # layer indicator M (2, p): M[l, k] = 1 when parameter k belongs to W_l
