@@ -110,6 +110,21 @@ class LinearModel:
         return xp.reshape(xp.permute_dims(out, (1, 0, 2)), (m, d * C))
 
     # ------------------------------------------------------------ loss compositions
+    def _weighted_score_grad(self, S, T, loss, weights, xp):
+        r""":math:`c \odot \partial_S \ell` at scores ``S`` (one or stacked points)."""
+        G = loss.score_grad(S, T, xp=xp)
+        return G if weights is None else self._weights(weights, S) * G
+
+    def grad(self, w, A, T, *, loss=None, weights=None, xp):
+        r""":math:`\nabla_w \frac1n \sum_i c_i \ell_i`, flat (no per-sample losses formed).
+
+        ``weights`` (:math:`c`, shape ``(n,)``) defaults to ones.
+        """
+        loss = self.default_loss if loss is None else loss
+        S = self.forward(w, A, xp=xp)
+        G = self._weighted_score_grad(S, T, loss, weights, xp)
+        return self.vjp(A, G, xp=xp) / A.shape[0]
+
     def per_sample_and_grad(self, w, A, T, *, loss=None, weights=None, xp):
         r"""Per-sample losses :math:`\ell_i` and :math:`\nabla_w \frac1n \sum_i c_i \ell_i`.
 
@@ -117,9 +132,7 @@ class LinearModel:
         """
         loss = self.default_loss if loss is None else loss
         S = self.forward(w, A, xp=xp)
-        G = loss.score_grad(S, T, xp=xp)
-        if weights is not None:
-            G = self._weights(weights, S) * G
+        G = self._weighted_score_grad(S, T, loss, weights, xp)
         return loss.per_sample(S, T, xp=xp), self.vjp(A, G, xp=xp) / A.shape[0]
 
     def value(self, w, A, T, *, loss=None, weights=None, xp):
@@ -143,11 +156,16 @@ class LinearModel:
         S = self.forward(w, A, xp=xp)
         return loss.directional(S, T, self.jvp(A, v, xp=xp), xp=xp)
 
+    def grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
+        """Stacked :meth:`grad` at ``m`` points in one pass over ``A``: ``(m, size)``."""
+        loss = self.default_loss if loss is None else loss
+        S = self.forward_many(Ws, A, xp=xp)
+        G = self._weighted_score_grad(S, T, loss, weights, xp)
+        return self.vjp_many(A, G, xp=xp) / A.shape[0]
+
     def per_sample_and_grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`per_sample_and_grad` at ``m`` points: ``(m, n)`` and ``(m, size)``."""
         loss = self.default_loss if loss is None else loss
         S = self.forward_many(Ws, A, xp=xp)
-        G = loss.score_grad(S, T, xp=xp)
-        if weights is not None:
-            G = self._weights(weights, S) * G
+        G = self._weighted_score_grad(S, T, loss, weights, xp)
         return loss.per_sample(S, T, xp=xp), self.vjp_many(A, G, xp=xp) / A.shape[0]

@@ -144,7 +144,7 @@ class LogRegHPO(BilevelProblem):
     def grad_f(self, x, y, batch: Batch | None = None):
         """``(0, (1/n_val) A_valᵀ ∂_S ℓ)``."""
         A, T = self._val(batch)
-        return self.xp.zeros_like(x), self.model.per_sample_and_grad(y, A, T, xp=self.xp)[1]
+        return self.xp.zeros_like(x), self.model.grad(y, A, T, xp=self.xp)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
@@ -159,7 +159,7 @@ class LogRegHPO(BilevelProblem):
     def grad_g(self, x, y, batch: Batch | None = None):
         """``(∇_x g, ∇_y g)``, see the class Notes."""
         A, T = self._train(batch)
-        gy = self.model.per_sample_and_grad(y, A, T, xp=self.xp)[1]
+        gy = self.model.grad(y, A, T, xp=self.xp)
         return self.grad_g_x(x, y), gy + self._s * self._row_scale(self._lam(x), y)
 
     def grad_g_x(self, x, y, batch: Batch | None = None):
@@ -180,7 +180,7 @@ class LogRegHPO(BilevelProblem):
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
         """``∇_y g`` at ``m`` points in one pass over the training rows: ``(m, dim_y)``."""
         A, T = self._train(batch)
-        G = self.model.per_sample_and_grad_many(Ys, A, T, xp=self.xp)[1]
+        G = self.model.grad_many(Ys, A, T, xp=self.xp)
         return G + self._s * self._row_scale(self._lam(x), Ys)
 
     def grad_g_x_many(self, x, Ys, batch: Batch | None = None):
