@@ -83,7 +83,7 @@ def _cmd_list(args) -> int:
 # -------------------------------------------------------------------------------- run
 def _run_config(args) -> dict:
     """The reproducible description of a run from the command-line options."""
-    from .registry import DEFAULT_RUN, get_problem, get_solver, parse_settings
+    from .registry import DEFAULT_RUN, get_solver, parse_settings
 
     problem = args.problem or DEFAULT_RUN["problem"]
     solver = args.solver or DEFAULT_RUN["solver"]

@@ -126,3 +126,31 @@ def assert_exact_oracles(P, x, rng, *, y0=None, tol=1e-6):
     err = check_gradient(lambda t: P.f(t, P.inner_solution(t, y0=ys)), lambda t: hg, x, u=u)
     assert err <= tol, ("hypergradient vs FD of value", err)
     return ys, hg
+
+
+def assert_batch_matches_subproblem(P, sub, batch, x, y, v, *, x_sub=None):
+    """Batch oracles of ``P`` equal the full oracles of ``sub``, a problem built on the same rows.
+
+    ``x_sub`` is the sub-problem's outer point when x indexes samples (data cleaning: the
+    gathered weights); then the x-space oracles are compared elsewhere (they need a scatter).
+    """
+    same_x = x_sub is None
+    xs = x if same_x else x_sub
+    pairs = [(P.f(x, y, batch), sub.f(xs, y)), (P.g(x, y, batch), sub.g(xs, y)),
+             (P.grad_f_y(x, y, batch), sub.grad_f_y(xs, y)),
+             (P.grad_g_y(x, y, batch), sub.grad_g_y(xs, y)),
+             (P.hvp_g(x, y, v, batch), sub.hvp_g(xs, y, v))]
+    if same_x:
+        pairs += [(P.grad_g_x(x, y, batch), sub.grad_g_x(x, y)),
+                  (P.cross_g(x, y, v, batch), sub.cross_g(x, y, v))]
+    for a, b in pairs:
+        assert relative_error(a, b) <= 1e-13
+
+
+def assert_float32_finite(P, x, y):
+    """Every oracle at ``(x, y)`` (extreme logits) is finite and stays float32."""
+    outs = [P.f(x, y), P.g(x, y), *P.grad_g(x, y), *P.grad_f(x, y), P.hvp_g(x, y, y),
+            P.cross_g(x, y, y), *P.grad_g_many(x, P.xp.stack([y, -y]))]
+    for out in outs:
+        assert out.dtype == P.xp.float32
+        assert bool(P.xp.all(P.xp.isfinite(out)))

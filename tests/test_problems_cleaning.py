@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from _problem_oracles import (assert_exact_oracles, assert_oracles, assert_same_kind,
+from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_oracles,
+                              assert_float32_finite, assert_oracles, assert_same_kind,
                               assert_stacked, point_like)
 
 from refbilevel._backend import from_host, to_host
-from refbilevel.checks import relative_error
 from refbilevel.problems import Batch, DataCleaning
 
 n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
@@ -77,12 +77,7 @@ def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     _assert_away_from_kinks(P, y)
     xs = P.xp.take(x, asxp(inner), axis=0)
     v = point_like(y, rng)
-    pairs = [(P.f(x, y, batch), sub.f(xs, y)), (P.g(x, y, batch), sub.g(xs, y)),
-             (P.grad_f(x, y, batch)[1], sub.grad_f(xs, y)[1]),
-             (P.grad_g_y(x, y, batch), sub.grad_g_y(xs, y)),
-             (P.hvp_g(x, y, v, batch), sub.hvp_g(xs, y, v))]
-    for a, b in pairs:
-        assert relative_error(a, b) <= 1e-13
+    assert_batch_matches_subproblem(P, sub, batch, x, y, v, x_sub=xs)
 
     def scatter(vals):  # host scatter-add of the sub-problem's per-row x-gradients
         out = np.zeros(n_tr)
@@ -141,11 +136,7 @@ def test_float32_extreme_logits_stay_finite(kind, asxp, rng):
     Z = to_host(P.model.forward(y, P.A_train, xp=P.xp)[0] if kind != "linear"
                 else P.model.forward(y, P.A_train, xp=P.xp))
     assert np.abs(Z).max() > 5e3
-    outs = [P.f(x, y), P.g(x, y), *P.grad_g(x, y), *P.grad_f(x, y), P.hvp_g(x, y, y),
-            P.cross_g(x, y, y), *P.grad_g_many(x, P.xp.stack([y, -y]))]
-    for out in outs:
-        assert out.dtype == P.xp.float32
-        assert bool(P.xp.all(P.xp.isfinite(out)))
+    assert_float32_finite(P, x, y)
 
 
 def test_bad_input_names_the_argument(asxp, rng):

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from _problem_oracles import (assert_exact_oracles, assert_oracles, assert_same_kind,
+from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_oracles,
+                              assert_float32_finite, assert_oracles, assert_same_kind,
                               assert_stacked, point_like)
 
 from refbilevel._backend import from_host, to_host
@@ -67,13 +68,7 @@ def test_batch_equals_problem_on_the_selected_rows(config, asxp, rng):
     batch = Batch(outer=asxp(outer), inner=asxp(inner))
     x, y = _point(P, rng)
     v = point_like(y, rng)
-    pairs = [(P.f(x, y, batch), sub.f(x, y)), (P.g(x, y, batch), sub.g(x, y)),
-             (P.grad_f(x, y, batch)[1], sub.grad_f(x, y)[1]),
-             (P.hvp_g(x, y, v, batch), sub.hvp_g(x, y, v)),
-             (P.cross_g(x, y, v, batch), sub.cross_g(x, y, v))]
-    pairs += list(zip(P.grad_g(x, y, batch), sub.grad_g(x, y)))
-    for a, b in pairs:
-        assert relative_error(a, b) <= 1e-13
+    assert_batch_matches_subproblem(P, sub, batch, x, y, v)
 
 
 def test_decay_acts_on_weights_only(asxp, rng):
@@ -121,11 +116,7 @@ def test_float32_extreme_logits_stay_finite(asxp, rng):
     y = from_host(3e3 * rng.standard_normal(P.dim_y), P.xp, dtype="float32", device=P.device)
     x = P.init_x()
     assert np.abs(to_host(P.model.forward(y, P.A_train, xp=P.xp)[0])).max() > 5e3
-    outs = [P.f(x, y), P.g(x, y), *P.grad_g(x, y), *P.grad_f(x, y), P.hvp_g(x, y, y),
-            P.cross_g(x, y, y), *P.grad_g_many(x, P.xp.stack([y, -y]))]
-    for out in outs:
-        assert out.dtype == P.xp.float32
-        assert bool(P.xp.all(P.xp.isfinite(out)))
+    assert_float32_finite(P, x, y)
 
 
 def test_bad_input_names_the_argument(asxp, rng):

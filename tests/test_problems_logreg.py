@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from _problem_oracles import (assert_exact_oracles, assert_oracles, assert_same_kind,
+from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_oracles,
+                              assert_float32_finite, assert_oracles, assert_same_kind,
                               assert_stacked, point_like)
 
 from refbilevel._backend import backend_namespace, from_host, to_host, to_host_scalar
@@ -60,13 +61,7 @@ def test_batch_equals_problem_on_the_selected_rows(task, reduction, par, asxp, r
     batch = Batch(outer=asxp(outer), inner=asxp(inner))
     x, y = _point(P, rng)
     v = point_like(y, rng)
-    pairs = [(P.f(x, y, batch), sub.f(x, y)), (P.g(x, y, batch), sub.g(x, y)),
-             (P.grad_f(x, y, batch)[1], sub.grad_f(x, y)[1]),
-             (P.hvp_g(x, y, v, batch), sub.hvp_g(x, y, v)),
-             (P.cross_g(x, y, v, batch), sub.cross_g(x, y, v))]
-    pairs += list(zip(P.grad_g(x, y, batch), sub.grad_g(x, y)))
-    for a, b in pairs:
-        assert relative_error(a, b) <= 1e-13
+    assert_batch_matches_subproblem(P, sub, batch, x, y, v)
 
 
 @pytest.mark.parametrize("task", ["binary", "multinomial"])
@@ -109,12 +104,7 @@ def test_float32_extreme_logits_stay_finite(task, asxp, rng):
     scores = np.abs(data[0].astype(np.float32) @ y_host.reshape(d, -1))
     assert scores.max() > 5e3  # logits of order 1e4
     x = P.init_x()
-    outs = [P.f(x, y), P.g(x, y), *P.grad_g(x, y), *P.grad_f(x, y), P.hvp_g(x, y, y),
-            P.cross_g(x, y, y)]
-    outs += list(P.grad_g_many(x, P.xp.stack([y, -y])))
-    for out in outs:
-        assert out.dtype == P.xp.float32
-        assert bool(P.xp.all(P.xp.isfinite(out)))
+    assert_float32_finite(P, x, y)
 
 
 def test_bad_input_names_the_argument(asxp, rng):

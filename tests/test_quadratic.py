@@ -159,7 +159,6 @@ def test_minimax_quadratic_saddle_optimality(mmq):
 
 def test_minimax_quadratic_saddle_is_min_max(mmq, asxp, rng):
     """Φ(x*) <= Φ(x) for nearby x, and F(x*, y) <= F(x*, y*) for nearby y."""
-    xp = mmq.xp
     x, y, z = mmq.saddle()
     blocks = mmq.all_blocks()
     phi = float(to_host(mmq.value(x)))
