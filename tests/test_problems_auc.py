@@ -173,3 +173,8 @@ def test_stacked_grad_g_equals_one_point_calls(backend, lower):
         gx, gz = problem.grad_g(x, Zs[j, ...], blocks)
         assert relative_error(gxs[j, ...], gx) <= 1e-13
         assert relative_error(gzs[j, ...], gz) <= 1e-13
+    # the z-only oracles (MemCS's inner steps) equal the z-parts of the full ones
+    assert relative_error(problem.grad_g_z_many(x, Zs, blocks), gzs) <= 1e-15
+    y = problem.init_y() + 0.3
+    assert relative_error(problem.grad_f_z(x, y, Zs[0, ...], blocks),
+                          problem.grad_f(x, y, Zs[0, ...], blocks)[2]) <= 1e-15

@@ -318,6 +318,26 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         Mq = _weighted_rows(q, A)           # (nb, d)
         return self._pack((Mq.mT @ z) / z.shape[0]), gz
 
+    def _residuals_many(self, x, Zs, blocks, batch):
+        """Data rows, logistic residuals ``(nb, n, m)`` and per-block z-gradients ``(m, nb, r)``."""
+        xp = self.xp
+        rows = None if batch is None else batch.inner
+        A = _take(xp, self.A_train, blocks, rows)
+        sign = 2.0 * _take(xp, self.y_train, blocks, rows) - 1.0         # (nb, n)
+        feats = self._features(A, x)                                      # (nb, n, r)
+        T = sign[..., None] * (feats @ xp.permute_dims(Zs, (1, 2, 0)))    # (nb, n, m)
+        Q = -sign[..., None] * _sigmoid(xp, -T) / T.shape[1]
+        offsets = xp.stack([self._offset(x, Zs[j, ...]) for j in range(Zs.shape[0])])
+        gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2)) + self.mu * offsets
+        return A, Q, offsets, gzs
+
+    def grad_g_z_many(self, x, Zs, blocks, batch: Batch | None = None):
+        """Per-block :math:`\nabla_z g_i` at ``m`` points: ``(m, len(blocks), rank)``.
+
+        The features are formed once; the x-gradient's product with the data is skipped.
+        """
+        return self._residuals_many(x, Zs, blocks, batch)[3]
+
     def grad_g_many(self, x, Zs, blocks, batch: Batch | None = None):
         r"""``grad_g`` at the points ``(x, Zs[j])`` with one pass over each block's data.
 
@@ -326,19 +346,10 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         Returns ``(m, dim_x)`` and ``(m, len(blocks), rank)`` stacks.
         """
         xp = self.xp
-        rows = None if batch is None else batch.inner
-        A = _take(xp, self.A_train, blocks, rows)
-        sign = 2.0 * _take(xp, self.y_train, blocks, rows) - 1.0         # (nb, n)
-        feats = self._features(A, x)                                      # (nb, n, r)
-        scores = feats @ xp.permute_dims(Zs, (1, 2, 0))                   # (nb, n, m)
-        T = sign[..., None] * scores
-        Q = -sign[..., None] * _sigmoid(xp, -T) / T.shape[1]              # (nb, n, m)
-        gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2))                    # (m, nb, r)
+        A, Q, offsets, gzs = self._residuals_many(x, Zs, blocks, batch)
         m, nb = Zs.shape[0], Zs.shape[1]
-        offsets = [self._offset(x, Zs[j, ...]) for j in range(m)]
-        gzs = gzs + self.mu * xp.stack(offsets)
         if self.lower == "anchored":
-            gxs = [self._pack(-self.mu * xp.mean(o, axis=0)) for o in offsets]
+            gxs = [self._pack(-self.mu * xp.mean(offsets[j, ...], axis=0)) for j in range(m)]
         else:
             MQ = Q.mT @ A                                                 # (nb, m, d): one pass
             gxs = [self._pack((MQ[:, j, :].mT @ Zs[j, ...]) / nb) for j in range(m)]

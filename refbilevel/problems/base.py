@@ -319,6 +319,14 @@ class MinimaxBilevelProblem(_ProblemData):
         gxs, gzs = zip(*(self.grad_g(x, Zs[j, ...], blocks, batch) for j in range(Zs.shape[0])))
         return self.xp.stack(gxs), self.xp.stack(gzs)
 
+    def grad_f_z(self, x, y, z, blocks, batch: Batch | None = None):
+        """Per-block ``∇_z f_i`` only, ``(len(blocks), dim_z)`` (``len(blocks)`` ``grad_f`` calls)."""
+        return self.grad_f(x, y, z, blocks, batch)[2]
+
+    def grad_g_z_many(self, x, Zs, blocks, batch: Batch | None = None):
+        """Per-block ``∇_z g_i`` at the points ``Zs[j]``: ``(m, len(blocks), dim_z)``."""
+        return self.grad_g_many(x, Zs, blocks, batch)[1]
+
     def inner_solution(self, x):
         """``z*(x)`` for all blocks, shape ``(n_blocks, dim_z)``."""
         raise NotImplementedError

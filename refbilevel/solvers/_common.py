@@ -54,5 +54,10 @@ def make_schedule(problem, rng, batch_size_outer, batch_size_inner):
 
 
 def draw_batches(problem, schedule, k):
-    """``k`` fresh minibatches on the problem's device, moved in one transfer."""
+    """``k`` fresh minibatches on the problem's device, moved in one transfer.
+
+    ``[None] * k`` (full data) when there is no schedule or it is full-batch.
+    """
+    if schedule is None or schedule.is_full:
+        return [None] * k
     return schedule.draw(problem.xp, problem.device, k=k)

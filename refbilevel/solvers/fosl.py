@@ -21,7 +21,7 @@ from typing import Any
 from .._backend import device
 from .._validation import check_bool, check_bounds, check_int, check_real
 from ..sampling import BatchSchedule, BlockSampler
-from ._common import start_point
+from ._common import draw_batches, start_point
 from .base import OracleCalls, Solver, SolverState
 
 __all__ = ["FOSL", "FOSLState", "scatter_rows"]
@@ -89,13 +89,6 @@ def _n_sampled(solver, problem):
     return problem.n_blocks if solver.n_sampled is None else solver.n_sampled
 
 
-def _draw_batches(problem, batches, k):
-    """``k`` batches (f reads .outer, both g's read .inner), or ``[None]*k`` for full data."""
-    if batches is None or batches.is_full:
-        return [None] * k
-    return batches.draw(problem.xp, problem.device, k)
-
-
 def _block_directions(problem, x, y, z, v, idx, lam, batch):
     """Oracles of one penalty evaluation on blocks ``idx`` (1 grad_f + 2 grad_g calls per block;
     the two g-points share one stacked ``grad_g_many`` call).
@@ -109,6 +102,17 @@ def _block_directions(problem, x, y, z, v, idx, lam, batch):
     d_v = gzs[1, ...]                         # ∇_z g_i(x, v_i)
     d_x = fx + lam * (gxs[0, ...] - gxs[1, ...])  # (1/S) Σ [∇_x f_i + λ(∇_x g_i(z_i) − ∇_x g_i(v_i))]
     return d_z, d_v, d_x, fy
+
+
+def _block_z_directions(problem, x, y, z, v, idx, lam, batch):
+    """Only the per-block z and v directions of :func:`_block_directions` (same call count).
+
+    Uses the z-only oracles, which skip the x- and y-gradients (for data-bound problems
+    a pass over the data each) that an inner step would discard.
+    """
+    fz = problem.grad_f_z(x, y, z, idx, batch)
+    gzs = problem.grad_g_z_many(x, problem.xp.stack([z, v]), idx, batch)
+    return fz + lam * gzs[0, ...], gzs[1, ...]
 
 
 def _project_y(problem, solver, y):
@@ -209,7 +213,7 @@ class FOSL(Solver):
         xp = problem.xp
         x, y, lam, t = state.x, state.y, state.multiplier, state.iteration
         idx = state.blocks.draw(xp, problem.device)              # sample I_t
-        batch = _draw_batches(problem, state.batches, 1)[0]      # ξ (f), ζ (both g)
+        batch = draw_batches(problem, state.batches, 1)[0]      # ξ (f), ζ (both g)
         full = state.blocks.is_full
         z_I = state.z if full else xp.take(state.z, idx, axis=0)
         v_I = state.v if full else xp.take(state.v, idx, axis=0)

@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._validation import check_int
-from ._common import start_point
+from ._common import draw_batches, start_point
 from .base import OracleCalls, Solver, SolverState
-from .fosl import _block_directions, _check_common, _make_samplers, _n_sampled, _project_y
+from .fosl import (FOSL, _block_directions, _block_z_directions, _check_common, _make_samplers,
+                   _n_sampled, _project_y)
 
 __all__ = ["MemCS", "MemCSState"]
 
@@ -97,11 +98,7 @@ class MemCS(Solver):
         check_int(self.n_inner_steps, "n_inner_steps", minimum=1)
         _check_common(self)
 
-    def next_multiplier(self, lam: float, t: int) -> float:
-        """:math:`\\lambda_{t+1} = \\lambda_t + \\delta/(t+1)^p` (host float)."""
-        if self.delta == 0.0:
-            return lam
-        return lam + self.delta / (t + 1) ** self.delta_power
+    next_multiplier = FOSL.next_multiplier
 
     def init(self, problem, x0, y0, rng) -> MemCSState:
         x0, y0 = start_point(problem, x0, y0)
@@ -115,13 +112,11 @@ class MemCS(Solver):
         K = self.n_inner_steps
         S = _n_sampled(self, problem)
         idx = state.blocks.draw(xp, problem.device)                 # sample I_t
-        batches = [None] * (K + 1)
-        if state.batches is not None and not state.batches.is_full:
-            batches = state.batches.draw(xp, problem.device, K + 1)
+        batches = draw_batches(problem, state.batches, K + 1)
         z = problem.init_z(S)                                       # cold start z_i^0
         v = xp.asarray(z, copy=True)                                # cold start v_i^0
         for k in range(K):
-            d_z, d_v, _, _ = _block_directions(problem, x, y, z, v, idx, lam, batches[k])
+            d_z, d_v = _block_z_directions(problem, x, y, z, v, idx, lam, batches[k])
             v = v - self.lr_v * d_v                                 # v^{k+1} = v^k − η_v ∇_z g_i
             z = z - self.lr_z * d_z                                 # z^{k+1} = z^k − η_z(∇_z f_i + λ∇_z g_i)
         _, _, d_x, g_y = _block_directions(problem, x, y, z, v, idx, lam, batches[K])

@@ -21,7 +21,7 @@ from typing import Any
 from .._validation import check_bounds, check_choice, check_int, check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
 from ..sampling import BatchSchedule
-from ._common import project_x, start_point
+from ._common import draw_batches, project_x, start_point
 from .base import OracleCalls, Solver, SolverState
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
@@ -207,9 +207,7 @@ class MinimaxOPT(Solver):
         eta_x = s * (self.lr if self.lr_x is None else self.lr_x)
         eta_y = s * (self.lr if self.lr_y is None else self.lr_y)
         eta_z = s * (self.lr if self.lr_z is None else self.lr_z)
-        batch = None
-        if state.batches is not None and not state.batches.is_full:
-            batch = state.batches.draw(xp, problem.device, 1)[0]
+        (batch,) = draw_batches(problem, state.batches, 1)
         # gradients at the same (x, y, z); one inner batch for g(x, y) and g(x, z)
         fx, fy = problem.grad_f(x, y, batch)
         gxs, gys = problem.grad_g_many(x, xp.stack([y, z]), batch)
