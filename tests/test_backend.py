@@ -75,10 +75,6 @@ def test_cupy_without_gpu_is_a_clear_error():
         _backend.backend_namespace("cupy")
 
 
-def test_synchronize_is_harmless(xp):
-    _backend.synchronize(xp)
-
-
 def test_asarray_like_keeps_namespace_device_dtype(xp, device):
     like = xp.zeros(2, dtype=xp.float32, device=device)
     out = _backend.asarray(np.array([1.0, 2.0]), like=like)
