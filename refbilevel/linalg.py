@@ -64,9 +64,10 @@ def conjugate_gradient(matvec: Callable, b, *, n_iter: int, x0=None):
         v_{k+1} = v_k + \alpha_k p_k,\; r_{k+1} = r_k - \alpha_k H p_k,\;
         p_{k+1} = r_{k+1} + \frac{r_{k+1}^\top r_{k+1}}{r_k^\top r_k} p_k .
 
-    Once the residual is exactly zero the divisions are guarded with ``where`` (the
-    iterate then stays put) instead of a data-dependent ``if``, so the loop never
-    synchronises a GPU. In exact arithmetic ``n_iter = dim`` solves the system.
+    Once the residual is exactly zero the divisions are guarded with ``where`` (a
+    non-positive denominator becomes :math:`+\infty`, so the step is 0 and the iterate
+    stays put) instead of a data-dependent ``if``, so the loop never synchronises a GPU.
+    In exact arithmetic ``n_iter = dim`` solves the system.
     """
     xp = array_namespace(b)
     v, r, rs = _cg_start(xp, matvec, b, x0)
@@ -74,11 +75,11 @@ def conjugate_gradient(matvec: Callable, b, *, n_iter: int, x0=None):
     for _ in range(n_iter):
         hp = matvec(p)
         php = _vdot(xp, p, hp)
-        alpha = xp.where(php > 0, rs / xp.where(php > 0, php, 1.0), 0.0)
+        alpha = rs / xp.where(php > 0, php, xp.inf)          # 0 once p^T H p is not > 0
         v = v + alpha * p
         r = r - alpha * hp
         rs_new = _vdot(xp, r, r)
-        beta = xp.where(rs > 0, rs_new / xp.where(rs > 0, rs, 1.0), 0.0)
+        beta = rs_new / xp.where(rs > 0, rs, xp.inf)         # 0 once the residual is 0
         p = r + beta * p
         rs = rs_new
     return v

@@ -171,10 +171,13 @@ def test_linear_model_stacked_equals_single(n_classes, xp, asxp, rng):
     Ws = asxp(rng.standard_normal((3, model.size)))
     ells, grads = model.per_sample_and_grad_many(Ws, A, T, weights=c, xp=xp)
     assert ells.shape == (3, n) and grads.shape == (3, model.size)
+    # the loss-free gradients equal the gradients returned with the losses
+    assert relative_error(model.grad_many(Ws, A, T, weights=c, xp=xp), grads) <= 1e-14
     for j in range(3):
         ell, g = model.per_sample_and_grad(Ws[j, ...], A, T, weights=c, xp=xp)
         assert relative_error(ells[j, ...], ell) <= 1e-12
         assert relative_error(grads[j, ...], g) <= 1e-12
+        assert relative_error(model.grad(Ws[j, ...], A, T, weights=c, xp=xp), g) <= 1e-14
 
 
 # ---------------------------------------------------------------- MLP
@@ -245,10 +248,12 @@ def test_mlp_stacked_equals_single(activation, xp, asxp, rng, device):
     Ts = xp.stack([theta, theta * 0.5, theta + asxp(rng.standard_normal(model.size))])
     ells, grads = model.per_sample_and_grad_many(Ts, A, Y, weights=c, xp=xp)
     assert grads.shape == (3, model.size)
+    assert relative_error(model.grad_many(Ts, A, Y, weights=c, xp=xp), grads) <= 1e-14
     for j in range(3):
         ell, g = model.per_sample_and_grad(Ts[j, ...], A, Y, weights=c, xp=xp)
         assert relative_error(ells[j, ...], ell) <= 1e-12
         assert relative_error(grads[j, ...], g) <= 1e-12
+        assert relative_error(model.grad(Ts[j, ...], A, Y, weights=c, xp=xp), g) <= 1e-14
 
 
 def test_mlp_float32_extreme_logits(xp, asxp, rng, device):

@@ -197,16 +197,32 @@ class MLP:
         return RZ, RU, RH
 
     # ------------------------------------------------------------ loss compositions
+    def _grad_at(self, theta, Z, cache, A, Y, loss, weights, xp):
+        r""":math:`\nabla_\theta \frac1n\sum_i c_i\ell_i` from a forward pass ``(Z, cache)``."""
+        GZ = loss.score_grad(Z, Y, xp=xp)
+        if weights is not None:
+            GZ = weights[:, None] * GZ
+        return self.vjp(theta, cache, A, GZ / A.shape[0], xp=xp)
+
+    def grad(self, theta, A, Y, *, loss=SOFTMAX_CE, weights=None, xp):
+        r""":math:`\nabla_\theta \frac1n\sum_i c_i\ell_i`, flat (no per-sample losses formed).
+
+        Works for a stack ``theta`` of shape ``(m, size)`` too (then ``(m, size)``).
+        """
+        Z, cache = self.forward(theta, A, xp=xp)
+        return self._grad_at(theta, Z, cache, A, Y, loss, weights, xp)
+
+    def grad_many(self, Thetas, A, Y, *, loss=SOFTMAX_CE, weights=None, xp):
+        """Stacked :meth:`grad` at ``m`` points ``(m, size)``; ``A`` read as in the one-point case."""
+        return self.grad(Thetas, A, Y, loss=loss, weights=weights, xp=xp)
+
     def per_sample_and_grad(self, theta, A, Y, *, loss=SOFTMAX_CE, weights=None, xp):
         r"""Per-sample losses :math:`\ell_i` (``(n,)``) and :math:`\nabla_\theta \frac1n\sum_i c_i\ell_i`.
 
         Works for a stack ``theta`` of shape ``(m, size)`` too (``(m, n)``, ``(m, size)``).
         """
         Z, cache = self.forward(theta, A, xp=xp)
-        GZ = loss.score_grad(Z, Y, xp=xp)
-        if weights is not None:
-            GZ = weights[:, None] * GZ
-        return loss.per_sample(Z, Y, xp=xp), self.vjp(theta, cache, A, GZ / A.shape[0], xp=xp)
+        return loss.per_sample(Z, Y, xp=xp), self._grad_at(theta, Z, cache, A, Y, loss, weights, xp)
 
     def per_sample_and_grad_many(self, Thetas, A, Y, *, loss=SOFTMAX_CE, weights=None, xp):
         """Stacked :meth:`per_sample_and_grad` at ``m`` points ``(m, size)``: ``(m, n)``, ``(m, size)``.

@@ -131,7 +131,7 @@ class DataCleaning(BilevelProblem):
         """``(0, ∇_w f)``."""
         idx = _outer(batch)
         A, Y = take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
-        return self.xp.zeros_like(x), self.model.per_sample_and_grad(y, A, Y, xp=self.xp)[1]
+        return self.xp.zeros_like(x), self.model.grad(y, A, Y, xp=self.xp)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
@@ -150,6 +150,11 @@ class DataCleaning(BilevelProblem):
         ell, gy = self.model.per_sample_and_grad(y, A, Y, weights=sigmoid(xb, xp=xp), xp=xp)
         gx = self._to_x(sigmoid_prime(xb, xp=xp) * ell / A.shape[0], idx)
         return gx, gy + self.reg * y
+
+    def grad_g_y(self, x, y, batch: Batch | None = None):
+        """``∇_w g = (1/n) Σ σ(x_i) ∇ℓ_i + reg·w`` (no per-sample losses formed)."""
+        _, A, Y, xb = self._train(x, batch)
+        return self.model.grad(y, A, Y, weights=sigmoid(xb, xp=self.xp), xp=self.xp) + self.reg * y
 
     def hvp_g(self, x, y, v, batch: Batch | None = None):
         """``(1/n) Σ σ(x_i) ∇²ℓ_i v + reg·v`` (exact R-operator for the MLP)."""
@@ -173,8 +178,10 @@ class DataCleaning(BilevelProblem):
         return gx, G + self.reg * Ys
 
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
-        """``∇_w g`` at ``m`` points, shape ``(m, dim_y)``."""
-        return self.grad_g_many(x, Ys, batch)[1]
+        """``∇_w g`` at ``m`` points, shape ``(m, dim_y)`` (no per-sample losses formed)."""
+        _, A, Y, xb = self._train(x, batch)
+        G = self.model.grad_many(Ys, A, Y, weights=sigmoid(xb, xp=self.xp), xp=self.xp)
+        return G + self.reg * Ys
 
     def grad_g_x_many(self, x, Ys, batch: Batch | None = None):
         """``∇_x g`` at ``m`` points, shape ``(m, dim_x)``."""

@@ -147,7 +147,7 @@ class LayerDecayMLP(BilevelProblem):
     def grad_f(self, x, y, batch: Batch | None = None):
         """``(0, ∇_θ CE_val)``."""
         A, Y = self._val(batch)
-        return self.xp.zeros_like(x), self.model.per_sample_and_grad(y, A, Y, xp=self.xp)[1]
+        return self.xp.zeros_like(x), self.model.grad(y, A, Y, xp=self.xp)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
@@ -162,8 +162,12 @@ class LayerDecayMLP(BilevelProblem):
     def grad_g(self, x, y, batch: Batch | None = None):
         """``(∇_x g, ∇_θ g)``."""
         A, Y = self._train(batch)
-        gy = self.model.per_sample_and_grad(y, A, Y, xp=self.xp)[1]
-        return self.grad_g_x(x, y), gy + self._coef(x) * y
+        return self.grad_g_x(x, y), self.grad_g_y(x, y, batch)
+
+    def grad_g_y(self, x, y, batch: Batch | None = None):
+        """``∇_θ CE_train + 2κ(x_l) W_l`` (the x-part is not formed)."""
+        A, Y = self._train(batch)
+        return self.model.grad(y, A, Y, xp=self.xp) + self._coef(x) * y
 
     def grad_g_x(self, x, y, batch: Batch | None = None):
         """``κ'(x_l) ||W_l||²`` (reads no data)."""
@@ -182,7 +186,7 @@ class LayerDecayMLP(BilevelProblem):
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
         """``∇_θ g`` at ``m`` points, the first layer's data product done once: ``(m, dim_y)``."""
         A, Y = self._train(batch)
-        G = self.model.per_sample_and_grad_many(Ys, A, Y, xp=self.xp)[1]
+        G = self.model.grad_many(Ys, A, Y, xp=self.xp)
         return G + self._coef(x) * Ys
 
     def grad_g_x_many(self, x, Ys, batch: Batch | None = None):

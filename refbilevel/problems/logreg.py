@@ -103,11 +103,15 @@ class LogRegHPO(BilevelProblem):
         self._s = 1.0 if reduction == "sum" else 1.0 / self.model.size
 
     # ------------------------------------------------------------ helpers
-    def _lam(self, x):
-        return self.xp.exp(x) if self.parametrization == "exp" else x
+    def _decay(self, x):
+        r"""``(s λ(x), s λ'(x))``: the regulariser's weights, ``exp(x)`` evaluated once.
 
-    def _dlam(self, x):
-        return self.xp.exp(x) if self.parametrization == "exp" else self.xp.ones_like(x)
+        For ``"raw"`` the derivative is the Python float ``s`` (no array operation).
+        """
+        if self.parametrization == "exp":
+            w = self._s * self.xp.exp(x)
+            return w, w
+        return self._s * x, self._s
 
     def _rows(self, V):
         """``V`` (flat, or stacked ``(m, dim_y)``) viewed with a trailing class axis."""
@@ -115,12 +119,20 @@ class LogRegHPO(BilevelProblem):
         return self.xp.reshape(V, tuple(V.shape[:-1]) + (self.n_features, C))
 
     def _row_inner(self, U, V):
-        """``rowsum(U ⊙ V)`` over classes: shape ``(..., d)``."""
+        """``rowsum(U ⊙ V)`` over classes: shape ``(..., d)`` (``U ⊙ V`` itself for binary)."""
+        if self.n_classes is None:
+            return U * V
         return self.xp.sum(self._rows(U) * self._rows(V), axis=-1)
 
     def _row_scale(self, lam, V):
         """``lam_j * V_{j,:}`` flat (or stacked)."""
+        if self.n_classes is None:
+            return lam * V
         return self.xp.reshape(lam[:, None] * self._rows(V), V.shape)
+
+    def _grad_x(self, dw, Y):
+        """``∇_x g = ½ s λ'(x) ⊙ rowsum(W ⊙ W)`` from ``dw = s λ'(x)`` (reads no data)."""
+        return (0.5 * dw) * self._row_inner(Y, Y)
 
     def _train(self, batch):
         idx = _inner(batch)
@@ -153,43 +165,52 @@ class LogRegHPO(BilevelProblem):
     def g(self, x, y, batch: Batch | None = None):
         """Training loss (mean over ``batch.inner`` rows) plus the weight decay."""
         A, T = self._train(batch)
-        reg = 0.5 * self._s * self.xp.sum(self._lam(x) * self._row_inner(y, y))
+        w, _ = self._decay(x)
+        reg = 0.5 * self.xp.sum(w * self._row_inner(y, y))
         return self.model.value(y, A, T, xp=self.xp) + reg
 
     def grad_g(self, x, y, batch: Batch | None = None):
         """``(∇_x g, ∇_y g)``, see the class Notes."""
         A, T = self._train(batch)
-        gy = self.model.grad(y, A, T, xp=self.xp)
-        return self.grad_g_x(x, y), gy + self._s * self._row_scale(self._lam(x), y)
+        w, dw = self._decay(x)
+        return self._grad_x(dw, y), self.model.grad(y, A, T, xp=self.xp) + self._row_scale(w, y)
 
     def grad_g_x(self, x, y, batch: Batch | None = None):
         """``(s/2) λ'(x) ⊙ rowsum(W ⊙ W)`` (reads no data)."""
-        return (0.5 * self._s) * self._dlam(x) * self._row_inner(y, y)
+        return self._grad_x(self._decay(x)[1], y)
+
+    def grad_g_y(self, x, y, batch: Batch | None = None):
+        """``(1/n) Aᵀ ∂_S ℓ + s λ ⊙ W`` (the x-part is not formed)."""
+        A, T = self._train(batch)
+        return self.model.grad(y, A, T, xp=self.xp) + self._row_scale(self._decay(x)[0], y)
 
     def hvp_g(self, x, y, v, batch: Batch | None = None):
         """``(1/n) Aᵀ ∇²_S ℓ [A V] + s λ ⊙ V``."""
         A, T = self._train(batch)
         hv = self.model.hvp(y, A, T, v, xp=self.xp)
-        return hv + self._s * self._row_scale(self._lam(x), v)
+        return hv + self._row_scale(self._decay(x)[0], v)
 
     def cross_g(self, x, y, v, batch: Batch | None = None):
         """``s λ'(x) ⊙ rowsum(W ⊙ V)`` (reads no data)."""
-        return self._s * self._dlam(x) * self._row_inner(y, v)
+        return self._decay(x)[1] * self._row_inner(y, v)
 
     # ------------------------------------------------------------ stacked oracles
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
         """``∇_y g`` at ``m`` points in one pass over the training rows: ``(m, dim_y)``."""
         A, T = self._train(batch)
         G = self.model.grad_many(Ys, A, T, xp=self.xp)
-        return G + self._s * self._row_scale(self._lam(x), Ys)
+        return G + self._row_scale(self._decay(x)[0], Ys)
 
     def grad_g_x_many(self, x, Ys, batch: Batch | None = None):
         """``∇_x g`` at ``m`` points: ``(m, dim_x)`` (reads no data)."""
-        return (0.5 * self._s) * self._dlam(x) * self._row_inner(Ys, Ys)
+        return self._grad_x(self._decay(x)[1], Ys)
 
     def grad_g_many(self, x, Ys, batch: Batch | None = None):
         """``(∇_x g, ∇_y g)`` stacks at ``m`` points, the data read once."""
-        return self.grad_g_x_many(x, Ys), self.grad_g_y_many(x, Ys, batch)
+        A, T = self._train(batch)
+        w, dw = self._decay(x)
+        G = self.model.grad_many(Ys, A, T, xp=self.xp)
+        return self._grad_x(dw, Ys), G + self._row_scale(w, Ys)
 
     # ------------------------------------------------------------ misc
     def describe(self) -> dict:
