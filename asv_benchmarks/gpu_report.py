@@ -382,6 +382,16 @@ def count_kernels(f, xp):
     return {"kernels": len(kernels), "memcpy": len(names) - len(kernels)}
 
 
+def array_ops_per_step(kind, name, n, d, dt):
+    """Array operations of one step on array_api_strict (the launch proxy), or None."""
+    try:
+        p = problem_at(kind, "array_api_strict", n, d, dt)
+    except NotImplementedError:
+        return None
+    _, solver, state = common.solver_step_setup(name, "array_api_strict", None, dt, problem=p)
+    return sum(measure.count_step_ops(p, solver, state).values())
+
+
 def sec_small(R, args):
     n, d = 2_000, 50
     rows = []
@@ -394,7 +404,8 @@ def sec_small(R, args):
                 _, solver, state = common.solver_step_setup(name, backend, None, dt, problem=p)
                 t = measure.throughput_time(lambda: solver.step(p, state), xp,
                                             min_time=args.min_time)
-                r = {"solver": name, "backend": backend, "dtype": dt, "us_per_step": t * 1e6}
+                r = {"solver": name, "backend": backend, "dtype": dt, "us_per_step": t * 1e6,
+                     "array_ops": array_ops_per_step(kind, name, n, d, dt)}
                 if backend == "cupy":
                     r["launches"] = count_kernels(lambda: solver.step(p, state), xp)
                     calls = measure.record_step_oracles(p, solver, state)

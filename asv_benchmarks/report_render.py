@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+
 def _f(v, fmt="{:.3g}"):
-    return fmt.format(v) if isinstance(v, (int, float)) else ("–" if v is None else str(v))
+    """A float to ``fmt``, an int (a count) in full, ``None`` as a dash."""
+    if isinstance(v, bool) or v is None:
+        return "–" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return fmt.format(v) if isinstance(v, float) else str(v)
 
 
 def render_markdown(R) -> str:
@@ -66,12 +72,14 @@ def render_markdown(R) -> str:
                                 ("torch-eager-plain", "torch-eager", "jax-jit", "jax-jit-highest"))
                      + f" | {_f(chk, '{:.1e}')} |")
     if R.get("small"):
-        L.append("\n| solver | dtype | backend | µs / step | CUDA kernels / step | oracle calls | "
-                 "syncs |\n|---|---|---|---|---|---|---|")
+        L.append("\n| solver | dtype | backend | µs / step | CUDA kernels / step | "
+                 "array operations / step (array_api_strict) | oracle calls | "
+                 "syncs |\n|---|---|---|---|---|---|---|---|")
         for r in R["small"]:
             ln = r.get("launches")
             L.append(f"| {r['solver']} | {r['dtype']} | {r['backend']} | {_f(r['us_per_step'], '{:.0f}')}"
                      f" | {_f(ln['kernels'] if isinstance(ln, dict) else ln)} | "
+                     f"{_f(r.get('array_ops'))} | "
                      f"{_f(r.get('n_oracle_calls'))} | {_f(r.get('syncs'))} |")
     if R.get("small_peer_launches"):
         L.append("\nKernels per step of the peers (n = 2,000, d = 50, float64): " +

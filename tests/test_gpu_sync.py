@@ -6,7 +6,8 @@
   that the guard does catch a synchronising step, so the test can fail.
 * On NumPy, the asv benchmark modules import and their ``setup``/``time_``/``track_``
   methods run at the small size (the same code asv runs), with sanity bounds on the
-  tracked numbers and a second-implementation check of the peer steps.
+  tracked numbers and a second-implementation check of the peer steps; the array-operation
+  counter (the launch proxy) is checked on hand-counted expressions.
 """
 
 from __future__ import annotations
@@ -161,6 +162,39 @@ def test_asv_solver_and_track_benchmarks_run(bench):
         assert 0.0 < peak < 200.0, (name, peak)      # MB, small problem
         with pytest.raises(NotImplementedError):      # syncs are counted on cupy only: skip
             bench.track.SyncTracks().setup(*ARGS, name)
+
+
+def test_array_op_counter_counts_what_computes(bench):
+    """Hand-counted expressions: computing operations count once each, views do not, and
+    the namespace is restored afterwards."""
+    xp = pytest.importorskip("array_api_strict")
+    exp = xp.exp
+    a, b = xp.asarray([1.0, 2.0, 3.0]), xp.asarray([0.5, 0.5, 0.5])
+    with bench.measure.counting_array_ops() as counts:
+        (a + b) * xp.exp(a)                              # 3: add, exp, mul
+        a[0:2], xp.reshape(a, (3, 1)).T, a[None, :]      # views: 0
+        a[xp.asarray([0, 2])]                            # a gather: 1
+        xp.linalg.vector_norm(a)                         # 1 (its internals not again)
+        2.0 * a - 1.0                                    # 2: rmul, sub
+    assert dict(counts) == {"__add__": 1, "exp": 1, "__mul__": 1, "__getitem__": 1,
+                            "linalg.vector_norm": 1, "__rmul__": 1, "__sub__": 1}
+    assert xp.exp is exp
+    a + b                                                # outside the block: not counted
+    assert sum(counts.values()) == 7
+
+
+def test_asv_array_op_tracks(bench):
+    pytest.importorskip("array_api_strict")
+    args = ("array_api_strict", "small", "float64")
+    t = bench.track.ArrayOpTracks()
+    t.setup(*args, "minimaxopt")
+    # MinimaxOPT on the binary LogRegHPO: two oracle calls with two data products each,
+    # and the three variable updates: dozens of operations, not 0 and not thousands
+    assert 20 <= t.track_array_ops(*args, "minimaxopt") <= 100
+    with pytest.raises(NotImplementedError):
+        t.setup(*ARGS, "minimaxopt")                     # counted on array_api_strict only
+    with pytest.raises(NotImplementedError):
+        bench.track.SolverTracks().setup(*args, "minimaxopt")
 
 
 def test_asv_invalid_combinations_skip(bench):

@@ -8,11 +8,16 @@
   makes, so that each can be replayed and timed alone (the "sum of the step's oracles");
 * :func:`peak_step_memory` — peak extra memory of one step (CuPy pool / tracemalloc);
 * :func:`count_step_syncs` — implicit host-device synchronisations inside one step
-  (CuPy only, through ``cupyx.allow_synchronize(False)``).
+  (CuPy only, through ``cupyx.allow_synchronize(False)``);
+* :func:`counting_array_ops` / :func:`count_step_ops` — array operations of one step on
+  ``array_api_strict`` arrays: a device-independent proxy for GPU kernel launches.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import gc
 import statistics
 import time
@@ -203,3 +208,92 @@ def count_step_syncs(problem, solver, state, xp) -> int:
     finally:
         B.synchronize(xp)
     return 0
+
+
+# ------------------------------------------------------------------ array operations
+#: array_api_strict functions that make no new data (views, metadata, host transfers):
+#: on a GPU none of them launches a kernel, so they are not counted
+NOT_COUNTED = frozenset({
+    "asarray", "broadcast_arrays", "broadcast_to", "can_cast", "expand_dims", "finfo",
+    "iinfo", "isdtype", "matrix_transpose", "permute_dims", "reshape", "result_type",
+    "squeeze", "unstack"})
+#: operator methods of the array object that compute (``__getitem__`` only with an array
+#: index, a gather; basic slicing is a view)
+COUNTED_OPERATORS = tuple(
+    f"__{p}{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
+                              "matmul", "and", "or", "xor", "lshift", "rshift")
+    for p in ("", "r", "i")) + tuple(
+    f"__{op}__" for op in ("neg", "pos", "abs", "invert", "lt", "le", "gt", "ge", "eq",
+                           "ne", "getitem", "setitem"))
+
+
+@contextlib.contextmanager
+def counting_array_ops():
+    """Count the array operations run on ``array_api_strict`` arrays inside the block.
+
+    Yields a :class:`collections.Counter` (operation name -> calls). Every namespace
+    function and operator that computes an array counts once; calls made inside another
+    counted call (the library's own helpers) do not count again; views, metadata and
+    ``asarray`` (:data:`NOT_COUNTED`) and basic-slicing ``__getitem__`` are not counted.
+    On CuPy almost every counted operation is one kernel launch (a reduction or a matrix
+    product may be two), so the count is a lower-bound proxy for launches that any CPU
+    can measure. The namespace is restored on exit.
+    """
+    import array_api_strict as strict
+    from array_api_strict._array_object import Array
+
+    counts: collections.Counter = collections.Counter()
+    depth = [0]
+
+    def counted(name, fn, gate=None):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if depth[0] or (gate is not None and not gate(*args)):
+                return fn(*args, **kwargs)
+            counts[name] += 1
+            depth[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return wrapper
+
+    def array_index(_self, key, *_rest):
+        keys = key if isinstance(key, tuple) else (key,)
+        return any(isinstance(k, Array) for k in keys)
+
+    patched = []
+    for module, prefix in ((strict, ""), (strict.linalg, "linalg.")):
+        for name in dir(module):
+            obj = getattr(module, name)
+            if (name.startswith("_") or name in NOT_COUNTED or not callable(obj)
+                    or isinstance(obj, type) or "flags" in name):
+                continue
+            patched.append((module, name, obj))
+            setattr(module, name, counted(prefix + name, obj))
+    for name in COUNTED_OPERATORS:
+        obj = Array.__dict__.get(name)
+        if obj is None:
+            continue
+        gate = array_index if name == "__getitem__" else None
+        patched.append((Array, name, obj))
+        setattr(Array, name, counted(name, obj, gate))
+    try:
+        yield counts
+    finally:
+        for owner, name, obj in reversed(patched):
+            setattr(owner, name, obj)
+
+
+def count_step_ops(problem, solver, state) -> collections.Counter:
+    """Array operations of one ``solver.step`` on an ``array_api_strict`` problem.
+
+    One warm-up step runs first (so one-time work at the first step is not counted); the
+    counted step starts from the state that step returns.
+    """
+    if B.backend_name(problem.xp) != "array_api_strict":
+        raise NotImplementedError("array operations are counted on array_api_strict problems")
+    state = solver.step(problem, state)
+    with counting_array_ops() as counts:
+        solver.step(problem, state)
+    return counts

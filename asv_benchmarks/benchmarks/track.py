@@ -10,7 +10,9 @@
 * ``SolverTracks.track_overhead`` — framework overhead: step time / sum of the standalone
   times of the oracle calls the step makes (1.0 = no overhead);
 * ``SyncTracks.track_syncs`` — implicit host-device synchronisations in one step (cupy
-  only; 0 expected).
+  only; 0 expected);
+* ``ArrayOpTracks.track_array_ops`` — array operations of one step, counted on
+  array_api_strict (small size): a proxy for GPU kernel launches that any machine measures.
 
 Tracks that do not apply to a backend skip in ``setup`` (asv shows n/a).
 """
@@ -21,8 +23,8 @@ import functools
 
 from .common import (SOLVERS, XPBenchmark, backend_device, make_problem, on_gpu, oracle_calls,
                      oracle_points, solver_step_setup)
-from .measure import (copy_bandwidth, count_step_syncs, oracle_sum_time, peak_step_memory,
-                      record_step_oracles, state_nbytes, throughput_time)
+from .measure import (copy_bandwidth, count_step_ops, count_step_syncs, oracle_sum_time,
+                      peak_step_memory, record_step_oracles, state_nbytes, throughput_time)
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,14 +65,12 @@ class _SolverSetup(XPBenchmark):
 
     param_names = XPBenchmark.param_names + ["solver"]
     params = XPBenchmark.params + [SOLVERS]
-    #: backends a subclass's tracks apply to (None: all but array_api_strict)
-    backends = None
+    #: backends a subclass's tracks apply to
+    backends = ("numpy", "cupy", "torch")
 
     def setup(self, backend, size, dtype, solver):
         self.setup_backend(backend, size, dtype)
-        if backend == "array_api_strict":
-            raise NotImplementedError("tracks run on numpy, cupy and torch")
-        if self.backends is not None and backend not in self.backends:
+        if backend not in self.backends:
             raise NotImplementedError(f"{type(self).__name__} is measured on "
                                       f"{', '.join(self.backends)} only")
         if solver in ("fosl", "memcs") and size == "tall" and backend != "cupy":
@@ -113,3 +113,13 @@ class SyncTracks(_SolverSetup):
     def track_syncs(self, backend, size, dtype, solver):
         return count_step_syncs(self.problem, self.solver, self.state, self.xp)
     track_syncs.unit = "synchronisations"
+
+
+class ArrayOpTracks(_SolverSetup):
+    """Array operations of one step (array_api_strict): a proxy for GPU kernel launches."""
+
+    backends = ("array_api_strict",)
+
+    def track_array_ops(self, backend, size, dtype, solver):
+        return sum(count_step_ops(self.problem, self.solver, self.state).values())
+    track_array_ops.unit = "array operations"
