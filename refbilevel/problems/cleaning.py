@@ -110,6 +110,10 @@ class DataCleaning(BilevelProblem):
         xb = take_rows(x, idx, xp)
         return idx, take_rows(self.A_train, idx, xp), take_rows(self.Y_train, idx, xp), xb
 
+    def _val(self, batch):
+        idx = _outer(batch)
+        return take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
+
     def _to_x(self, vals, idx):
         """Per-row values -> an x-space array (scattered when a batch is used)."""
         return vals if idx is None else scatter_rows(vals, idx, self.dim_x, self.xp)
@@ -123,19 +127,21 @@ class DataCleaning(BilevelProblem):
     # ------------------------------------------------------------ oracles
     def f(self, x, y, batch: Batch | None = None):
         """Validation cross-entropy (mean over ``batch.outer`` rows)."""
-        idx = _outer(batch)
-        A, Y = take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
+        A, Y = self._val(batch)
         return self.model.value(y, A, Y, xp=self.xp)
 
     def grad_f(self, x, y, batch: Batch | None = None):
         """``(0, ∇_w f)``."""
-        idx = _outer(batch)
-        A, Y = take_rows(self.A_val, idx, self.xp), take_rows(self.Y_val, idx, self.xp)
-        return self.xp.zeros_like(x), self.model.grad(y, A, Y, xp=self.xp)
+        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
         return self.xp.zeros_like(x)
+
+    def grad_f_y(self, x, y, batch: Batch | None = None):
+        """``∇_w f`` (the zero x-part is not formed)."""
+        A, Y = self._val(batch)
+        return self.model.grad(y, A, Y, xp=self.xp)
 
     def g(self, x, y, batch: Batch | None = None):
         """Weighted training cross-entropy plus ``(reg/2)||w||²``."""

@@ -146,12 +146,16 @@ class LayerDecayMLP(BilevelProblem):
 
     def grad_f(self, x, y, batch: Batch | None = None):
         """``(0, ∇_θ CE_val)``."""
-        A, Y = self._val(batch)
-        return self.xp.zeros_like(x), self.model.grad(y, A, Y, xp=self.xp)
+        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
         return self.xp.zeros_like(x)
+
+    def grad_f_y(self, x, y, batch: Batch | None = None):
+        """``∇_θ CE_val`` (the zero x-part is not formed)."""
+        A, Y = self._val(batch)
+        return self.model.grad(y, A, Y, xp=self.xp)
 
     def g(self, x, y, batch: Batch | None = None):
         """Training cross-entropy plus the per-layer decay."""

@@ -155,12 +155,16 @@ class LogRegHPO(BilevelProblem):
 
     def grad_f(self, x, y, batch: Batch | None = None):
         """``(0, (1/n_val) A_valᵀ ∂_S ℓ)``."""
-        A, T = self._val(batch)
-        return self.xp.zeros_like(x), self.model.grad(y, A, T, xp=self.xp)
+        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
 
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f = 0`` (reads no data)."""
         return self.xp.zeros_like(x)
+
+    def grad_f_y(self, x, y, batch: Batch | None = None):
+        """``(1/n_val) A_valᵀ ∂_S ℓ`` (the zero x-part is not formed)."""
+        A, T = self._val(batch)
+        return self.model.grad(y, A, T, xp=self.xp)
 
     def g(self, x, y, batch: Batch | None = None):
         """Training loss (mean over ``batch.inner`` rows) plus the weight decay."""
