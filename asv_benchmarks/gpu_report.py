@@ -512,7 +512,7 @@ def sec_numpy(R, args):
     n, d = NUMPY_LARGE
     p = problem_at("logreg_binary", "numpy", n, d, "float32")
     for name in ("minimaxopt", "f2sa", "f2sa_adam", "aid_cg", "itd"):
-        r = _step_row(p, name, "numpy", "float32", bw, args.min_time, repeat=1)
+        r = _step_row(p, name, "numpy", "float32", bw, args.min_time)
         r.update(n=n, d=d, backend="numpy")
         rows.append(r)
         log("numpy", {k: r.get(k) for k in ("solver", "t_step", "t_oracle_sum", "overhead")})
