@@ -6,8 +6,37 @@ from .._backend import array_namespace, device, from_host, resolve_dtype, to_hos
 from .._validation import check_array, check_int, check_labels
 from ..models.losses import one_hot
 
-__all__ = ["check_binary_data", "check_multiclass_data", "onehot_targets", "scatter_rows",
-           "set_multiclass_data", "to_problem_arrays"]
+__all__ = ["ValidationLoss", "check_binary_data", "check_multiclass_data", "onehot_targets",
+           "scatter_rows", "set_multiclass_data", "to_problem_arrays"]
+
+
+class ValidationLoss:
+    r"""Upper level of the classification problems: the model's mean loss on validation rows.
+
+    :math:`f(x, y) = \frac{1}{n_{val}} \sum_{i \in val} \ell(\text{model}(y; A_i); T_i)`,
+    independent of :math:`x`, so :math:`\nabla_x f = 0`. A mixin (listed before
+    :class:`~refbilevel.problems.base.BilevelProblem`) for classes with ``self.model``
+    (``value``/``grad``), ``self.xp`` and ``self._val(batch) -> (A_val rows, targets)``.
+    """
+
+    def f(self, x, y, batch=None):
+        """Validation loss (mean over ``batch.outer`` rows); independent of ``x``."""
+        A, T = self._val(batch)
+        return self.model.value(y, A, T, xp=self.xp)
+
+    def grad_f(self, x, y, batch=None):
+        """``(0, ∇_y f)``."""
+        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
+
+    def grad_f_x(self, x, y, batch=None):
+        """``∇_x f = 0`` (reads no data)."""
+        return self.xp.zeros_like(x)
+
+    def grad_f_y(self, x, y, batch=None):
+        """``∇_y f``, the model's mean validation-loss gradient (the zero x-part not formed)."""
+        A, T = self._val(batch)
+        return self.model.grad(y, A, T, xp=self.xp)
+
 
 def _check_features(A_train, A_val, names):
     xp = array_namespace(A_train, A_val, names=names)

@@ -7,13 +7,13 @@ from .._validation import check_choice, check_int, check_real
 from ..models.linear import LinearModel
 from ..models.losses import sigmoid, sigmoid_prime
 from ..models.mlp import ACTIVATIONS, MLP
-from ._classification import scatter_rows, set_multiclass_data, to_problem_arrays
+from ._classification import ValidationLoss, scatter_rows, set_multiclass_data, to_problem_arrays
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
 
 __all__ = ["DataCleaning"]
 
 
-class DataCleaning(BilevelProblem):
+class DataCleaning(ValidationLoss, BilevelProblem):
     r"""Data hyper-cleaning with a linear (multinomial) or two-layer MLP classifier.
 
     Parameters
@@ -125,24 +125,6 @@ class DataCleaning(BilevelProblem):
         return self.xp.asarray(self._y0, copy=True)
 
     # ------------------------------------------------------------ oracles
-    def f(self, x, y, batch: Batch | None = None):
-        """Validation cross-entropy (mean over ``batch.outer`` rows)."""
-        A, Y = self._val(batch)
-        return self.model.value(y, A, Y, xp=self.xp)
-
-    def grad_f(self, x, y, batch: Batch | None = None):
-        """``(0, ∇_w f)``."""
-        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
-
-    def grad_f_x(self, x, y, batch: Batch | None = None):
-        """``∇_x f = 0`` (reads no data)."""
-        return self.xp.zeros_like(x)
-
-    def grad_f_y(self, x, y, batch: Batch | None = None):
-        """``∇_w f`` (the zero x-part is not formed)."""
-        A, Y = self._val(batch)
-        return self.model.grad(y, A, Y, xp=self.xp)
-
     def g(self, x, y, batch: Batch | None = None):
         """Weighted training cross-entropy plus ``(reg/2)||w||²``."""
         _, A, Y, xb = self._train(x, batch)

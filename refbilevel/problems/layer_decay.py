@@ -7,13 +7,13 @@ import math
 from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int
 from ..models.mlp import ACTIVATIONS, MLP
-from ._classification import set_multiclass_data, to_problem_arrays
+from ._classification import ValidationLoss, set_multiclass_data, to_problem_arrays
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
 
 __all__ = ["LayerDecayMLP"]
 
 
-class LayerDecayMLP(BilevelProblem):
+class LayerDecayMLP(ValidationLoss, BilevelProblem):
     r"""A two-layer MLP trained with one weight-decay coefficient per layer (``dim_x = 2``).
 
     Parameters
@@ -139,24 +139,6 @@ class LayerDecayMLP(BilevelProblem):
         return self.xp.asarray(self._y0, copy=True)
 
     # ------------------------------------------------------------ oracles
-    def f(self, x, y, batch: Batch | None = None):
-        """Validation cross-entropy (mean over ``batch.outer`` rows)."""
-        A, Y = self._val(batch)
-        return self.model.value(y, A, Y, xp=self.xp)
-
-    def grad_f(self, x, y, batch: Batch | None = None):
-        """``(0, ∇_θ CE_val)``."""
-        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
-
-    def grad_f_x(self, x, y, batch: Batch | None = None):
-        """``∇_x f = 0`` (reads no data)."""
-        return self.xp.zeros_like(x)
-
-    def grad_f_y(self, x, y, batch: Batch | None = None):
-        """``∇_θ CE_val`` (the zero x-part is not formed)."""
-        A, Y = self._val(batch)
-        return self.model.grad(y, A, Y, xp=self.xp)
-
     def g(self, x, y, batch: Batch | None = None):
         """Training cross-entropy plus the per-layer decay."""
         A, Y = self._train(batch)

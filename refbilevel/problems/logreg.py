@@ -5,14 +5,14 @@ from __future__ import annotations
 from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int
 from ..models.linear import LinearModel
-from ._classification import (check_binary_data, check_multiclass_data,
+from ._classification import (ValidationLoss, check_binary_data, check_multiclass_data,
                               onehot_targets, to_problem_arrays)
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
 
 __all__ = ["LogRegHPO"]
 
 
-class LogRegHPO(BilevelProblem):
+class LogRegHPO(ValidationLoss, BilevelProblem):
     r"""Per-feature weight decay on (binary or multinomial) logistic regression.
 
     Parameters
@@ -147,24 +147,6 @@ class LogRegHPO(BilevelProblem):
         """0 for ``parametrization="exp"``, 1 for ``"raw"`` (both: :math:`\\lambda = 1`)."""
         x = self.xp.zeros(self.dim_x, dtype=self.dtype, device=self.device)
         return x if self.parametrization == "exp" else x + 1.0
-
-    def f(self, x, y, batch: Batch | None = None):
-        """Validation loss (mean over ``batch.outer`` rows); independent of ``x``."""
-        A, T = self._val(batch)
-        return self.model.value(y, A, T, xp=self.xp)
-
-    def grad_f(self, x, y, batch: Batch | None = None):
-        """``(0, (1/n_val) A_valᵀ ∂_S ℓ)``."""
-        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
-
-    def grad_f_x(self, x, y, batch: Batch | None = None):
-        """``∇_x f = 0`` (reads no data)."""
-        return self.xp.zeros_like(x)
-
-    def grad_f_y(self, x, y, batch: Batch | None = None):
-        """``(1/n_val) A_valᵀ ∂_S ℓ`` (the zero x-part is not formed)."""
-        A, T = self._val(batch)
-        return self.model.grad(y, A, T, xp=self.xp)
 
     def g(self, x, y, batch: Batch | None = None):
         """Training loss (mean over ``batch.inner`` rows) plus the weight decay."""
