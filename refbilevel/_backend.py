@@ -38,6 +38,7 @@ __all__ = [
     "is_array",
     "is_cupy",
     "is_numpy",
+    "materialize",
     "synchronize",
     "to_device",
     "to_host",
@@ -307,6 +308,18 @@ def synchronize(xp) -> None:
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+
+
+def materialize(tree: Any) -> Any:
+    """Make a solver state concrete at a step boundary, without copying it to the host.
+
+    Eager libraries (NumPy, CuPy, PyTorch, JAX, array_api_strict) already hold concrete
+    arrays: the state is returned unchanged. Lazy libraries (Dask) would otherwise grow
+    one task graph across all steps; for them the arrays are persisted here (computed and
+    kept where they live, never gathered on the client). The driver calls this once per
+    step; solvers never call it.
+    """
+    return tree
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:

@@ -26,7 +26,7 @@ from typing import Any
 from .._backend import array_namespace, device, eps, to_host_scalar
 from ..linalg import cg_solve
 
-__all__ = ["Batch", "BilevelProblem", "MinimaxBilevelProblem", "ORACLE_KINDS", "take_rows"]
+__all__ = ["Batch", "BilevelProblem", "LinearizedG", "MinimaxBilevelProblem", "ORACLE_KINDS", "take_rows"]
 
 #: The oracle kinds counted by solvers and recorded by :func:`refbilevel.run`.
 ORACLE_KINDS = ("grad_f", "grad_g", "hvp", "cross")
@@ -59,6 +59,22 @@ def _outer(batch):
 
 def _inner(batch):
     return None if batch is None else batch.inner
+
+
+@dataclass(frozen=True)
+class LinearizedG:
+    """Second-order oracles of ``g`` at one point (see :meth:`BilevelProblem.linearize_g`).
+
+    Attributes
+    ----------
+    hvp : callable
+        ``v -> ∇²_yy g(x, y) · v`` (y-space); counts as one ``hvp`` call per product.
+    cross : callable
+        ``v -> ∇²_xy g(x, y) · v`` (x-space); counts as one ``cross`` call per product.
+    """
+
+    hvp: Any
+    cross: Any
 
 
 class _ProblemData:
@@ -144,6 +160,20 @@ class BilevelProblem(_ProblemData):
     def cross_g(self, x, y, v, batch: Batch | None = None):
         """``∇²_xy g(x, y) · v`` (x-space): the x-gradient of ``<∇_y g(x, y), v>``."""
         raise NotImplementedError
+
+    def linearize_g(self, x, y, batch: Batch | None = None) -> LinearizedG:
+        r"""``g``'s second-order oracles at the fixed point ``(x, y)``, ready for many products.
+
+        Returns an object with ``hvp(v)`` (:math:`\nabla^2_{yy} g\,v`) and ``cross(v)``
+        (:math:`\nabla^2_{xy} g\,v`) at that point and batch. Solvers that apply several
+        products at one point (CG, Neumann series, truncated reverse) linearise once.
+        Problems whose products share a forward pass (the logistic and MLP models: the
+        scores and :math:`\sigma'`) override this so that each product reads the data
+        once more instead of recomputing the forward pass; this default simply calls
+        :meth:`hvp_g` and :meth:`cross_g`.
+        """
+        return LinearizedG(hvp=lambda v: self.hvp_g(x, y, v, batch),
+                           cross=lambda v: self.cross_g(x, y, v, batch))
 
     # ---------------------------------------------------- narrow oracles
     def grad_f_x(self, x, y, batch: Batch | None = None):
