@@ -366,8 +366,16 @@ def host_namespace():
 
 
 def default_namespace(xp=None):
-    """``xp`` itself, or NumPy's wrapped namespace when ``xp`` is None."""
-    return backend_namespace("numpy") if xp is None else xp
+    """``xp`` itself, NumPy's wrapped namespace when ``xp`` is None, or the namespace of a
+    backend name (``"numpy"``, ``"array_api_strict"`` ...)."""
+    if xp is None:
+        return backend_namespace("numpy")
+    if isinstance(xp, str):
+        return backend_namespace(xp)
+    if not hasattr(xp, "asarray"):
+        raise TypeError(f"xp must be an array namespace or a backend name; got "
+                        f"{type(xp).__name__}")
+    return xp
 
 
 def resolve_dtype(xp, dtype) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 from ._backend import array_namespace, device, to_host_scalar
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_labels",
+    "check_memory",
     "check_real",
 ]
 
@@ -127,9 +129,8 @@ def check_array(a, name: str, *, ndim: int | tuple[int, ...] | None = None,
             want = tuple("*" if s is None else s for s in shape)
             raise ValueError(f"{name} must have shape {want}; got {tuple(a.shape)}")
     if floating:
-        if not a_xp.isdtype(a.dtype, "real floating"):
-            raise TypeError(f"{name} must have a real floating dtype (float32 or float64); "
-                            f"got {a.dtype}")
+        if not (a.dtype == a_xp.float32 or a.dtype == a_xp.float64):
+            raise TypeError(f"{name} must have dtype float32 or float64; got {a.dtype}")
         if finite and a.ndim >= 0 and math.prod(a.shape) > 0:
             if not to_host_scalar(a_xp.all(a_xp.isfinite(a))):
                 raise ValueError(f"{name} contains NaN or infinite values")
@@ -149,3 +150,32 @@ def check_labels(a, name: str, *, values: tuple, like=None):
     if not to_host_scalar(xp.all(ok)):
         raise ValueError(f"{name} must contain only the values {values}")
     return a
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation (``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(n_floats, what: str, *, itemsize: int = 8) -> None:
+    """Refuse, before allocating, data of ``n_floats`` numbers that cannot fit in memory.
+
+    Raises :class:`MemoryError` naming ``what``, the estimated and the available sizes when
+    ``n_floats * itemsize`` exceeds the host memory available now (nothing is checked where
+    that cannot be read).
+    """
+    need = int(n_floats) * itemsize
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise MemoryError(f"{what} needs about {need / 2**30:.3g} GiB of memory; "
+                          f"{avail / 2**30:.3g} GiB are available")

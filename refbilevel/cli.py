@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import sys
 
 import numpy as np
@@ -153,53 +152,74 @@ def _summary(result, config, out) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _default_out(problem, solver, backend, seed) -> str:
+    return os.path.join("runs", f"{problem}-{solver}-{backend}-seed{seed}")
+
+
 def _cmd_run(args) -> int:
     from ._backend import backend_namespace
-    from .results import CHECKPOINT, CONFIG, environment, load_config, save_run, write_config
+    from .registry import DEFAULT_RUN
+    from .results import CHECKPOINT, FINAL, RunFolder, environment, load_config, save_run, \
+        write_config
     from .run import METRICS, run
 
     if args.resume:
-        if args.out is None:
-            raise UsageError("--resume needs --out DIR (the folder of the interrupted run)")
-        config = load_config(args.out)
-        if args.iters is not None:
-            config["iters"] = args.iters
+        out = args.out or _default_out(args.problem or DEFAULT_RUN["problem"],
+                                       args.solver or DEFAULT_RUN["solver"], args.backend,
+                                       args.seed)
+        folder = RunFolder(out, resume=True)
     else:
         config = _run_config(args)
         config["command"] = "refbilevel " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
-    out = args.out or os.path.join(
-        "runs", f"{config['problem']}-{config['solver']}-{config['backend']}-seed{config['seed']}")
-    problem, solver, n_iter = build_from_config(config)
-    config["iters"] = n_iter
-    config["hyperparameters"] = solver.hyperparameters()
-    config.update(environment(problem.xp))
-    config["problem_description"] = problem.describe()
-    metrics = tuple(config.get("metrics") or METRICS)
-    for m in metrics:
-        if m not in METRICS:
-            raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
-    checkpoint = os.path.join(out, CHECKPOINT)
-    if not args.resume:
-        if os.path.isdir(out) and os.listdir(out):
-            if not os.path.isfile(os.path.join(out, CONFIG)):
-                raise UsageError(f"--out {out!r} exists and is not a refbilevel results folder")
-            for name in os.listdir(out):  # a fresh run replaces an old one
-                path = os.path.join(out, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        os.makedirs(out, exist_ok=True)
-    config["status"] = "running"
-    write_config(out, config)
-    if args.resume and os.path.isfile(checkpoint):
-        print(f"resuming from {checkpoint}", file=sys.stderr)
-    result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
-                 record_every=config["record_every"], metrics=metrics,
-                 progress=not args.no_progress, checkpoint=checkpoint,
-                 checkpoint_every=config.get("checkpoint_every"))
-    save_run(out, config, result)
-    if os.path.exists(checkpoint) and not args.keep_checkpoint:
-        os.remove(checkpoint)
-    print(_summary(result, config, out))
+        backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
+        out = args.out or _default_out(config["problem"], config["solver"], config["backend"],
+                                       config["seed"])
+        folder = RunFolder(out, overwrite=args.overwrite)
+    with folder:
+        if args.resume:
+            config = load_config(folder.workdir)
+            if config.get("status") != "running":
+                print(f"{out}: the run is already complete (status {config.get('status')!r}, "
+                      f"{config.get('n_iter_done', '?')} iterations); nothing to resume")
+                return 0
+            backend_namespace(config["backend"])
+        changed = not args.resume or (args.iters is not None and args.iters != config.get("iters"))
+        if args.iters is not None:
+            config["iters"] = args.iters
+        problem, solver, n_iter = build_from_config(config)
+        config["iters"] = n_iter
+        config["hyperparameters"] = solver.hyperparameters()
+        config.update(environment(problem.xp))
+        config["problem_description"] = problem.describe()
+        metrics = tuple(config.get("metrics") or METRICS)
+        for m in metrics:
+            if m not in METRICS:
+                raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+        checkpoint = folder.path(CHECKPOINT)
+        if changed:
+            config["status"] = "running"
+            write_config(folder.workdir, config)
+        if args.resume:
+            print(f"resuming the run in {folder.workdir} from {checkpoint}"
+                  if os.path.isfile(checkpoint) else
+                  f"resuming the run in {folder.workdir}: no checkpoint, restarting at iteration 0",
+                  file=sys.stderr)
+        result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
+                     record_every=config["record_every"], metrics=metrics,
+                     progress=not args.no_progress, checkpoint=checkpoint,
+                     checkpoint_every=config.get("checkpoint_every"))
+        save_run(folder.workdir, config, result)
+        if os.path.exists(checkpoint) and not args.keep_checkpoint:
+            os.remove(checkpoint)
+        where = out
+        if result.status == "diverged" and folder.workdir != out \
+                and os.path.isfile(os.path.join(out, FINAL)):
+            where = folder.workdir  # a diverged run never replaces earlier results
+            print(f"the new run diverged: the earlier results in {out} are kept; the new ones "
+                  f"are in {where}", file=sys.stderr)
+        else:
+            folder.commit()
+    print(_summary(result, config, where))
     return 0 if result.status != "diverged" else 1
 
 
@@ -227,7 +247,7 @@ def _cmd_compare(args) -> int:
     candidate = load_candidate(args.candidate)
     reference = reference_for(candidate, reference=args.reference, solver=args.solver,
                               problem=args.problem, seed=args.seed, settings=args.set)
-    report = compare(reference, candidate, rtol=args.rtol, atol=args.atol)
+    report = compare(reference, candidate, rtol=args.rtol, atol=args.atol, prefix=args.prefix)
     print(report.format(max_rows=args.max_rows))
     return 0 if report.passed else 1
 
@@ -318,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: value,inner_residual,hypergradient_norm")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="results folder (default runs/PROBLEM-SOLVER-BACKEND-seedN)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out (default folder when omitted)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results already in --out, once the new run has completed")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_run)
@@ -342,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--atol", type=float, default=1e-12)
     p.add_argument("--max-rows", type=_pos_int, default=12)
+    p.add_argument("--prefix", action="store_true",
+                   help="accept a candidate holding only the first k rows of the reference "
+                        "(default: exactly the reference's rows)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("plot", help="convergence curves of results folders (PNG)")
@@ -365,18 +391,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PipeGuard:
+    """A text stream whose reader may go away (``refbilevel run | head -2``).
+
+    The first ``BrokenPipeError`` marks the stream closed and redirects its descriptor to
+    the null device, so the command still completes (and writes its results); ``main`` then
+    exits with status 1 instead of losing work or reporting success.
+    """
+
+    def __init__(self, stream):
+        self._stream, self.broken = stream, False
+
+    def _closed(self):
+        self.broken = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _oserror_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else None
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {cause}" if where is not None else cause
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _PipeGuard(out), _PipeGuard(err)
     try:
-        return args.func(args)
-    except (TypeError, ValueError, FileNotFoundError, NotADirectoryError, ImportError) as exc:
+        status = args.func(args)
+    except (TypeError, ValueError, ImportError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"refbilevel {args.command}: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:  # output piped into head & co.
-        sys.stderr.close()
-        return 0
+        status = EXIT_USAGE
+    except OSError as exc:  # disk full, read-only, a file where a folder is expected ...
+        print(f"refbilevel {args.command}: error: {' '.join(_oserror_line(exc).split())}",
+              file=sys.stderr)
+        status = 1
+    except MemoryError as exc:
+        msg = " ".join(str(exc).split()) or "out of memory"
+        print(f"refbilevel {args.command}: error: not enough memory ({msg})", file=sys.stderr)
+        status = 1
     except KeyboardInterrupt:
         print("refbilevel: interrupted", file=sys.stderr)
-        return 130
+        status = 130
+    finally:
+        sys.stdout.flush()
+        guards = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = out, err
+    if guards[0].broken or guards[1].broken:
+        if not guards[1].broken:
+            print(f"refbilevel {args.command}: error: the output pipe was closed before the "
+                  "command finished (its results were written all the same)", file=sys.stderr)
+        return 1 if status == 0 else status
+    return status

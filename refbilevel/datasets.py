@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ._backend import backend_namespace, from_host, host_rng, resolve_dtype
-from ._validation import check_choice, check_int, check_real
+from ._validation import check_choice, check_int, check_memory, check_real
 
 __all__ = [
     "DATASETS",
@@ -120,6 +120,7 @@ def logreg_hpo_data(n=1000, p=100, *, seed=0, noise=0.1, informative=None) -> Sp
     noise = check_real(noise, "noise", nonnegative=True)
     k = max(1, -(-p // 10)) if informative is None else check_int(informative, "informative",
                                                                     minimum=1)
+    check_memory(3 * n * p, f"logistic HPO data (n={n}, p={p})")
     rng = host_rng(seed)
     w = np.zeros(p)
     w[rng.choice(p, size=min(k, p), replace=False)] = rng.standard_normal(min(k, p))
@@ -140,6 +141,8 @@ def classification_data(n=600, p=20, n_classes=3, *, seed=0, class_sep=2.0,
     p = check_int(p, "p", minimum=1)
     n_classes = check_int(n_classes, "n_classes", minimum=2)
     class_sep = check_real(class_sep, "class_sep", nonnegative=True)
+    check_memory(3 * n * p + n_classes * p + 2 * n * n_classes,
+                 f"classification data (n={n}, p={p}, n_classes={n_classes})")
     rng = host_rng(seed)
     centres = class_sep * rng.standard_normal((n_classes, p))
     y = np.arange(n) % n_classes
@@ -215,6 +218,8 @@ def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
         if np.ndim(pos_ratio) == 0 else np.asarray(pos_ratio, dtype=np.float64)
     if ratios.shape != (T,) or not np.all((ratios > 0) & (ratios < 1)):
         raise ValueError(f"pos_ratio must be a float or {T} floats strictly between 0 and 1")
+    check_memory(3 * T * (n_train + n_val) * (d + 1), f"multi-task AUC data (n_tasks={T}, "
+                 f"n_train={n_train}, n_val={n_val}, n_features={d})")
     rng = host_rng(seed)
     w0 = rng.standard_normal(d)
     W = w0 + task_spread * rng.standard_normal((T, d))
@@ -251,6 +256,8 @@ def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
     n_out = check_int(n_outlier_tasks, "n_outlier_tasks", minimum=0)
     if n_out > T:
         raise ValueError(f"n_outlier_tasks must be <= n_tasks={T}; got {n_out}")
+    check_memory(3 * T * (ns + nq) * (d + 1), f"meta-learning data (n_tasks={T}, "
+                 f"n_support={ns}, n_query={nq}, n_features={d})")
     rng = host_rng(seed)
     w0 = rng.standard_normal(d)
     W = w0 + task_spread * rng.standard_normal((T, d))
@@ -376,7 +383,15 @@ def load_libsvm(path, *, seed=0, val_fraction=0.2, test_fraction=0.2,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"LIBSVM file not found: {path!r}")
-    A, y = _sklearn_datasets().load_svmlight_file(path, n_features=n_features)
+    try:
+        A, y = _sklearn_datasets().load_svmlight_file(path, n_features=n_features)
+    except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        raise ValueError(f"path {path!r} is not a LIBSVM-format file (lines 'label "
+                         f"index:value ...'): {' '.join(str(exc).split())}") from None
+    if A.shape[0] < 3 or A.shape[1] < 1:
+        raise ValueError(f"path {path!r}: a LIBSVM file with {A.shape[0]} rows and "
+                         f"{A.shape[1]} features; need at least 3 rows and 1 feature")
+    check_memory(3 * A.shape[0] * A.shape[1], f"the dense copy of {path!r}")
     return _split_arrays(np.asarray(A.todense(), dtype=np.float64), np.asarray(y), seed=seed,
                          val_fraction=val_fraction, test_fraction=test_fraction,
                          do_standardize=standardize_features)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -39,7 +40,8 @@ import numpy as np
 
 from ._backend import backend_name, device_name, is_array, to_host
 
-__all__ = ["CHECKPOINT", "CONFIG", "FINAL", "HISTORY", "ResultsError", "RunRecord",
+__all__ = ["CHECKPOINT", "CONFIG", "FINAL", "HISTORY", "FolderBusyError", "PARTIAL",
+           "RUN_FILES", "ResultsError", "RunFolder", "RunRecord",
            "atomic_write_bytes", "atomic_write_text", "environment", "final_arrays",
            "load_config", "load_run", "read_history", "save_npz", "save_run", "write_config",
            "write_history"]
@@ -55,19 +57,33 @@ class ResultsError(ValueError):
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a folder; expected a file name", path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    except OSError as exc:  # name the file the user asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask as open() does
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, path) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -264,3 +280,125 @@ def load_run(directory, *, need_final: bool = True) -> RunRecord:
         raise ResultsError(f"{directory!r} has no {FINAL} (the run did not finish; "
                            "continue it with --resume)")
     return RunRecord(directory, config, history, final)
+
+
+# ------------------------------------------------------------------------ one run per folder
+#: The files a run writes; nothing else in a results folder is ever touched.
+RUN_FILES = (CONFIG, HISTORY, FINAL, CHECKPOINT)
+#: Subfolder where a run that replaces earlier results writes until it completes.
+PARTIAL = ".partial"
+
+
+class FolderBusyError(OSError):
+    """Another process is running into the same results folder (``errno.EBUSY``)."""
+
+
+class RunFolder:
+    """Exclusive use of a results folder by one run, with results replaced only when complete.
+
+    ``with RunFolder(out, resume=..., overwrite=...) as folder:`` creates ``out`` if needed,
+    takes an exclusive lock on it (another run into the same folder is refused with
+    :class:`FolderBusyError` while this one lives; the lock dies with the process) and picks
+    :attr:`workdir`, the folder the run writes into:
+
+    * a new run into a folder without results writes into ``out`` itself; files already
+      there that the project did not write are left alone;
+    * a new run into a folder holding earlier results is refused unless ``overwrite``; then
+      it writes into ``out/.partial`` and :meth:`commit` moves its files over the old ones
+      once the run has completed (until then, and if it never completes, the earlier
+      results stay as they were);
+    * ``resume`` continues in ``out/.partial`` when an interrupted replacement left one,
+      else in ``out``.
+
+    Only the files in :data:`RUN_FILES` are ever replaced or removed.
+    """
+
+    def __init__(self, out, *, resume: bool = False, overwrite: bool = False):
+        self.out = os.fspath(out)
+        self.resume, self.overwrite = resume, overwrite
+        self.workdir = self.out
+        self._fd = None
+
+    # -- lock
+    def _lock(self):
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: identity checks only
+            return
+        self._fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise FolderBusyError(errno.EBUSY, "another run is writing into this folder "
+                                  "right now; choose another --out or wait for it to end",
+                                  self.out) from None
+
+    def __enter__(self):
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", self.out)
+        if self.resume and not os.path.isdir(self.out):
+            raise ResultsError(f"results folder not found: {self.out!r}")
+        os.makedirs(self.out, exist_ok=True)
+        self._lock()
+        try:
+            self._choose()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _choose(self):
+        partial = os.path.join(self.out, PARTIAL)
+        if self.resume:
+            if os.path.isfile(os.path.join(partial, CONFIG)):
+                self.workdir = partial
+            return
+        ours = [f for f in RUN_FILES if os.path.exists(os.path.join(self.out, f))]
+        if not ours:
+            return
+        if not self.overwrite:
+            raise ResultsError(f"{self.out}: holds the results of an earlier run "
+                               f"({', '.join(ours)}); --resume continues it, --overwrite "
+                               "replaces them once the new run has completed, or choose "
+                               "another --out")
+        if os.path.isdir(partial):  # an abandoned replacement: only our own files
+            self._remove_ours(partial)
+        os.makedirs(partial, exist_ok=True)
+        self.workdir = partial
+
+    @staticmethod
+    def _remove_ours(directory):
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name in RUN_FILES or (name.startswith((".tmp-", ".ckpt-")) and os.path.isfile(path)):
+                os.remove(path)
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # something else lives there: leave it
+
+    def path(self, name: str) -> str:
+        """Where the run writes ``name`` (one of :data:`RUN_FILES`)."""
+        return os.path.join(self.workdir, name)
+
+    def commit(self) -> None:
+        """Move a completed replacement's files over the earlier results (config last)."""
+        if self.workdir == self.out:
+            return
+        order = [f for f in (HISTORY, FINAL, CHECKPOINT, CONFIG)]
+        for name in order:
+            src, dst = os.path.join(self.workdir, name), os.path.join(self.out, name)
+            if os.path.exists(src):
+                os.replace(src, dst)
+            elif name in (FINAL, CHECKPOINT) and os.path.exists(dst):
+                os.remove(dst)  # the earlier run's: would not match the new config
+        self._remove_ours(self.workdir)
+        self.workdir = self.out
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+        return False

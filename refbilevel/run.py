@@ -317,6 +317,11 @@ class _Progress:
 # ---------------------------------------------------------------------------- run
 def _validate(problem, solver, n_iter, record_every, metrics, callback, progress,
               checkpoint, checkpoint_every, tol):
+    from .problems.base import BilevelProblem
+
+    if not isinstance(problem, (BilevelProblem, MinimaxBilevelProblem)):
+        raise TypeError(f"problem must be a BilevelProblem or a MinimaxBilevelProblem; got "
+                        f"{type(problem).__name__}")
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a refbilevel Solver; got {type(solver).__name__}")
     if solver.minimax != isinstance(problem, MinimaxBilevelProblem):
@@ -326,13 +331,23 @@ def _validate(problem, solver, n_iter, record_every, metrics, callback, progress
     check_int(n_iter, "n_iter", minimum=0)
     check_int(record_every, "record_every", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1, allow_none=True)
-    if isinstance(metrics, str) or not all(m in METRICS for m in metrics):
+    if not isinstance(metrics, (tuple, list)):
+        raise TypeError(f"metrics must be a tuple of names from {METRICS}; got "
+                        f"{type(metrics).__name__}")
+    if not all(m in METRICS for m in metrics):
         raise ValueError(f"metrics must be a tuple of names from {METRICS}; got {metrics!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None; got {type(callback).__name__}")
     check_bool(progress, "progress")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a path or None; got {type(checkpoint).__name__}")
+    if checkpoint is not None:
+        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"checkpoint: folder {folder!r} does not exist")
+        if os.path.isdir(checkpoint):
+            raise IsADirectoryError(f"checkpoint: {os.fspath(checkpoint)!r} is a folder; "
+                                    "expected a .npz file name")
     tol = check_real(tol, "tol", nonnegative=True, allow_none=True)
     if tol is not None and "hypergradient_norm" not in metrics:
         raise ValueError("tol needs 'hypergradient_norm' in metrics")

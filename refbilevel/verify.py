@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 import zipfile
@@ -37,7 +38,7 @@ from ._backend import host_rng, is_array, to_host
 from .results import ResultsError, atomic_write_text, save_npz
 
 __all__ = ["CompareReport", "compare", "export", "load_candidate", "load_export",
-           "reference_for", "trajectory"]
+           "recorded_settings", "reference_for", "trajectory"]
 
 FORMAT = "refbilevel-export/1"
 ORACLE_KEYS = ("f", "g", "grad_f_x", "grad_f_y", "grad_g_x", "grad_g_y", "value",
@@ -310,32 +311,92 @@ def load_export(path) -> tuple[dict, dict]:
 
 
 def load_candidate(path) -> dict:
-    """Read and check a candidate ``.npz`` (a trajectory or oracle values at points)."""
+    """Read and check a candidate ``.npz`` (a trajectory or oracle values at points).
+
+    Every numeric array must have at least one dimension (one row per iteration or per
+    point) and a real dtype; an optional ``description`` (the one of the export the
+    candidate was computed from) or ``settings`` string records how it was produced.
+    """
+    path = os.fspath(path)
     cand = _load_npz(path, "candidate")
+    for k, v in cand.items():
+        if k in _RECORDS:
+            if v.dtype.kind != "U" or v.ndim != 0:
+                raise ResultsError(f"candidate {path!r}: {k!r} must be a JSON string")
+            continue
+        if v.dtype.kind not in "fiu":
+            raise ResultsError(f"candidate {path!r}: array {k!r} has non-real dtype {v.dtype}")
+        if v.ndim == 0:
+            raise ResultsError(f"candidate {path!r}: array {k!r} is 0-d (a single number); "
+                               f"expected one row per {'point' if 'points_x' in cand else 'iteration'}")
     if "points_x" in cand:
         if "points_y" not in cand or not any(k in cand for k in ORACLE_KEYS):
             raise ResultsError(f"candidate {path!r} has points_x but lacks points_y or any of "
                                f"{', '.join(ORACLE_KEYS)}")
-        return cand
-    if "x" not in cand:
+        rows, what = cand["points_x"].shape[0], "'points_x'"
+    elif "x" in cand:
+        rows, what = cand["x"].shape[0], "'x'"
+    else:
         raise ResultsError(f"candidate {path!r} has neither a trajectory (array 'x', one row "
                            f"per step) nor oracle points ('points_x'); it has: "
                            f"{', '.join(cand) or 'nothing'}")
     for k, v in cand.items():
-        if v.ndim < 1 or v.shape[0] != cand["x"].shape[0]:
-            raise ResultsError(f"candidate {path!r}: array {k!r} has {v.shape[0] if v.ndim else 0}"
-                               f" rows but 'x' has {cand['x'].shape[0]}")
-        if v.dtype.kind not in "fiu":
-            raise ResultsError(f"candidate {path!r}: array {k!r} has non-real dtype {v.dtype}")
+        if k not in _RECORDS and v.shape[0] != rows:
+            raise ResultsError(f"candidate {path!r}: array {k!r} has shape {v.shape} "
+                               f"({v.shape[0]} rows) but {what} has {rows} rows")
     return cand
+
+
+#: String entries of a reference or candidate that describe how it was produced.
+_RECORDS = ("description", "settings")
+#: Recorded settings that must agree between reference and candidate.
+_SETTING_KEYS = ("problem", "problem_description", "solver", "hyperparameters", "seed",
+                 "dtype", "stream")
+
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, default=repr))
+
+
+def _settings_from_export(desc: dict) -> dict:
+    return _plain({"problem": desc["problem"]["name"],
+                   "problem_description": desc["problem"].get("describe"),
+                   "solver": desc["solver"]["name"],
+                   "hyperparameters": desc["solver"].get("hyperparameters"),
+                   "seed": desc.get("seed"), "dtype": desc.get("dtype"),
+                   "stream": desc.get("stream")})
+
+
+def _settings_of(problem_name, problem, solver, seed, dtype, stream=None) -> dict:
+    return _plain({"problem": problem_name, "problem_description": problem.describe(),
+                   "solver": solver.name, "hyperparameters": solver.hyperparameters(),
+                   "seed": seed, "dtype": dtype, "stream": stream})
+
+
+def recorded_settings(arrays: dict) -> dict | None:
+    """The settings a reference or candidate records (``settings`` or an export's
+    ``description``), as a plain dict, or None when it records none."""
+    try:
+        if "settings" in arrays:
+            return json.loads(str(arrays["settings"]))
+        if "description" in arrays:
+            return _settings_from_export(json.loads(str(arrays["description"])))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ResultsError(f"unreadable recorded settings ({exc!r})") from None
+    return None
 
 
 def _oracles_at(problem, cand) -> dict:
     from ._backend import from_host
 
+    px_all, py_all = np.asarray(cand["points_x"]), np.asarray(cand["points_y"])
+    for key, arr, dim in (("points_x", px_all, problem.dim_x), ("points_y", py_all, problem.dim_y)):
+        if arr.ndim != 2 or arr.shape[1] != dim:
+            raise ValueError(f"candidate {key} must have shape (points, {dim}) for this "
+                             f"problem; got {arr.shape}")
     xp = problem.xp
     out = {k: [] for k in ORACLE_KEYS if k in cand}
-    for px, py in zip(cand["points_x"], cand["points_y"]):
+    for px, py in zip(px_all, py_all):
         x = from_host(px, xp, dtype=problem.dtype, device=problem.device)
         y = from_host(py, xp, dtype=problem.dtype, device=problem.device)
         calls = {"f": lambda: problem.f(x, y), "g": lambda: problem.g(x, y),
@@ -346,13 +407,22 @@ def _oracles_at(problem, cand) -> dict:
                  "value": lambda: problem.value(x), "hypergradient": lambda: problem.hypergradient(x),
                  "inner_solution": lambda: problem.inner_solution(x)}
         for k in out:
-            out[k].append(np.asarray(to_host(calls[k]())))
+            try:
+                out[k].append(np.asarray(to_host(calls[k]())))
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+                # a non-finite point: the reference value is undefined, the row fails
+                out[k].append(np.full(np.shape(out[k][0]) if out[k] else (), np.nan))
     return {k: np.stack(v) for k, v in out.items()}
 
 
 def reference_for(candidate: dict, *, reference=None, solver=None, problem=None, seed=None,
                   settings=()) -> dict:
-    """The reference matching ``candidate``: from a results folder, an export, or a solver name."""
+    """The reference matching ``candidate``: from a results folder, an export, or a solver name.
+
+    The returned dict holds the reference arrays and, under ``settings``, a JSON string of
+    the settings that produced them (problem, its description, solver, hyperparameters,
+    seed, dtype), which :func:`compare` checks against the candidate's own record.
+    """
     n_steps = candidate["x"].shape[0] - 1 if "x" in candidate else 0
     if reference is not None and os.path.isdir(reference):
         from .cli import build_from_config
@@ -360,24 +430,35 @@ def reference_for(candidate: dict, *, reference=None, solver=None, problem=None,
 
         config = load_config(reference)
         prob, solv, _ = build_from_config(dict(config, backend="numpy"))
+        record = _settings_of(config["problem"], prob, solv, config["seed"], config["dtype"],
+                              config.get("stream"))
         if "points_x" in candidate:
-            return _oracles_at(prob, candidate)
-        return trajectory(prob, solv, n_steps, config["seed"])
-    if reference is not None:
+            out = _oracles_at(prob, candidate)
+        else:
+            out = trajectory(prob, solv, n_steps, config["seed"])
+    elif reference is not None:
         arrays, desc = load_export(reference)
+        record = _settings_from_export(desc)
         if "points_x" in candidate:
             p = desc["problem"]
             prob = _build(p["name"], seed=desc["seed"], dtype=desc["dtype"], params=p["params"],
                           dataset=p["dataset"])
-            return _oracles_at(prob, candidate)
-        return {k[4:]: v for k, v in arrays.items() if k.startswith("ref_")}
-    from .registry import get_solver, parse_settings
+            out = _oracles_at(prob, candidate)
+        else:
+            out = {k[4:]: v for k, v in arrays.items() if k.startswith("ref_")}
+    else:
+        from .registry import get_solver, parse_settings
 
-    s_kw, p_kw = parse_settings(settings, get_solver(solver), problem or "logreg")
-    prob = _build(problem or "logreg", seed=seed or 0, params=p_kw)
-    if "points_x" in candidate:
-        return _oracles_at(prob, candidate)
-    return trajectory(prob, _solver(solver, s_kw), n_steps, seed or 0)
+        s_kw, p_kw = parse_settings(settings, get_solver(solver), problem or "logreg")
+        prob = _build(problem or "logreg", seed=seed or 0, params=p_kw)
+        solv = _solver(solver, s_kw)
+        record = _settings_of(problem or "logreg", prob, solv, seed or 0, "float64")
+        if "points_x" in candidate:
+            out = _oracles_at(prob, candidate)
+        else:
+            out = trajectory(prob, solv, n_steps, seed or 0)
+    out["settings"] = np.array(json.dumps(record))
+    return out
 
 
 # ------------------------------------------------------------------------------- compare
@@ -390,13 +471,19 @@ class CompareReport:
     variables : list of str
         Compared arrays (``x``, ``y``, ...; or oracle names).
     deviation : numpy.ndarray, shape (n_rows, n_variables)
-        ``||c_k - r_k|| / ||r_k||`` (``||c_k - r_k||`` where ``r_k = 0``).
+        ``||c_k - r_k|| / ||r_k||`` (``||c_k - r_k||`` where ``r_k = 0``; ``inf`` where
+        either holds NaN or an infinity).
     passed : bool
-        Whether every row satisfies ``||c_k - r_k|| <= atol + rtol ||r_k||`` for every variable.
+        True only when the candidate has exactly the reference's rows (or, with
+        ``prefix=True``, a non-empty prefix of them), every entry is finite, and every row
+        satisfies ``||c_k - r_k|| <= atol + rtol ||r_k||`` for every variable.
     first_failure : int or None
         First row (iteration, or point index) beyond tolerance.
     departed : str or None
         The variable that departed first (the largest excess over its tolerance at that row).
+    reason : str or None
+        Why the candidate fails regardless of the deviations (wrong number of rows, a
+        non-finite entry ...), None otherwise.
     """
 
     variables: list
@@ -408,6 +495,8 @@ class CompareReport:
     atol: float
     row_name: str = "iteration"
     notes: list = field(default_factory=list)
+    reason: str | None = None
+    n_reference: int | None = None
 
     def format(self, max_rows: int = 12) -> str:
         n = self.deviation.shape[0]
@@ -428,70 +517,169 @@ class CompareReport:
             lines.append(f"{k:>10}  " + "  ".join(f"{d:>14.3e}" for d in self.deviation[k]) + mark)
             prev = k
         lines += self.notes
+        n_ref = n if self.n_reference is None else self.n_reference
         if self.passed:
-            lines.append(f"PASS: all {n} {self.row_name}s within tolerance")
+            what = (f"all {n} {self.row_name}s" if n == n_ref
+                    else f"prefix of {n} of {n_ref} rows: all {n} {self.row_name}s")
+            lines.append(f"PASS: {what} within tolerance")
         else:
-            lines.append(f"FAIL: first {self.row_name} beyond tolerance: {self.first_failure}; "
-                         f"variable that departed first: {self.departed}")
+            parts = [] if self.reason is None else [self.reason]
+            if self.first_failure is not None:
+                parts.append(f"first {self.row_name} beyond tolerance: {self.first_failure}; "
+                             f"variable that departed first: {self.departed}")
+            lines.append("FAIL: " + "; ".join(parts))
         return "\n".join(lines)
 
 
 def _as_dict(obj, what):
     if isinstance(obj, (str, os.PathLike)):
-        return load_candidate(obj) if what == "candidate" else _load_npz(obj, what)
+        if what == "candidate":
+            return load_candidate(obj)
+        arrays = _load_npz(obj, what)
+        if "description" in arrays and any(k.startswith("ref_") for k in arrays):
+            arrays, desc = load_export(obj)  # an export: its reference iterates
+            out = {k[4:]: v for k, v in arrays.items() if k.startswith("ref_")}
+            out["settings"] = np.array(json.dumps(_settings_from_export(desc)))
+            return out
+        return arrays
     if not isinstance(obj, dict):
         raise TypeError(f"{what} must be a dict of arrays or a path; got {type(obj).__name__}")
     return obj
 
 
-def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12) -> CompareReport:
+def _settings_notes(ref: dict, cand: dict) -> list:
+    r, c = recorded_settings(ref), recorded_settings(cand)
+    if r is None or c is None:
+        return []
+    notes = []
+    for key in _SETTING_KEYS:
+        rv, cv = r.get(key), c.get(key)
+        if rv is None or cv is None or rv == cv:
+            continue
+        if isinstance(rv, dict) and isinstance(cv, dict):
+            diff = [f"{key}.{k}: reference {rv.get(k)!r}, candidate {cv.get(k)!r}"
+                    for k in sorted(set(rv) | set(cv)) if rv.get(k) != cv.get(k)]
+        else:
+            diff = [f"{key}: reference {rv!r}, candidate {cv!r}"]
+        notes += diff
+    if notes:
+        return ["the reference and the candidate were produced with different settings:"] + \
+               [f"  {d}" for d in notes]
+    return []
+
+
+def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
+            prefix: bool = False) -> CompareReport:
     """Compare a candidate trajectory (or oracle values) with the reference, row by row.
 
     Parameters
     ----------
     reference, candidate : dict of arrays or path
         Arrays with one row per iteration (or per point); variables present in both are
-        compared (``multiplier`` and ``points_*`` are ignored).
+        compared (``multiplier``, ``points_*``, ``description`` and ``settings`` are not).
+        A trajectory of ``steps`` steps has ``steps + 1`` rows: row 0 is the start point.
     rtol, atol : float
         Row ``k`` of variable ``v`` passes when ``||c - r|| <= atol + rtol ||r||``
-        (Euclidean norm over the row). NaN in the candidate fails.
+        (Euclidean norm over the row).
+    prefix : bool
+        Accept a candidate holding only the first ``k >= 1`` rows of the reference (the
+        report then says "prefix of k of n rows"). By default the candidate must have
+        exactly the reference's rows.
 
     Returns
     -------
     CompareReport
+        ``passed`` is False when a compared variable has a different number of rows or a
+        different row shape than the reference, when any numeric entry of the candidate
+        (compared or not, points included) is NaN or infinite, or when a row is beyond
+        tolerance. When both sides record their settings (an export's ``description``, or
+        ``settings``) and these differ, the notes list every difference.
+
+    Raises
+    ------
+    ValueError
+        When the two share no variable, or an array is 0-d.
     """
-    from ._validation import check_real
+    from ._validation import check_bool, check_real
 
     rtol = check_real(rtol, "rtol", nonnegative=True)
     atol = check_real(atol, "atol", nonnegative=True)
+    check_bool(prefix, "prefix")
     ref, cand = _as_dict(reference, "reference"), _as_dict(candidate, "candidate")
-    skip = ("multiplier", "points_x", "points_y")
+    skip = ("multiplier", "points_x", "points_y") + _RECORDS
     names = [k for k in cand if k in ref and k not in skip]
     if not names:
         raise ValueError(f"candidate and reference share no variable: candidate has "
                          f"{', '.join(cand)}; reference has {', '.join(ref)}")
-    notes = [f"not in the reference, not compared: {k}" for k in cand if k not in ref and k not in skip]
+    for side, arrays in (("candidate", cand), ("reference", ref)):
+        for k in names:
+            if np.ndim(arrays[k]) == 0:
+                raise ValueError(f"{side} array {k!r} is 0-d (a single number); expected one "
+                                 f"row per {'point' if 'points_x' in cand else 'iteration'}")
     row_name = "point" if "points_x" in cand else "iteration"
-    n = min(np.shape(cand[k])[0] for k in names)
-    n_ref = min(np.shape(ref[k])[0] for k in names)
-    if n_ref < n:
-        notes.append(f"the reference has only {n_ref} rows; compared the first {n_ref}")
-        n = n_ref
+    notes = [f"not in the reference, not compared: {k}" for k in cand
+             if k not in ref and k not in skip]
+    notes += _settings_notes(ref, cand)
+    reasons = []
+    # every numeric entry of the candidate must be finite, compared or not
+    for k, v in cand.items():
+        if k in _RECORDS:
+            continue
+        v = np.asarray(v)
+        if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
+            rows = np.flatnonzero(~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)) \
+                if v.ndim else np.array([0])
+            reasons.append(f"candidate {k!r} holds NaN or infinite values (first at row "
+                           f"{int(rows[0])})")
+    # rows and row shapes
+    n_ref = {k: np.shape(ref[k])[0] for k in names}
+    n_cand = {k: np.shape(cand[k])[0] for k in names}
+    convention = ("" if row_name == "point" else
+                  " (a trajectory of S steps has S + 1 rows: row 0 is the start point, row k "
+                  "the iterate after k steps)")
+    short = []
+    for k in names:
+        rs, cs = np.shape(ref[k]), np.shape(cand[k])
+        if math.prod(rs[1:]) != math.prod(cs[1:]):
+            reasons.append(f"candidate {k!r} has shape {cs}; the reference has {rs} "
+                           f"(rows of shape {cs[1:]} vs {rs[1:]})")
+        elif n_cand[k] != n_ref[k] and not (prefix and 1 <= n_cand[k] < n_ref[k]):
+            short.append(f"{k!r} has shape {cs}, the reference {rs}")
+            hint = n_cand[k] < n_ref[k] and not prefix
+    if short:
+        reasons.append("wrong number of rows: " + "; ".join(short) + convention
+                       + ("; --prefix accepts the first rows only" if hint else ""))
+    comparable = [k for k in names if math.prod(np.shape(ref[k])[1:]) ==
+                  math.prod(np.shape(cand[k])[1:])]
+    n = min([n_cand[k] for k in comparable] + [n_ref[k] for k in comparable]) if comparable else 0
+    n_reference = max(n_ref.values())
     dev = np.zeros((n, len(names)))
     excess = np.zeros((n, len(names)))
     for j, k in enumerate(names):
+        if k not in comparable:
+            dev[:, j] = excess[:, j] = np.nan
+            continue
         r = np.asarray(ref[k], dtype=np.float64)[:n].reshape(n, -1)
-        c = np.asarray(cand[k], dtype=np.float64)[:n]
-        if c.reshape(n, -1).shape != r.shape:
-            raise ValueError(f"candidate variable {k!r} has rows of shape {c.shape[1:]}; the "
-                             f"reference has {np.shape(ref[k])[1:]}")
-        c = c.reshape(n, -1)
-        diff = np.linalg.norm(c - r, axis=1)
-        diff = np.where(np.isfinite(diff), diff, np.inf)
-        rn = np.linalg.norm(r, axis=1)
+        c = np.asarray(cand[k], dtype=np.float64)[:n].reshape(n, -1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.linalg.norm(c - r, axis=1)
+            rn = np.linalg.norm(r, axis=1)
+        finite = np.isfinite(diff) & np.isfinite(rn)
+        diff = np.where(finite, diff, np.inf)
+        rn = np.where(finite, rn, 0.0)
         dev[:, j] = np.where(rn > 0, diff / np.where(rn > 0, rn, 1.0), diff)
-        excess[:, j] = diff / (atol + rtol * rn) if (atol > 0 or rtol > 0) else np.where(diff > 0, np.inf, 0)
-    bad = excess > 1.0
+        tol = atol + rtol * rn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            excess[:, j] = np.where(diff == 0, 0.0, np.where(tol > 0, diff / np.where(
+                tol > 0, tol, 1.0), np.inf))
+    bad = ~(excess <= 1.0)  # NaN counts as beyond tolerance
+    bad[:, [j for j, k in enumerate(names) if k not in comparable]] = False
     first = int(np.argmax(bad.any(axis=1))) if bad.any() else None
-    departed = names[int(np.argmax(excess[first]))] if first is not None else None
-    return CompareReport(names, dev, first is None, first, departed, rtol, atol, row_name, notes)
+    departed = names[int(np.nanargmax(np.where(bad[first], excess[first], -np.inf)))] \
+        if first is not None else None
+    reason = "; ".join(reasons) if reasons else None
+    passed = reason is None and first is None and n > 0
+    if reason is None and n == 0:
+        reason = "no rows to compare"
+    return CompareReport(names, dev, passed, first, departed, rtol, atol, row_name, notes,
+                         reason, n_reference)

@@ -44,6 +44,9 @@ def _check_features(A_train, A_val, names):
     check_array(A_val, names[1], shape=(None, A_train.shape[1]), like=A_train)
     if A_train.shape[0] < 1 or A_val.shape[0] < 1:
         raise ValueError(f"{names[0]} and {names[1]} must have at least one row")
+    if A_train.shape[1] < 1:
+        raise ValueError(f"{names[0]} must have at least one feature (column); got shape "
+                         f"{tuple(A_train.shape)}")
     return xp
 
 

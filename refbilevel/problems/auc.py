@@ -205,6 +205,12 @@ class MultiTaskAUC(MinimaxBilevelProblem):
                  version="v1", margin=1.0, nonnegative_alpha=True, score="sigmoid",
                  prior=None):
         check_array(A_train, "A_train", ndim=3)
+        for name, arr in (("y_train", y_train), ("A_val", A_val), ("y_val", y_val)):
+            if arr is None:
+                raise TypeError(f"{name} must be an array; got None")
+        if A_train.shape[2] < 1:
+            raise ValueError(f"A_train must have at least one feature; got shape "
+                             f"{tuple(A_train.shape)}")
         self._set_backend(A_train, y_train, A_val, y_val,
                           names=("A_train", "y_train", "A_val", "y_val"))
         xp = self.xp

@@ -3,7 +3,7 @@ r"""Data hyper-cleaning: learn one weight :math:`\sigma(x_i)` per (possibly corr
 from __future__ import annotations
 
 from .._backend import default_namespace, host_rng
-from .._validation import check_choice, check_int, check_real
+from .._validation import check_choice, check_int, check_memory, check_real
 from ..models.linear import LinearModel
 from ..models.losses import sigmoid, sigmoid_prime
 from ..models.mlp import ACTIVATIONS, MLP
@@ -201,6 +201,7 @@ class DataCleaning(ValidationLoss, BilevelProblem):
         d = check_int(n_features, "n_features", minimum=1)
         C = check_int(n_classes, "n_classes", minimum=2)
         p = check_real(corruption, "corruption", low=0.0, high=1.0)
+        check_memory(3 * (n_tr + n_va) * (d + C) + d * C, f"{cls.__name__}.synthetic data")
         rng = host_rng(seed)
         xp = default_namespace(xp)
         A = rng.standard_normal((n_tr + n_va, d))

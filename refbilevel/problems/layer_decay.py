@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .._backend import default_namespace, host_rng
-from .._validation import check_choice, check_int
+from .._validation import check_choice, check_int, check_memory, check_real
 from ..models.mlp import ACTIVATIONS, MLP
 from ._classification import ValidationLoss, set_multiclass_data, to_problem_arrays
 from .base import Batch, BilevelProblem, _inner, _outer, take_rows
@@ -206,6 +206,8 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
         n_va = check_int(n_val, "n_val", minimum=1)
         d = check_int(n_features, "n_features", minimum=1)
         C = check_int(n_classes, "n_classes", minimum=2)
+        noise = check_real(noise, "noise", nonnegative=True)
+        check_memory(3 * (n_tr + n_va) * (d + 3 * C) + 2 * d * C, f"{cls.__name__}.synthetic data")
         rng = host_rng(seed)
         xp = default_namespace(xp)
         n = n_tr + n_va

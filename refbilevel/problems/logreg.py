@@ -3,7 +3,7 @@ r"""Logistic-regression hyperparameter optimisation: one weight-decay coefficien
 from __future__ import annotations
 
 from .._backend import default_namespace, host_rng
-from .._validation import check_choice, check_int
+from .._validation import check_choice, check_int, check_memory, check_real
 from ..models.linear import LinearModel
 from ._classification import (ValidationLoss, check_binary_data, check_multiclass_data,
                               onehot_targets, to_problem_arrays)
@@ -221,6 +221,9 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
         n = check_int(n_samples, "n_samples", minimum=2)
         d = check_int(n_features, "n_features", minimum=1)
         check_choice(task, "task", ("binary", "multinomial"))
+        noise = check_real(noise, "noise", nonnegative=True)
+        C = 1 if task == "binary" else check_int(n_classes, "n_classes", minimum=2)
+        check_memory(3 * n * (d + C) + d * C, f"{cls.__name__}.synthetic data")
         rng = host_rng(seed)
         xp = default_namespace(xp)
         A = rng.standard_normal((n, d))

@@ -112,6 +112,12 @@ class RankedMetaLearning(MinimaxBilevelProblem):
     def __init__(self, A_train, b_train, A_val, b_val, *, k=None, m=0, mu=1.0,
                  smoothing="softplus", temperature=0.1, rho=1e-3, loss="squared"):
         check_array(A_train, "A_train", ndim=3)
+        for name, arr in (("b_train", b_train), ("A_val", A_val), ("b_val", b_val)):
+            if arr is None:
+                raise TypeError(f"{name} must be an array; got None")
+        if A_train.shape[2] < 1:
+            raise ValueError(f"A_train must have at least one feature; got shape "
+                             f"{tuple(A_train.shape)}")
         self._set_backend(A_train, b_train, A_val, b_val,
                           names=("A_train", "b_train", "A_val", "b_val"))
         T, n_tr, d = A_train.shape

@@ -14,7 +14,7 @@ Derivations: ``docs/theory/quadratic.rst``.
 from __future__ import annotations
 
 from .._backend import default_namespace, from_host, host_namespace, host_rng, resolve_dtype
-from .._validation import check_array, check_int, check_real
+from .._validation import check_array, check_int, check_memory, check_real
 from ._random import random_spd
 from .base import BilevelProblem
 
@@ -121,6 +121,8 @@ class Quadratic(BilevelProblem):
         dim_y = check_int(dim_y, "dim_y", minimum=1)
         cond = check_real(cond, "cond", low=1.0)
         ridge = check_real(ridge, "ridge", positive=True)
+        check_memory(6 * dim_y * dim_y + 2 * dim_x * dim_y + 2 * dim_x * dim_x,
+                     f"Quadratic.random(dim_x={dim_x}, dim_y={dim_y})")
         rng = host_rng(seed)
         hxp = host_namespace()
         H = random_spd(hxp, rng, dim_y, 1.0, cond)
