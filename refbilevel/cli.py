@@ -2,7 +2,15 @@
 
 Subcommands: ``list``, ``run``, ``export``, ``compare``, ``plot``, ``bench``, ``check``.
 A mistake on the command line (unknown name, bad value, missing file) prints one line on
-stderr and exits with status 2; ``compare`` exits with 1 when the trajectories differ.
+stderr and exits with status 2; ``compare`` exits with 1 when the trajectories differ. A
+fault of the system (disk full, read-only folder, a file where a folder is expected, a
+folder another run is writing into, data too large for the memory) prints one line naming
+the path or the size and exits with status 1; so does a command whose output pipe was
+closed before it finished (its results are written all the same).
+
+``run`` never empties a folder: into a folder that already holds results it refuses unless
+``--overwrite``, and then writes beside them (``DIR/.partial``) and replaces them only once
+the new run has completed; files it did not write are never touched.
 """
 
 from __future__ import annotations

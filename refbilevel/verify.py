@@ -627,8 +627,8 @@ def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
             continue
         v = np.asarray(v)
         if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):
-            rows = np.flatnonzero(~np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)) \
-                if v.ndim else np.array([0])
+            rows = np.flatnonzero(~np.isfinite(v.reshape(v.shape[0], math.prod(v.shape[1:])))
+                                  .all(axis=1)) if v.ndim else np.array([0])
             reasons.append(f"candidate {k!r} holds NaN or infinite values (first at row "
                            f"{int(rows[0])})")
     # rows and row shapes
@@ -659,8 +659,9 @@ def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
         if k not in comparable:
             dev[:, j] = excess[:, j] = np.nan
             continue
-        r = np.asarray(ref[k], dtype=np.float64)[:n].reshape(n, -1)
-        c = np.asarray(cand[k], dtype=np.float64)[:n].reshape(n, -1)
+        width = math.prod(np.shape(ref[k])[1:])
+        r = np.asarray(ref[k], dtype=np.float64)[:n].reshape(n, width)
+        c = np.asarray(cand[k], dtype=np.float64)[:n].reshape(n, width)
         with np.errstate(invalid="ignore", over="ignore"):
             diff = np.linalg.norm(c - r, axis=1)
             rn = np.linalg.norm(r, axis=1)
