@@ -188,7 +188,8 @@ def _cmd_run(args) -> int:
             config = load_config(folder.workdir)
             if config.get("status") != "running":
                 print(f"{out}: the run is already complete (status {config.get('status')!r}, "
-                      f"{config.get('n_iter_done', '?')} iterations); nothing to resume")
+                      f"{config.get('n_iter_done', '?')} iterations); nothing to resume "
+                      "(--overwrite starts it again)")
                 return 0
             backend_namespace(config["backend"])
         changed = not args.resume or (args.iters is not None and args.iters != config.get("iters"))

@@ -680,6 +680,11 @@ def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
         if first is not None else None
     reason = "; ".join(reasons) if reasons else None
     passed = reason is None and first is None and n > 0
+    if first is not None and recorded_settings(cand) is None \
+            and recorded_settings(ref) is not None:
+        notes.append("the candidate records no settings, so differing settings cannot be ruled "
+                     "out: store the export's 'description' array in the candidate to have "
+                     "them checked")
     if reason is None and n == 0:
         reason = "no rows to compare"
     return CompareReport(names, dev, passed, first, departed, rtol, atol, row_name, notes,

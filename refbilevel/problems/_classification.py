@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._backend import array_namespace, device, from_host, resolve_dtype, to_host_scalar
-from .._validation import check_array, check_int, check_labels
+from .._validation import check_array, check_int, check_labels, check_memory
 from ..models.losses import one_hot
 
 __all__ = ["ValidationLoss", "check_binary_data", "check_multiclass_data", "onehot_targets",
@@ -80,6 +80,8 @@ def check_multiclass_data(A_train, labels_train, A_val, labels_val, n_classes,
         n_classes = 1 + int(max(to_host_scalar(xp.max(labels_train)),
                                 to_host_scalar(xp.max(labels_val))))
     n_classes = check_int(n_classes, "n_classes", minimum=2)
+    check_memory(2 * (A_train.shape[0] + A_val.shape[0]) * n_classes,
+                 f"one-hot targets of {n_classes} classes")
     for lab, name in ((labels_train, tr_name), (labels_val, val_name)):
         check_labels(lab, name, values=tuple(range(n_classes)))
     return xp, n_classes
