@@ -213,10 +213,15 @@ def _cmd_run(args) -> int:
                   if os.path.isfile(checkpoint) else
                   f"resuming the run in {folder.workdir}: no checkpoint, restarting at iteration 0",
                   file=sys.stderr)
-        result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
-                     record_every=config["record_every"], metrics=metrics,
-                     progress=not args.no_progress, checkpoint=checkpoint,
-                     checkpoint_every=config.get("checkpoint_every"))
+        try:
+            result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
+                         record_every=config["record_every"], metrics=metrics,
+                         progress=not args.no_progress, checkpoint=checkpoint,
+                         checkpoint_every=config.get("checkpoint_every"))
+        except OSError as exc:  # a checkpoint write: name the file the user can find
+            if exc.filename is None or os.path.basename(str(exc.filename)).startswith("."):
+                raise type(exc)(exc.errno, exc.strerror, checkpoint) from None
+            raise
         save_run(folder.workdir, config, result)
         if os.path.exists(checkpoint) and not args.keep_checkpoint:
             os.remove(checkpoint)

@@ -419,6 +419,10 @@ def reference_for(candidate: dict, *, reference=None, solver=None, problem=None,
                   settings=()) -> dict:
     """The reference matching ``candidate``: from a results folder, an export, or a solver name.
 
+    A results folder gives the trajectory of every step its run took; an export its stored
+    reference iterates; a solver name (with ``problem``, ``seed`` and ``settings``) as many
+    steps as the candidate has rows after the first.
+
     The returned dict holds the reference arrays and, under ``settings``, a JSON string of
     the settings that produced them (problem, its description, solver, hyperparameters,
     seed, dtype), which :func:`compare` checks against the candidate's own record.
@@ -434,8 +438,9 @@ def reference_for(candidate: dict, *, reference=None, solver=None, problem=None,
                               config.get("stream"))
         if "points_x" in candidate:
             out = _oracles_at(prob, candidate)
-        else:
-            out = trajectory(prob, solv, n_steps, config["seed"])
+        else:  # the whole run: every step it took (row 0 the start)
+            done = config.get("n_iter_done", config.get("iters"))
+            out = trajectory(prob, solv, n_steps if done is None else int(done), config["seed"])
     elif reference is not None:
         arrays, desc = load_export(reference)
         record = _settings_from_export(desc)

@@ -214,7 +214,11 @@ def test_compare_api_and_reference_dir(default_run, tmp_path):
     assert rep.deviation.shape == (5, 2) and rep.deviation[3, 1] > 0 and rep.deviation[2].max() == 0
     np.savez(tmp_path / "c.npz", x=ref["x"], y=ref["y"], z=ref["z"])
     proc = cli("compare", "--reference", out, "--candidate", tmp_path / "c.npz", cwd=cwd)
+    assert proc.returncode == 1 and "wrong number of rows" in proc.stdout  # 5 of 2001 rows
+    proc = cli("compare", "--reference", out, "--candidate", tmp_path / "c.npz", "--prefix",
+               cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS: prefix of 5 of 2001 rows" in proc.stdout
 
 
 def test_compare_oracle_values(tmp_path):

@@ -122,6 +122,39 @@ def test_disk_full_one_line_and_nothing_lost(tmp_path, command):
         assert not [k for k in after if k not in before and not k.startswith(".partial")]
 
 
+def _killed_run(cwd, out, *extra):
+    """A run killed after its first checkpoint: ``out`` holds config.json and checkpoint.npz."""
+    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "refbilevel", "run", *SMALL, "--iters",
+                             "10000000", "--record-every", "50", "--out", str(out), *extra],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(cwd, out, "checkpoint.npz")
+    deadline = time.time() + 60
+    while not os.path.exists(ckpt) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(ckpt), "the run never checkpointed"
+    return ckpt
+
+
+def test_disk_full_on_resume(tmp_path):
+    with tmpfs(tmp_path / "fs", "1m") as fs:
+        _killed_run(fs, "D")
+        before = snapshot(fs)
+        fill(fs, leave=0)
+        before["filler"] = snapshot(fs)["filler"]
+        proc = cli("run", "--resume", "--out", "D", "--no-progress", cwd=fs)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        last = proc.stderr.strip().splitlines()[-1]  # after the "resuming ..." line
+        assert "D/checkpoint.npz" in last and "No space left on device" in last, proc.stderr
+        assert snapshot(fs) == before
+        assert json.load(open(os.path.join(fs, "D", "config.json")))["status"] == "running"
+
+
 def test_read_only_folder(tmp_path):
     if _is_root():
         ctx = tmpfs(tmp_path / "fs", "1m")
