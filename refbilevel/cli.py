@@ -164,12 +164,31 @@ def _default_out(problem, solver, backend, seed) -> str:
     return os.path.join("runs", f"{problem}-{solver}-{backend}-seed{seed}")
 
 
-def _cmd_run(args) -> int:
+def _prepare(config: dict, args):
+    """``(problem, solver, n_iter, metrics)`` of a run configuration; completes ``config``."""
     from ._backend import backend_namespace
+    from .results import environment
+    from .run import METRICS
+
+    backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
+    if args.iters is not None:
+        config["iters"] = args.iters
+    problem, solver, n_iter = build_from_config(config)
+    config["iters"] = n_iter
+    config["hyperparameters"] = solver.hyperparameters()
+    config.update(environment(problem.xp))
+    config["problem_description"] = problem.describe()
+    metrics = tuple(config.get("metrics") or METRICS)
+    for m in metrics:
+        if m not in METRICS:
+            raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+    return problem, solver, n_iter, metrics
+
+
+def _cmd_run(args) -> int:
     from .registry import DEFAULT_RUN
-    from .results import CHECKPOINT, FINAL, RunFolder, environment, load_config, save_run, \
-        write_config
-    from .run import METRICS, run
+    from .results import CHECKPOINT, FINAL, RunFolder, load_config, save_run, write_config
+    from .run import run
 
     if args.resume:
         out = args.out or _default_out(args.problem or DEFAULT_RUN["problem"],
@@ -179,11 +198,12 @@ def _cmd_run(args) -> int:
     else:
         config = _run_config(args)
         config["command"] = "refbilevel " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
+        problem, solver, n_iter, metrics = _prepare(config, args)  # before any file is touched
         out = args.out or _default_out(config["problem"], config["solver"], config["backend"],
                                        config["seed"])
         folder = RunFolder(out, overwrite=args.overwrite)
     with folder:
+        changed = not args.resume
         if args.resume:
             config = load_config(folder.workdir)
             if config.get("status") != "running":
@@ -191,19 +211,8 @@ def _cmd_run(args) -> int:
                       f"{config.get('n_iter_done', '?')} iterations); nothing to resume "
                       "(--overwrite starts it again)")
                 return 0
-            backend_namespace(config["backend"])
-        changed = not args.resume or (args.iters is not None and args.iters != config.get("iters"))
-        if args.iters is not None:
-            config["iters"] = args.iters
-        problem, solver, n_iter = build_from_config(config)
-        config["iters"] = n_iter
-        config["hyperparameters"] = solver.hyperparameters()
-        config.update(environment(problem.xp))
-        config["problem_description"] = problem.describe()
-        metrics = tuple(config.get("metrics") or METRICS)
-        for m in metrics:
-            if m not in METRICS:
-                raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+            changed = args.iters is not None and args.iters != config.get("iters")
+            problem, solver, n_iter, metrics = _prepare(config, args)
         checkpoint = folder.path(CHECKPOINT)
         if changed:
             config["status"] = "running"

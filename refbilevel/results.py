@@ -18,8 +18,13 @@ A folder written by ``refbilevel run`` (or :func:`save_run`) holds
     Written by :func:`refbilevel.run` while running (``--resume`` continues from it).
 
 Every write goes to a temporary file in the same folder followed by :func:`os.replace`, so a
-reader never sees a half-written file. :func:`load_run` checks the folder and raises
-:class:`ResultsError` (a :class:`ValueError`) with a message naming the file and the problem.
+reader never sees a half-written file; files get the permissions ``open`` would give them
+(``0666`` less the umask). A failed write raises an :class:`OSError` naming the file the
+caller asked for. :func:`load_run` checks the folder and raises :class:`ResultsError` (a
+:class:`ValueError`) with a message naming the file and the problem.
+
+:class:`RunFolder` gives a run exclusive use of its folder and replaces earlier results only
+once the new ones are complete; it never removes a file it did not write.
 """
 
 from __future__ import annotations
@@ -318,6 +323,7 @@ class RunFolder:
         self.resume, self.overwrite = resume, overwrite
         self.workdir = self.out
         self._fd = None
+        self._created = False
 
     # -- lock
     def _lock(self):
@@ -340,6 +346,7 @@ class RunFolder:
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", self.out)
         if self.resume and not os.path.isdir(self.out):
             raise ResultsError(f"results folder not found: {self.out!r}")
+        self._created = not os.path.exists(self.out)
         os.makedirs(self.out, exist_ok=True)
         self._lock()
         try:
@@ -397,8 +404,13 @@ class RunFolder:
         self._remove_ours(self.workdir)
         self.workdir = self.out
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
+        if exc_type is not None and self._created:
+            try:
+                os.rmdir(self.out)  # made for this run, which wrote nothing: leave no trace
+            except OSError:
+                pass
         return False

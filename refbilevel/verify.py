@@ -14,8 +14,13 @@ Workflow for someone with their own (PyTorch, JAX, C++ ...) implementation:
    dim_x)``, ``points_y`` ``(m, dim_y)`` and any of ``f``, ``g``, ``grad_f_x``,
    ``grad_f_y``, ``grad_g_x``, ``grad_g_y`` (full data), ``value``, ``hypergradient``,
    ``inner_solution``, one row per point.
+   A candidate may also carry the export's ``description`` array unchanged: ``compare``
+   then lists every setting (problem, solver, hyperparameters, seed, dtype) in which it
+   differs from the reference.
 3. :func:`compare` reports per-iteration relative deviations, the first iteration beyond
-   tolerance and the variable that departed first.
+   tolerance and the variable that departed first. A candidate passes only with exactly
+   the reference's rows (or, asked for explicitly, a prefix of them, reported as such),
+   rows of the reference's width, and no NaN or infinity anywhere.
 
 :func:`trajectory` computes reference iterates directly (host copies every step: this is
 a verification tool, not a fast path).
@@ -285,6 +290,8 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
 # ------------------------------------------------------------------------------- loading
 def _load_npz(path, what) -> dict:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ResultsError(f"{what} {path!r} is a folder; expected an .npz file")
     if not os.path.isfile(path):
         raise ResultsError(f"{what} file not found: {path!r}")
     if not zipfile.is_zipfile(path):
