@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = out, err
     if guards[0].broken or guards[1].broken:
         if not guards[1].broken:
-            print(f"refbilevel {args.command}: error: the output pipe was closed before the "
-                  "command finished (its results were written all the same)", file=sys.stderr)
+            print(f"refbilevel {args.command}: error: the output pipe was closed before all "
+                  "output was written (the command itself ran to its end)", file=sys.stderr)
         return 1 if status == 0 else status
     return status

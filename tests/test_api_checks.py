@@ -107,6 +107,7 @@ def test_non_finite_noise_refused(make):
     (lambda: datasets.classification_data(n=100, p=3, n_classes=10**9), "n_classes=1000000000"),
     (lambda: DataCleaning(A, lab, A, lab, n_classes=10**9), "one-hot targets of 1000000000"),
     (lambda: datasets.multitask_auc_data(n_tasks=10**6, n_train=10**3), "multi-task AUC data"),
+    (lambda: MinimaxQuadratic.random(10**4, 2, 3, 10**4), "MinimaxQuadratic.random(n_blocks"),
 ])
 def test_sizes_beyond_memory_refused_before_allocating(make, needle):
     with pytest.raises(MemoryError, match="GiB of memory") as info:

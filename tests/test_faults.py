@@ -317,6 +317,16 @@ def test_broken_pipe_keeps_results_and_fails(tmp_path):
     assert proc.returncode == 1
     assert json.load(open(tmp_path / "D" / "config.json"))["status"] != "running"
     assert np.load(tmp_path / "D" / "final.npz")["x"].shape == (4,)
+    # only stdout gone: the run completes and says so on stderr, in one line
+    r, w = os.pipe()
+    os.close(r)
+    proc = subprocess.run([sys.executable, "-m", "refbilevel", "run", *SMALL, "--iters", "6",
+                           "--out", "E"], cwd=tmp_path, env=env, stdout=w,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(w)
+    assert proc.returncode == 1
+    one_line(proc, "output pipe was closed")
+    assert json.load(open(tmp_path / "E" / "config.json"))["status"] == "max_iter"
 
 
 # ------------------------------------------------------------------ sizes that cannot fit

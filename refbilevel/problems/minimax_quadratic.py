@@ -6,7 +6,7 @@ Derivations: ``docs/theory/quadratic.rst`` (section "Multi-block minimax quadrat
 from __future__ import annotations
 
 from .._backend import default_namespace, from_host, host_namespace, host_rng, resolve_dtype
-from .._validation import check_array, check_int, check_real
+from .._validation import check_array, check_int, check_memory, check_real
 from ._random import random_spd
 from .base import MinimaxBilevelProblem
 
@@ -112,6 +112,9 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
         dy = check_int(dim_y, "dim_y", minimum=1)
         dz = check_int(dim_z, "dim_z", minimum=1)
         cond = check_real(cond, "cond", low=1.0)
+        check_memory(2 * n * (4 * dz * dz + dz * dx + 2 * dz * dy + dx * dy + 2 * dy * dy)
+                     + 2 * dx * dx, f"MinimaxQuadratic.random(n_blocks={n}, dim_x={dx}, "
+                     f"dim_y={dy}, dim_z={dz})")
         rng = host_rng(seed)
         hxp = host_namespace()
 
