@@ -496,6 +496,8 @@ class CompareReport:
     reason : str or None
         Why the candidate fails regardless of the deviations (wrong number of rows, a
         non-finite entry ...), None otherwise.
+    n_reference : int or None
+        Rows of the reference (more than ``deviation`` has when a prefix was compared).
     """
 
     variables: list
@@ -631,6 +633,8 @@ def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
     row_name = "point" if "points_x" in cand else "iteration"
     notes = [f"not in the reference, not compared: {k}" for k in cand
              if k not in ref and k not in skip]
+    notes += [f"not in the candidate, not compared: {k}" for k in ref
+              if k not in cand and k not in skip]
     notes += _settings_notes(ref, cand)
     reasons = []
     # every numeric entry of the candidate must be finite, compared or not
@@ -657,10 +661,10 @@ def compare(reference, candidate, rtol: float = 1e-6, atol: float = 1e-12, *,
                            f"(rows of shape {cs[1:]} vs {rs[1:]})")
         elif n_cand[k] != n_ref[k] and not (prefix and 1 <= n_cand[k] < n_ref[k]):
             short.append(f"{k!r} has shape {cs}, the reference {rs}")
-            hint = n_cand[k] < n_ref[k] and not prefix
     if short:
+        fewer = not prefix and any(0 < n_cand[k] < n_ref[k] for k in names)
         reasons.append("wrong number of rows: " + "; ".join(short) + convention
-                       + ("; --prefix accepts the first rows only" if hint else ""))
+                       + ("; --prefix accepts the first rows only" if fewer else ""))
     comparable = [k for k in names if math.prod(np.shape(ref[k])[1:]) ==
                   math.prod(np.shape(cand[k])[1:])]
     n = min([n_cand[k] for k in comparable] + [n_ref[k] for k in comparable]) if comparable else 0
