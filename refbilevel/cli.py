@@ -459,35 +459,40 @@ def _oserror_line(exc: OSError) -> str:
     return f"{where}: {cause}" if where is not None else cause
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _PipeGuard(out), _PipeGuard(err)
+def _dispatch(argv) -> tuple[str, int]:
+    """Parse ``argv`` and run the subcommand; faults become one line and an exit status."""
+    args = build_parser().parse_args(argv)
     try:
-        status = args.func(args)
+        return args.command, args.func(args)
     except (TypeError, ValueError, ImportError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"refbilevel {args.command}: error: {msg}", file=sys.stderr)
-        status = EXIT_USAGE
+        return args.command, EXIT_USAGE
     except OSError as exc:  # disk full, read-only, a file where a folder is expected ...
         print(f"refbilevel {args.command}: error: {' '.join(_oserror_line(exc).split())}",
               file=sys.stderr)
-        status = 1
+        return args.command, 1
     except MemoryError as exc:
         msg = " ".join(str(exc).split()) or "out of memory"
         print(f"refbilevel {args.command}: error: not enough memory ({msg})", file=sys.stderr)
-        status = 1
+        return args.command, 1
     except KeyboardInterrupt:
         print("refbilevel: interrupted", file=sys.stderr)
-        status = 130
+        return args.command, 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    out, err = sys.stdout, sys.stderr
+    guards = _PipeGuard(out), _PipeGuard(err)
+    sys.stdout, sys.stderr = guards
+    try:
+        command, status = _dispatch(argv)
     finally:
         sys.stdout.flush()
-        guards = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = out, err
     if guards[0].broken or guards[1].broken:
         if not guards[1].broken:
-            print(f"refbilevel {args.command}: error: the output pipe was closed before all "
+            print(f"refbilevel {command}: error: the output pipe was closed before all "
                   "output was written (the command itself ran to its end)", file=sys.stderr)
         return 1 if status == 0 else status
     return status
