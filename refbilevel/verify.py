@@ -334,8 +334,9 @@ def load_candidate(path) -> dict:
         if v.dtype.kind not in "fiu":
             raise ResultsError(f"candidate {path!r}: array {k!r} has non-real dtype {v.dtype}")
         if v.ndim == 0:
+            row = "point" if "points_x" in cand else "iteration"
             raise ResultsError(f"candidate {path!r}: array {k!r} is 0-d (a single number); "
-                               f"expected one row per {'point' if 'points_x' in cand else 'iteration'}")
+                               f"expected one row per {row}")
     if "points_x" in cand:
         if "points_y" not in cand or not any(k in cand for k in ORACLE_KEYS):
             raise ResultsError(f"candidate {path!r} has points_x but lacks points_y or any of "
