@@ -423,3 +423,29 @@ def test_compare_names_differing_settings(exported):
     assert "different settings" in proc.stdout
     lr_ref = json.loads(str(ref["description"]))["solver"]["hyperparameters"]["lr_y"]
     assert f"hyperparameters.lr_y: reference {lr_ref!r}, candidate 0.5" in proc.stdout
+
+
+def test_run_folder_touches_only_its_own_files(tmp_path):
+    from refbilevel.results import CONFIG, FINAL, HISTORY, PARTIAL, ResultsError, RunFolder
+
+    out = tmp_path / "D"
+    out.mkdir()
+    for name, data in ((CONFIG, b"{}"), (HISTORY, b"old"), (FINAL, b"old"), ("mine.txt", b"m")):
+        (out / name).write_bytes(data)
+    (out / PARTIAL).mkdir()
+    (out / PARTIAL / "keep.txt").write_bytes(b"k")  # a user's file in an abandoned replacement
+    (out / PARTIAL / HISTORY).write_bytes(b"abandoned")
+    with pytest.raises(ResultsError, match="--overwrite"):
+        with RunFolder(out):
+            pass
+    with RunFolder(out, overwrite=True) as folder:
+        assert folder.workdir == os.path.join(out, PARTIAL)
+        assert sorted(os.listdir(folder.workdir)) == ["keep.txt"]  # only ours was removed
+        for name in (CONFIG, HISTORY, FINAL):
+            with open(folder.path(name), "wb") as fh:
+                fh.write(b"new")
+        assert (out / HISTORY).read_bytes() == b"old"  # nothing replaced before the commit
+        folder.commit()
+    assert {n: (out / n).read_bytes() for n in (CONFIG, HISTORY, FINAL, "mine.txt")} == \
+        {CONFIG: b"new", HISTORY: b"new", FINAL: b"new", "mine.txt": b"m"}
+    assert (out / PARTIAL / "keep.txt").read_bytes() == b"k"
