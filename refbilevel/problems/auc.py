@@ -59,13 +59,14 @@ References
 
 from __future__ import annotations
 
-from .._backend import array_namespace, device, to_host, to_host_scalar
+from .._backend import to_host
 from .._validation import check_array, check_bool, check_choice, check_int, check_real
+from ..linalg import block_newton
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
 from ..models.losses import sigmoid, sigmoid_prime, softplus
 from .base import Batch, MinimaxBilevelProblem
 
-__all__ = ["MultiTaskAUC", "block_newton"]
+__all__ = ["MultiTaskAUC"]
 
 
 def _weighted_rows(w, M):
@@ -86,67 +87,6 @@ def _bmv(M, v):
 def _take(xp, a, blocks, rows):
     a = xp.take(a, blocks, axis=0)
     return a if rows is None else xp.take(a, rows, axis=1)
-
-
-def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
-    r"""Damped Newton on independent strongly convex block problems, vectorised over blocks.
-
-    Parameters
-    ----------
-    value, grad, hessian : callable
-        ``z -> (n,)`` per-block values, ``(n, k)`` per-block gradients, ``(n, k, k)`` Hessians.
-    z0 : array, shape (n, k)
-        Start.
-    tol : float, optional
-        Stop when every block has :math:`\|\nabla g_i\| \le \text{tol}\,(1 + G_0)`,
-        :math:`G_0` the largest gradient norm at ``z0`` (``tol`` default 1e-13 in float64,
-        1e-5 in float32), then take two more steps so the solution is exact to rounding
-        (value functions built on it are then smooth enough for finite differences).
-
-    Notes
-    -----
-    Each step solves the stacked Newton systems at once and picks, per block, the largest
-    step in :math:`1, 1/2, \dots, 2^{-30}` satisfying Armijo (factor 1e-4); the full step
-    once the Newton decrement :math:`d^\top H d` is below :math:`10^{-10}(1 + |g_i|)`, where
-    rounding hides the decrease. It also stops after three consecutive steps in which every
-    block was in that regime (full steps from there converge quadratically, so the
-    gradient is then at its rounding floor, which may lie above the target, e.g. in
-    float32 far from the origin). Synchronises twice per step (exact oracles only).
-    """
-    xp = array_namespace(z0)
-    if tol is None:
-        tol = 1e-13 if z0.dtype == xp.float64 else 1e-5
-    z = z0
-    polish = 2  # full Newton steps after the tolerance is met: z* to rounding level
-    target, stalled = None, 0
-    for _ in range(max_iter + polish):
-        gz = grad(z)
-        if polish == 0:
-            break
-        gmax = to_host_scalar(xp.max(xp.linalg.vector_norm(gz, axis=1)))
-        if target is None:
-            target = tol * (1.0 + gmax)
-        if stalled >= 3:   # rounding floor above the target (e.g. float32 at large scale)
-            break
-        if gmax <= target:
-            polish -= 1
-        d = -xp.linalg.solve(hessian(z), gz[..., None])[..., 0]
-        slope = xp.sum(d * gz, axis=1)
-        g0 = value(z)
-        step = xp.zeros_like(g0)
-        found = xp.zeros(g0.shape, dtype=xp.bool, device=device(z0))
-        tval = 1.0
-        for _k in range(31):
-            ok = (value(z + tval * d) <= g0 + 1e-4 * tval * slope) & ~found
-            step = xp.where(ok, tval, step)
-            found = found | ok
-            tval *= 0.5
-        small = -slope <= 1e-10 * (1.0 + xp.abs(g0))
-        damped = found & ~small
-        stalled = 0 if to_host_scalar(xp.any(damped)) else stalled + 1
-        step = xp.where(damped, step, 1.0)
-        z = z + step[:, None] * d
-    return z
 
 
 class MultiTaskAUC(MinimaxBilevelProblem):
@@ -396,7 +336,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
     def inner_solution(self, x, *, tol=None, max_iter=100):
         r"""``z*(x)`` for all blocks (shape ``(T, r)``): damped Newton, vectorised over blocks.
 
-        See :func:`block_newton` (relative tolerance ``tol`` on every block's
+        See :func:`refbilevel.linalg.block_newton` (relative tolerance ``tol`` on every block's
         :math:`\|\nabla_z g_i\|`: 1e-13 in float64, 1e-5 in float32), started at zero.
         Synchronises: an exact oracle.
         """
