@@ -159,3 +159,16 @@ def test_linearized_hvp_reads_the_data_twice(measure, name):
     # and nothing else is added: the linearised HVP runs a subset of the one-shot operations
     assert sum(ops_lin.values()) < sum(ops_once.values()), (dict(ops_lin), dict(ops_once))
     assert all(ops_lin[k] <= ops_once[k] for k in ops_lin), (dict(ops_lin), dict(ops_once))
+
+
+def test_asv_linearize_benchmark_runs(measure):
+    """Smoke run of the asv benchmark (small size, NumPy): both forms run; timing is the
+    benchmark's business, not the test's."""
+    from benchmarks.linearize import KINDS, TenHVPs
+
+    bench = TenHVPs()
+    for kind in KINDS:
+        bench.setup("numpy", "small", "float64", kind)
+        lin = bench.problem.linearize_g(bench.x, bench.y)
+        v = bench.vs[0]
+        assert _bitwise(lin.hvp(v), bench.problem.hvp_g(bench.x, bench.y, v))
