@@ -201,6 +201,11 @@ class LinearModelAt:
     :math:`S`, the curvature operator and :math:`\partial_S \ell` are evaluated lazily, once
     each, at the first product that needs them, so a point used only for per-sample JVPs
     never forms the curvature (and the reverse).
+
+    References
+    ----------
+    .. [1] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
+       6(1), 1994 (Hessian-vector products at the cost of a gradient).
     """
 
     def __init__(self, model, w, A, T, loss, weights, xp):

@@ -276,6 +276,11 @@ class MLPAt:
     :math:`G_Z = c \odot \partial_Z \ell / n`, :math:`G_H = G_Z W_2^\top` and
     :math:`G_H \odot \varphi''`. A direction :math:`v` then costs the R-pass and the
     R-backward pass of the module Notes only.
+
+    References
+    ----------
+    .. [1] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
+       6(1), 1994.
     """
 
     def __init__(self, model, theta, A, Y, loss, weights, xp):

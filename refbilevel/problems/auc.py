@@ -466,6 +466,13 @@ class MultiTaskAUCHead(MultiTaskAUC):
         \nabla^2_{Wz} g_i\, v = A_i^\top q_i\, v^\top
             + A_i^\top(\omega_i\odot\Phi_i v)\, z_i^\top, \qquad
         \nabla_W f_i = A^{val\top}_i \bar u_i\, z_i^\top .
+
+    References
+    ----------
+    .. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization.
+       NeurIPS 2024.
+    .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
+       ICCV 2021.
     """
 
     lower = "head"
@@ -539,6 +546,13 @@ class MultiTaskAUCAnchored(MultiTaskAUC):
 
         \nabla_w g_i = -\mu (z_i - w), \qquad \nabla^2_{wz} g_i = -\mu I, \qquad
         \nabla_w f_i = 0 .
+
+    References
+    ----------
+    .. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization.
+       NeurIPS 2024.
+    .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
+       ICCV 2021.
     """
 
     lower = "anchored"
