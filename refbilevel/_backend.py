@@ -16,6 +16,7 @@ Rules kept here (see ``DESIGN.md``):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import array_api_compat
@@ -39,6 +40,7 @@ __all__ = [
     "is_cupy",
     "is_numpy",
     "materialize",
+    "matvecs",
     "synchronize",
     "to_device",
     "to_host",
@@ -320,6 +322,56 @@ def materialize(tree: Any) -> Any:
     step; solvers never call it.
     """
     return tree
+
+
+#: Backends that run a stack of at most this many rows as one matrix-vector product per
+#: row in :func:`matvecs`, per orientation (``A @ x`` and ``A.T @ x``); every other
+#: backend, and every larger stack, uses one matrix product. Chosen by measurement, one
+#: BLAS thread (docs/benchmarks.md, "Paired products"): OpenBLAS runs ``Xs @ A.T`` with
+#: two rows 1.05 to 1.9 times slower than two ``A @ x``, while ``Xs @ A`` with two rows is
+#: the faster form; with four rows one matrix product wins both ways. CuPy (cuBLAS) and
+#: PyTorch stream ``A`` once for the whole stack.
+_ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
+
+
+@functools.lru_cache(maxsize=None)
+def _rowwise_max(xp) -> dict:
+    return _ROWWISE_MAX.get(backend_name(xp), {False: 0, True: 0})
+
+
+def matvecs(A, Xs, *, xp, transpose: bool = False):
+    r"""Matrix-vector products of one matrix with a stack of vectors, in the backend's fastest form.
+
+    Parameters
+    ----------
+    A : array, shape (n, d)
+        The matrix (typically data, read once per product).
+    Xs : array, shape (m, d), or (m, n) with ``transpose=True``
+        The vectors, one per row.
+    xp : namespace
+        The namespace of ``A`` and ``Xs``.
+    transpose : bool
+        Multiply by :math:`A^\top` instead of :math:`A`.
+
+    Returns
+    -------
+    array, shape (m, n), or (m, d) with ``transpose=True``
+        Row :math:`j` is :math:`A x_j` (or :math:`A^\top x_j`).
+
+    Notes
+    -----
+    The result is :math:`X_s A^\top` (or :math:`X_s A`) whichever way it is computed: as
+    one matrix product (``A`` streamed once for the whole stack) or, for short stacks on
+    backends where a skinny matrix product is slower than matrix-vector products (NumPy
+    with OpenBLAS), as :math:`m` products stacked. The choice is a per-backend table,
+    never a property of the caller; the two forms agree to rounding (each entry is one
+    inner product of length ``d`` or ``n``, summed in a BLAS-chosen order).
+    """
+    m = Xs.shape[0]
+    if m <= _rowwise_max(xp)[transpose]:
+        At = A.T if transpose else A
+        return xp.stack([At @ Xs[j, ...] for j in range(m)])
+    return Xs @ A if transpose else Xs @ A.T
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:

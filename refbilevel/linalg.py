@@ -22,8 +22,14 @@ __all__ = ["cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
 
 def _vdot(xp, u, v):
-    """Euclidean inner product of two arrays of the same shape, as a 0-d array."""
-    return xp.sum(u * v)
+    """Euclidean inner product of two real arrays of the same shape, as a 0-d array.
+
+    One operation (``vecdot``: a BLAS dot on NumPy) rather than a product and a sum; arrays
+    of more than one axis are flattened first (a view for contiguous arrays).
+    """
+    if u.ndim != 1:
+        u, v = xp.reshape(u, (-1,)), xp.reshape(v, (-1,))
+    return xp.vecdot(u, v)
 
 
 def _cg_start(xp, matvec, b, x0):
