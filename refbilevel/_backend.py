@@ -74,6 +74,12 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
     namespace
         The array-api-compat wrapped namespace (e.g. ``array_api_compat.numpy``).
     """
+    for a in arrays:                  # NumPy arrays only: the common case, decided here
+        if type(a) is not np.ndarray:
+            break
+    else:
+        if arrays:
+            return _numpy_namespace()
     if names is None:
         names = tuple(f"arg{i}" for i in range(len(arrays)))
     found: list[tuple[str, Any, Any]] = []
@@ -97,6 +103,14 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
             )
     check_same_device(*(a for _, a, _ in found), names=tuple(n for n, _, _ in found))
     return xp
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_namespace():
+    """array-api-compat's NumPy namespace (what :func:`array_namespace` gives NumPy arrays)."""
+    import array_api_compat.numpy
+
+    return array_api_compat.numpy
 
 
 def check_same_device(*arrays: Any, names: tuple[str, ...] | None = None) -> None:

@@ -67,13 +67,16 @@ def exp_limit(dtype, *, xp) -> float:
     where it is smaller than that number. Looked up once per (namespace, dtype): the
     oracles call this on every evaluation.
     """
-    c = _EXP_LIMITS.get(dtype)
+    key = (xp, dtype)
+    c = _EXP_LIMITS.get(key)
     if c is None:
-        c = _EXP_LIMITS[dtype] = float(math.floor(math.log(xp.finfo(dtype).max)))
+        c = _EXP_LIMITS[key] = float(math.floor(math.log(xp.finfo(dtype).max)))
     return c
 
 
-#: exp_limit's values by dtype object (the limit depends on the dtype alone)
+#: exp_limit's values by (namespace, dtype): keyed with the namespace so that dtype
+#: objects of two libraries (equal hashes, e.g. NumPy's and array-api-strict's float64)
+#: are never compared with each other
 _EXP_LIMITS: dict = {}
 
 
