@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from types import SimpleNamespace
 
@@ -48,7 +49,7 @@ from .common import PROFILE, XPBenchmark, get_xp
 
 #: XLA on the CPU: one thread (read when JAX is first imported)
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-if "jax" not in __import__("sys").modules:
+if "jax" not in sys.modules:        # asv imports this module before any benchmark's setup
     os.environ.setdefault("XLA_FLAGS", XLA_ONE_THREAD)
 
 SOLVERS = ("minimaxopt", "f2sa", "f2sa_adam", "aid_cg", "itd")
@@ -56,6 +57,8 @@ SOLVERS = ("minimaxopt", "f2sa", "f2sa_adam", "aid_cg", "itd")
 SIZES = {"small": (2_000, 50), "medium": (20_000, 500), "tall": (200_000, 100)}
 DTYPES = ("float64", "float32")
 PEERS = ("numpy", "jax", "torch")
+#: the forms timed per peer (True: the pair products stacked, False: matrix-vector products)
+PEER_FORMS = {"numpy": (True, False), "jax": (True, False), "torch": (True, False)}
 #: relative difference of (x, y[, z]) after one step accepted as "the same step"
 CHECK_RTOL = {"float64": 1e-9, "float32": 2e-3}
 
@@ -263,7 +266,7 @@ class Contenders:
     batch (JAX: block on the last result), ``family[name]`` the peer it belongs to.
     """
 
-    def __init__(self, solver: str, data, dtype: str, peers=PEERS, forms=(True, False)):
+    def __init__(self, solver: str, data, dtype: str, peers=PEERS, forms=None):
         from refbilevel.problems import LogRegHPO
 
         self.solver, self.dtype = solver, dtype
@@ -284,7 +287,7 @@ class Contenders:
             except ImportError as exc:
                 self.unavailable[peer] = f"not installed ({exc.name})"
                 continue
-            for stacked in forms:
+            for stacked in PEER_FORMS[peer] if forms is None else forms:
                 name = f"{peer}-{'stacked' if stacked else 'matvec'}"
                 fn = (jitted_steps(stacked) if peer == "jax" else plain_steps(peer, stacked))[solver]
                 self.family[name] = peer
@@ -450,13 +453,22 @@ def data_passes(solver: str, n: int = 64, d: int = 8) -> dict:
 
 
 # ====================================================================== timing
-def interleaved_times(cont: Contenders, *, rounds: int, min_time: float) -> dict:
+def interleaved_times(cont: Contenders, *, rounds: int, min_time: float) -> tuple[dict, dict]:
     """Seconds per call of every contender, one value per round (interleaved).
 
     Each contender first runs once (warm-up: JIT compilation, page faults) and once more
     timed, which sets its batch length ``k`` (calls per batch, at least ``min_time``
     seconds). Every round then runs one batch of each contender, in an order rotated
-    by one place per round, and records the batch time over ``k``.
+    by one place per round, and records the batch time over ``k``: wall-clock time and
+    the process's CPU time (``time.process_time``, all threads). With every library on
+    one thread, CPU time is what the step costs when the process holds a core; on a
+    machine where other processes take turns on the cores, wall-clock time also counts
+    the turns it waited.
+
+    Returns
+    -------
+    wall, cpu : dict
+        Contender name -> list of seconds per call, one per round.
     """
     names = list(cont.calls)
     k = {}
@@ -468,42 +480,50 @@ def interleaved_times(cont: Contenders, *, rounds: int, min_time: float) -> dict
         call()
         wait()
         k[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
-    times = {name: [] for name in names}
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             call, wait = cont.calls[name], cont.waits[name]
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for _ in range(k[name]):
                 call()
             wait()
-            times[name].append((time.perf_counter() - t0) / k[name])
-    return times
+            wall[name].append((time.perf_counter() - t0) / k[name])
+            cpu[name].append((time.process_time() - c0) / k[name])
+    return wall, cpu
 
 
-def summarize(times: dict, family: dict) -> dict:
+def summarize(times: dict, family: dict, prefix: str = "") -> dict:
     """Per peer: median time of its faster form per round, and the median per-round ratio."""
     ref = times["refbilevel"]
-    out = {"t_refbilevel": statistics.median(ref), "rounds": len(ref)}
+    out = {f"{prefix}t_refbilevel": statistics.median(ref)}
     for peer in sorted(set(family.values()) - {"refbilevel"}):
         forms = [n for n in times if family[n] == peer]
         best = [min(times[n][r] for n in forms) for r in range(len(ref))]
-        out[f"t_{peer}"] = statistics.median(best)
-        out[f"ratio_{peer}"] = statistics.median(a / b for a, b in zip(ref, best))
-        out[f"form_{peer}"] = min(forms, key=lambda n: statistics.median(times[n])).split("-")[1]
+        out[f"{prefix}t_{peer}"] = statistics.median(best)
+        out[f"{prefix}ratio_{peer}"] = statistics.median(a / b for a, b in zip(ref, best))
+        out[f"{prefix}form_{peer}"] = min(forms, key=lambda n: statistics.median(times[n])
+                                          ).split("-")[1]
     return out
 
 
-def copy_bandwidth(nbytes: int = 1 << 28, repeat: int = 7) -> float:
-    """Single-thread host copy bandwidth, bytes read + written per second (median)."""
+def copy_bandwidth(nbytes: int = 1 << 28, repeat: int = 7) -> tuple[float, float]:
+    """Single-thread host copy bandwidth, bytes read + written per second (median).
+
+    Returns ``(wall, cpu)``: per second of wall-clock time and of process CPU time.
+    """
     a = np.ones(nbytes // 8)
     b = np.empty_like(a)
-    samples = []
+    np.copyto(b, a)
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         np.copyto(b, a)
-        samples.append(time.perf_counter() - t0)
-    return 2 * nbytes / statistics.median(samples)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 2 * nbytes / statistics.median(wall), 2 * nbytes / statistics.median(cpu)
 
 
 def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
@@ -521,7 +541,7 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
             env[mod] = __import__(mod).__version__
         except ImportError:
             env[mod] = None
-    env["copy_bw_before"] = copy_bandwidth()
+    env["copy_bw_before"], env["copy_bw_cpu_before"] = copy_bandwidth()
     passes = {s: data_passes(s) for s in solvers}
     rows = []
     for size in sizes:
@@ -529,22 +549,26 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
         for dt in dtypes:
             data = host_data(n, d, dt)
             nbytes = data[0].nbytes
-            bw = copy_bandwidth()
+            bw, bw_cpu = copy_bandwidth()
             for solver in solvers:
                 cont = Contenders(solver, data, dt, peers=peers)
                 check = check_peers(cont)
-                times = interleaved_times(cont, rounds=rounds_tall if n * d >= 10**7 else rounds,
-                                          min_time=min_time)
+                wall, cpu = interleaved_times(
+                    cont, rounds=rounds_tall if n * d >= 10**7 else rounds, min_time=min_time)
                 row = {"solver": solver, "n": n, "d": d, "dtype": dt, "check": check,
-                       "unavailable": cont.unavailable, "copy_bw": bw,
-                       "passes": passes[solver], "data_bytes": nbytes}
-                row.update(summarize(times, cont.family))
-                row["t_floor"] = passes[solver]["needed"] * nbytes / bw
+                       "unavailable": cont.unavailable, "copy_bw": bw, "copy_bw_cpu": bw_cpu,
+                       "passes": passes[solver], "data_bytes": nbytes,
+                       "rounds": len(wall["refbilevel"])}
+                row.update(summarize(wall, cont.family))
+                row.update(summarize(cpu, cont.family, prefix="cpu_"))
+                floor = passes[solver]["needed"] * nbytes
+                row["t_floor"], row["cpu_t_floor"] = floor / bw, floor / bw_cpu
                 row["step_over_floor"] = row["t_refbilevel"] / row["t_floor"]
+                row["cpu_step_over_floor"] = row["cpu_t_refbilevel"] / row["cpu_t_floor"]
                 rows.append(row)
                 log({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
             del data
-    env["copy_bw_after"] = copy_bandwidth()
+    env["copy_bw_after"], env["copy_bw_cpu_after"] = copy_bandwidth()
     limiter.restore_original_limits()
     return {"env": env, "rows": rows}
 
@@ -557,42 +581,50 @@ def render_markdown(R: dict, command: str | None = None) -> str:
     blas = "; ".join(f"{p.get('internal_api')} {p.get('version')} ({p.get('architecture', '')}"
                      f" kernels, {p.get('num_threads')} thread)" for p in th["threadpools"]
                      if p.get("user_api") == "blas")
-    bws = [env["copy_bw_before"], env["copy_bw_after"]] + [r["copy_bw"] for r in R["rows"]]
+    bws = [env["copy_bw_cpu_before"], env["copy_bw_cpu_after"]] + [r["copy_bw_cpu"]
+                                                                   for r in R["rows"]]
     L = [f"Measured {env['date_utc']} on {env['cpu']} ({env['cpu_count']} cores, shared with "
          "other busy processes); NumPy " + env["numpy"] + f", BLAS: {blas}; jax {env.get('jax')} "
          f"(XLA_FLAGS={th.get('XLA_FLAGS')!r}); torch {env.get('torch')} "
          f"({th.get('torch_threads')} thread, {th.get('torch_blas')}). Single-thread copy "
-         f"bandwidth (read + write) {min(bws) / 1e9:.1f}–{max(bws) / 1e9:.1f} GB/s during the run."]
+         f"bandwidth (read + write, per CPU second) {min(bws) / 1e9:.1f}–{max(bws) / 1e9:.1f} "
+         "GB/s during the run."]
     if command:
         L.append(f"\nCommand: `{command}`")
-    L.append("\nMedian over rounds of the per-round ratio refbilevel / peer (below 1: refbilevel "
-             "is faster); times are medians (ms). A peer's time in a round is its faster form "
-             "(stacked or matrix-vector, the form shown). `check` is the largest relative "
-             "difference of (x, y, z) after one step between any peer and refbilevel. Floor: "
-             "needed data passes × data bytes / copy bandwidth; passes counted by the operation "
-             "counter (refbilevel / needed).\n")
-    L.append("| solver | n × d | dtype | refbilevel ms | NumPy ms | jax.jit ms | torch ms "
-             "| ÷ NumPy | ÷ jax.jit | ÷ torch | check | passes | ÷ floor | rounds |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("\nRatios refbilevel / peer (below 1: refbilevel is faster), each the median over "
+             "rounds of the ratio within a round; **bold**: above 1. CPU: process CPU time "
+             "(every library on one thread); wall: wall-clock time, which also counts the "
+             "turns the process waited for a core. Times: medians of CPU ms per step. A "
+             "peer's time in a round is its faster form (stacked pair products or "
+             "matrix-vector products; the form shown). `check`: the largest relative "
+             "difference of (x, y, z) after one step between a peer and refbilevel. Floor: "
+             "needed data passes × data bytes / copy bandwidth, in CPU time; passes counted "
+             "by the operation counter (refbilevel's step / needed).\n")
+    L.append("| solver | n × d | dtype | refbilevel | NumPy | jax.jit | torch "
+             "| ÷ NumPy CPU | ÷ jax CPU | ÷ torch CPU | ÷ NumPy wall | ÷ jax wall | ÷ torch wall "
+             "| check | passes | ÷ floor | rounds |")
+    L.append("|---" * 17 + "|")
 
     def ms(r, k):
         v = r.get(k)
         return "–" if v is None else f"{v * 1e3:.3g}"
 
-    def ratio(r, peer):
-        v = r.get(f"ratio_{peer}")
+    def ratio(r, key):
+        v = r.get(key)
         return "–" if v is None else f"**{v:.2f}**" if v > 1.0 else f"{v:.2f}"
 
     for r in R["rows"]:
         kept = [v for v in r["check"].values() if v <= CHECK_RTOL[r["dtype"]]]
         chk = max(kept) if kept else None
         L.append(f"| {r['solver']} | {r['n']:,} × {r['d']} | {r['dtype']} | "
-                 f"{ms(r, 't_refbilevel')} | {ms(r, 't_numpy')} ({r.get('form_numpy', '')}) | "
-                 f"{ms(r, 't_jax')} ({r.get('form_jax', '')}) | {ms(r, 't_torch')} | "
-                 f"{ratio(r, 'numpy')} | {ratio(r, 'jax')} | {ratio(r, 'torch')} | "
-                 f"{'–' if chk is None else f'{chk:.0e}'} | "
+                 f"{ms(r, 'cpu_t_refbilevel')} | {ms(r, 'cpu_t_numpy')} "
+                 f"({r.get('cpu_form_numpy', '')}) | {ms(r, 'cpu_t_jax')} "
+                 f"({r.get('cpu_form_jax', '')}) | {ms(r, 'cpu_t_torch')} | " +
+                 " | ".join(ratio(r, f"{w}ratio_{p}") for w in ("cpu_", "")
+                            for p in ("numpy", "jax", "torch")) +
+                 f" | {'–' if chk is None else f'{chk:.0e}'} | "
                  f"{r['passes']['refbilevel']} / {r['passes']['needed']} | "
-                 f"{r['step_over_floor']:.2f} | {r['rounds']} |")
+                 f"{r['cpu_step_over_floor']:.2f} | {r['rounds']} |")
     left_out = sorted({f"{k}: {v}" for r in R["rows"] for k, v in r["unavailable"].items()})
     if left_out:
         L.append("\nLeft out: " + "; ".join(left_out) + ".")
@@ -603,7 +635,6 @@ def main(argv=None):
     """``python -m benchmarks.cpu_peers --out DIR [--sizes small,medium,tall] ...``."""
     import argparse
     import json
-    import sys
 
     ap = argparse.ArgumentParser(description="refbilevel on NumPy against hand-written peers")
     ap.add_argument("--out", default="cpu_peers_out")
@@ -685,12 +716,20 @@ class CPUPeerRatios(XPBenchmark):
     def teardown(self, *params):
         self._limiter.restore_original_limits()
 
-    def track_ratio(self, peer, size, dtype, solver):
+    def _ratio(self, peer, which):
         if len(self.cont.calls) < 2:
             return float("nan")          # the peer failed its check against refbilevel
         rounds = 3 if PROFILE == "fast" else 7
-        times = interleaved_times(self.cont, rounds=rounds, min_time=0.05)
+        times = interleaved_times(self.cont, rounds=rounds, min_time=0.05)[which]
         return summarize(times, self.cont.family)[f"ratio_{peer}"]
+
+    def track_ratio(self, peer, size, dtype, solver):
+        """Wall-clock time ratio."""
+        return self._ratio(peer, 0)
+
+    def track_cpu_ratio(self, peer, size, dtype, solver):
+        """Process CPU time ratio (robust to other processes taking turns on the cores)."""
+        return self._ratio(peer, 1)
 
 
 if __name__ == "__main__":
