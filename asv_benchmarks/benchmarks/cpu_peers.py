@@ -339,19 +339,16 @@ def check_peers(cont: Contenders) -> dict:
 def limit_threads(n: int = 1):
     """Fix every library's thread count to ``n``; return the threadpoolctl limiter to keep.
 
-    The BLAS (and any OpenMP pool) through ``threadpoolctl``, PyTorch through
-    ``torch.set_num_threads``; XLA reads :data:`XLA_ONE_THREAD` from ``XLA_FLAGS`` when
+    The BLAS (and any OpenMP pool) through ``threadpoolctl``, PyTorch (when imported)
+    through ``torch.set_num_threads``; XLA reads :data:`XLA_ONE_THREAD` from ``XLA_FLAGS`` when
     JAX is imported (this module sets it on import when JAX is not yet loaded).
     """
     from threadpoolctl import threadpool_limits
 
     limiter = threadpool_limits(limits=n)
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")        # only once imported: importing it is slow
+    if torch is not None:
         torch.set_num_threads(n)
-    except ImportError:
-        pass
     return limiter
 
 
@@ -364,13 +361,10 @@ def thread_report() -> dict:
            "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
            "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")}
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
         out["torch_threads"] = torch.get_num_threads()
         out["torch_blas"] = "mkl" if torch.backends.mkl.is_available() else "other"
-    except ImportError:
-        pass
     return out
 
 
@@ -527,8 +521,14 @@ def copy_bandwidth(nbytes: int = 1 << 28, repeat: int = 7) -> tuple[float, float
 
 
 def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
-            rounds_tall=5, min_time=0.2, peers=PEERS, log=print) -> dict:
+            rounds_tall=5, min_time=0.2, peers=PEERS, copy_bytes=1 << 28, log=print) -> dict:
     """The whole CPU peer table: ``{"env": ..., "rows": [...]}`` (see the module docstring)."""
+    for peer in ("torch", "jax"):
+        if peer in peers:
+            try:
+                __import__(peer)           # before the thread limits are set and reported
+            except ImportError:
+                pass
     limiter = limit_threads(1)
     import datetime
     import platform
@@ -536,12 +536,14 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
     env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
            "numpy": np.__version__, "threads": thread_report()}
-    for mod in ("jax", "torch", "scipy"):
+    from importlib import metadata
+
+    for mod in ("jax", "torch", "scipy", "threadpoolctl"):
         try:
-            env[mod] = __import__(mod).__version__
-        except ImportError:
+            env[mod] = metadata.version(mod)      # without importing the package
+        except metadata.PackageNotFoundError:
             env[mod] = None
-    env["copy_bw_before"], env["copy_bw_cpu_before"] = copy_bandwidth()
+    env["copy_bw_before"], env["copy_bw_cpu_before"] = copy_bandwidth(copy_bytes)
     passes = {s: data_passes(s) for s in solvers}
     rows = []
     for size in sizes:
@@ -549,7 +551,7 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
         for dt in dtypes:
             data = host_data(n, d, dt)
             nbytes = data[0].nbytes
-            bw, bw_cpu = copy_bandwidth()
+            bw, bw_cpu = copy_bandwidth(copy_bytes)
             for solver in solvers:
                 cont = Contenders(solver, data, dt, peers=peers)
                 check = check_peers(cont)
@@ -568,9 +570,68 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
                 rows.append(row)
                 log({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
             del data
-    env["copy_bw_after"], env["copy_bw_cpu_after"] = copy_bandwidth()
+    env["copy_bw_after"], env["copy_bw_cpu_after"] = copy_bandwidth(copy_bytes)
     limiter.restore_original_limits()
     return {"env": env, "rows": rows}
+
+
+# ====================================================================== product forms
+def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15) -> list:
+    """CPU time of the two forms of :func:`refbilevel._backend.matvecs` on NumPy, one thread.
+
+    For each training-matrix shape (``n / 2`` rows) and stack height ``m``: ``Xs @ A.T``
+    against ``m`` products ``A @ x``, and ``Gs @ A`` against ``m`` products ``A.T @ g``,
+    interleaved, median over ``rounds`` of the per-round ratio (rows form / one product).
+    """
+    limiter = limit_threads(1)
+    out = []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        n, d = SIZES[size] if isinstance(size, str) else size
+        for dt in dtypes:
+            A = rng.standard_normal((n // 2, d)).astype(dt)
+            for m in stacks:
+                Xs = rng.standard_normal((m, d)).astype(dt)
+                Gs = rng.standard_normal((m, n // 2)).astype(dt)
+                fns = {"fwd_stacked": lambda: Xs @ A.T,
+                       "fwd_rows": lambda: np.stack([A @ x for x in Xs]),
+                       "bwd_stacked": lambda: Gs @ A,
+                       "bwd_rows": lambda: np.stack([A.T @ g for g in Gs])}
+                k = max(1, int(0.02 / max(_cpu_once(fns["fwd_stacked"]), 1e-7)))
+                t = {name: [] for name in fns}
+                for _ in range(rounds):
+                    for name, f in fns.items():
+                        c0 = time.process_time()
+                        for _ in range(k):
+                            f()
+                        t[name].append((time.process_time() - c0) / k)
+                row = {"n": n // 2, "d": d, "dtype": dt, "m": m}
+                for way in ("fwd", "bwd"):
+                    row[f"{way}_stacked_ms"] = 1e3 * statistics.median(t[f"{way}_stacked"])
+                    row[f"{way}_rows_ms"] = 1e3 * statistics.median(t[f"{way}_rows"])
+                    row[f"{way}_rows_over_stacked"] = statistics.median(
+                        a / b for a, b in zip(t[f"{way}_rows"], t[f"{way}_stacked"]))
+                out.append(row)
+    limiter.restore_original_limits()
+    return out
+
+
+def _cpu_once(f):
+    f()
+    c0 = time.process_time()
+    f()
+    return time.process_time() - c0
+
+
+def render_product_forms(rows) -> str:
+    L = ["| A (rows × d) | dtype | m | Xs @ Aᵀ ms | m × A @ x ms | rows / stacked "
+         "| Gs @ A ms | m × Aᵀ @ g ms | rows / stacked |", "|---" * 9 + "|"]
+    for r in rows:
+        L.append(f"| {r['n']:,} × {r['d']} | {r['dtype']} | {r['m']} | "
+                 f"{r['fwd_stacked_ms']:.3g} | {r['fwd_rows_ms']:.3g} | "
+                 f"{r['fwd_rows_over_stacked']:.2f} | {r['bwd_stacked_ms']:.3g} | "
+                 f"{r['bwd_rows_ms']:.3g} | {r['bwd_rows_over_stacked']:.2f} |")
+    return "\n".join(L) + "\n"
 
 
 # ====================================================================== report
@@ -644,8 +705,16 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--rounds-tall", type=int, default=5)
     ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--product-forms", action="store_true",
+                    help="only time the two forms of the paired products (matvecs)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.product_forms:
+        rows = product_forms(args.sizes.split(","), args.dtypes.split(","))
+        with open(os.path.join(args.out, "product_forms.json"), "w") as fh:
+            json.dump({"threads": thread_report(), "rows": rows}, fh, indent=1, default=str)
+        print(render_product_forms(rows))
+        return 0
     R = compare(args.sizes.split(","), args.dtypes.split(","), args.solvers.split(","),
                 rounds=args.rounds, rounds_tall=args.rounds_tall, min_time=args.min_time,
                 log=lambda row: print(time.strftime("%H:%M:%S"), row, flush=True))
@@ -672,17 +741,20 @@ class CPUPeerSteps(XPBenchmark):
     """
 
     param_names = ["impl", "size", "dtype", "solver"]
-    params = [list(IMPLS), ["small"] if PROFILE == "fast" else list(SIZES),
-              ["float64"] if PROFILE == "fast" else list(DTYPES), list(SOLVERS)]
+    if PROFILE == "fast":     # a smoke run: each kind of contender once, two solvers
+        params = [["refbilevel", "numpy-matvec", "jax-stacked", "torch-stacked"], ["small"],
+                  ["float64"], ["minimaxopt", "f2sa"]]
+    else:
+        params = [list(IMPLS), list(SIZES), list(DTYPES), list(SOLVERS)]
 
     def setup(self, impl, size, dtype, solver):
         if size != "small" and not os.environ.get("REFBILEVEL_BENCH_LARGE") and size == "tall":
             raise NotImplementedError("tall size: set REFBILEVEL_BENCH_LARGE=1")
-        self._limiter = limit_threads(1)
         peer = impl.split("-")[0]
         cont = Contenders(solver, host_data(*SIZES[size], dtype), dtype,
                           peers=() if impl == "refbilevel" else (peer,),
                           forms=(impl.endswith("stacked"),))
+        self._limiter = limit_threads(1)       # after the peer's library is imported
         if impl not in cont.calls:
             raise NotImplementedError(cont.unavailable.get(peer, f"{impl} unavailable"))
         self.call, self.wait = cont.calls[impl], cont.waits[impl]
@@ -701,14 +773,16 @@ class CPUPeerRatios(XPBenchmark):
     """Interleaved refbilevel / peer ratios (median over rounds) at one size and dtype."""
 
     param_names = ["peer", "size", "dtype", "solver"]
-    params = [list(PEERS), ["small"] if PROFILE == "fast" else ["small", "medium"],
-              ["float64"] if PROFILE == "fast" else list(DTYPES), list(SOLVERS)]
+    if PROFILE == "fast":     # a smoke run: one peer, one solver
+        params = [["numpy"], ["small"], ["float64"], ["minimaxopt"]]
+    else:
+        params = [list(PEERS), ["small", "medium"], list(DTYPES), list(SOLVERS)]
     unit = "refbilevel time / peer time"
     timeout = 900
 
     def setup(self, peer, size, dtype, solver):
-        self._limiter = limit_threads(1)
         self.cont = Contenders(solver, host_data(*SIZES[size], dtype), dtype, peers=(peer,))
+        self._limiter = limit_threads(1)       # after the peer's library is imported
         if peer in self.cont.unavailable:
             raise NotImplementedError(self.cont.unavailable[peer])
         check_peers(self.cont)
@@ -716,11 +790,13 @@ class CPUPeerRatios(XPBenchmark):
     def teardown(self, *params):
         self._limiter.restore_original_limits()
 
+    rounds = 3 if PROFILE == "fast" else 7
+    min_time = 0.05
+
     def _ratio(self, peer, which):
         if len(self.cont.calls) < 2:
             return float("nan")          # the peer failed its check against refbilevel
-        rounds = 3 if PROFILE == "fast" else 7
-        times = interleaved_times(self.cont, rounds=rounds, min_time=0.05)[which]
+        times = interleaved_times(self.cont, rounds=self.rounds, min_time=self.min_time)[which]
         return summarize(times, self.cont.family)[f"ratio_{peer}"]
 
     def track_ratio(self, peer, size, dtype, solver):
