@@ -342,9 +342,9 @@ def materialize(tree: Any) -> Any:
 #: row in :func:`matvecs`, per orientation (``A @ x`` and ``A.T @ x``); every other
 #: backend, and every larger stack, uses one matrix product. Chosen by measurement, one
 #: BLAS thread (docs/benchmarks.md, "Paired products"): OpenBLAS runs ``Xs @ A.T`` with
-#: two rows 1.05 to 1.9 times slower than two ``A @ x``, while ``Xs @ A`` with two rows is
-#: the faster form; with four rows one matrix product wins both ways. CuPy (cuBLAS) and
-#: PyTorch stream ``A`` once for the whole stack.
+#: two rows 1.05 to 1.8 times slower than two ``A @ x``, while ``Xs @ A`` with two rows
+#: is the faster form at all but one size; with four rows one matrix product wins both
+#: ways. CuPy (cuBLAS) and PyTorch stream ``A`` once for the whole stack.
 _ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
 
 
