@@ -23,14 +23,16 @@ Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
 ``threadpoolctl``, PyTorch through ``torch.set_num_threads``, XLA through ``XLA_FLAGS``, set
 before JAX is imported), contenders interleaved in rounds (each contender runs a batch of
 calls long enough to time, in an order rotated every round) and every ratio taken within a
-round, then the median over rounds. On a machine shared with other busy processes the
-absolute times move by tens of percent from minute to minute; interleaving and per-round
-ratios are what keep the ratios meaningful.
+round, then the median over rounds, in process CPU time and in wall-clock time. On a
+machine shared with other busy processes the absolute times move by tens of percent from
+minute to minute; interleaving and per-round ratios are what keep the ratios meaningful,
+and CPU time leaves out the turns the process waited for a core.
 
 Bytes floor (:func:`data_passes`, :func:`compare`): the data passes of one refbilevel step
 counted by the operation counter on ``array_api_strict`` arrays (every matrix product
 with a data matrix operand; a stacked product reads its matrix once), times the data's
-bytes, over the measured single-thread copy bandwidth (bytes read + written per second).
+bytes, over the measured single-thread copy bandwidth (bytes read + written per second,
+wall-clock and CPU time).
 """
 
 from __future__ import annotations
