@@ -1,8 +1,13 @@
 """Sphinx configuration of the refbilevel documentation.
 
-Build (offline; MathJax is referenced by URL, not downloaded)::
+Build::
 
-    python -m sphinx -b html docs docs/_build/html -D plot_gallery=0
+    python -m sphinx -W -b html docs docs/_build/html -D plot_gallery=0
+
+The build and the built pages work offline: the MathJax renderer comes from the
+``sphinx-mathjax-offline`` package (an install requirement of the ``docs`` extra), which
+copies MathJax into ``_static/mathjax`` of the output, and no page loads a script or a
+stylesheet from the network (``tests/test_docs.py`` builds the pages and checks this).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax bundled with the build (no CDN): sets ``mathjax_path`` to the local copy.
+    "sphinx-mathjax-offline",
     "numpydoc",
 ]
 
@@ -62,8 +69,8 @@ numpydoc_xref_param_type = False
 suppress_warnings = ["ref.citation"]
 
 # -- math --------------------------------------------------------------------------------
-# MathJax is loaded by the reader's browser from this URL; nothing is downloaded at build time.
-mathjax_path = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"
+# MathJax 3 is served from the built pages themselves (``sphinx-mathjax-offline`` above sets
+# ``mathjax_path`` to ``_static/mathjax/tex-chtml.js``); the configuration below is MathJax 3's.
 mathjax3_config = {
     "tex": {
         "macros": {

@@ -109,7 +109,7 @@ def _split_arrays(A, y, *, seed, val_fraction, test_fraction, do_standardize, in
 
 # ---------------------------------------------------------------- synthetic
 def logreg_hpo_data(n=1000, p=100, *, seed=0, noise=0.1, informative=None) -> Split:
-    r"""Binary logistic HPO data (MinimaxOPT §4.1 setting; n and p were stripped: ours).
+    r"""Binary logistic HPO data (MinimaxOPT §4.1 setting; n and p are ours).
 
     Features :math:`a_i \sim N(0, I_p)`, a sparse ground truth (``informative`` nonzero
     coefficients, default p/10 rounded up), labels :math:`b_i = \operatorname{sign}(a_i^\top

@@ -5,7 +5,7 @@ r"""Multi-task AUC maximisation (AUC-M) as a minimax-bilevel problem.
     \min_x \max_\alpha \frac1T \sum_{i=1}^T f_i(x, \alpha_i, z_i^*(x)), \qquad
     z_i^*(x) = \arg\min_z g_i(x, z).
 
-What is known and what is ours (ALGORITHMS.md 3.1 and 3.5):
+What is known and what is ours (``docs/theory/auc.rst``; tags as in ``docs/provenance.rst``):
 
 * **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) evaluate FOSL/MemCS on multi-task deep AUC
   maximisation: one block per task, the upper level is the AUC-M min-max margin loss, the

@@ -30,8 +30,8 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
         Hidden activation.
     parametrization : {"exp", "raw"}
         ``"exp"`` (default): :math:`R = \sum_l e^{x_l} \frac12 \|W_l\|^2`; ``"raw"``:
-        :math:`R = \sum_l x_l \|W_l\|^2` (no ½), the form of the ResNet experiment of
-        ALGORITHMS.md 1.5c [UNVERIFIED, from a code comment only]; meaningful for
+        :math:`R = \sum_l x_l \|W_l\|^2` (no ½), the form a code comment of the MinimaxOPT
+        authors gives for the ResNet experiment [UNVERIFIED]; meaningful for
         :math:`x \ge 0`, nothing clamps ``x``.
     seed : int or numpy Generator
         Seed of the random initial parameters (:meth:`init_y`).
@@ -54,7 +54,7 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
         (\nabla^2_{x\theta} g\, V)_l = 2\kappa'(x_l) \langle W_l, V_{W_l} \rangle,
 
     with the exact R-operator of :mod:`refbilevel.models.mlp` for
-    :math:`\nabla^2 \mathrm{CE}`. Formulas: ALGORITHMS.md 5.4 and 1.5c; derivation:
+    :math:`\nabla^2 \mathrm{CE}`. Derivation:
     ``docs/theory/layer_decay.rst``.
 
     The inner problem is **not** strongly convex (``strongly_convex_inner = False``): the
@@ -72,7 +72,8 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
     References
     ----------
     .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
-       reformulation", arXiv:2305.13153, §4.3 (per-layer weight decay of a ResNet-18).
+       reformulation", arXiv:2305.13153, §4.2 (per-layer weight decay of a ResNet-18 on
+       CIFAR-10).
     .. [2] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
        6(1), 1994.
     """

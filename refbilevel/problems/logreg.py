@@ -59,10 +59,10 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
     :math:`\lambda' = e^x` (exp) or 1 (raw). The hypergradient (IFT) is
     :math:`\nabla F = -s\,\lambda' \odot \mathrm{rowsum}(W^* \odot V^*)`,
     :math:`V^* = [\nabla^2_{WW} g]^{-1} \nabla_W f(W^*)`. Derivation:
-    ``docs/theory/logistic.rst``; formulas in ALGORITHMS.md 5.1 and 5.2.
+    ``docs/theory/logistic.rst``.
 
     Defaults: ``init_x`` is 0 for ``"exp"`` (:math:`\lambda = 1`) and 1 for ``"raw"`` (the
-    same regulariser); ``init_y`` is 0 [ALGORITHMS.md 1.2 notes]. Whether the MinimaxOPT
+    same regulariser); ``init_y`` is 0 (MinimaxOPT's start values are not fixed by the paper: ours). Whether the MinimaxOPT
     synthetic experiment uses ``exp`` or raw :math:`\lambda` is UNVERIFIED, hence the
     ``parametrization`` option. The oracles are exact and sync-free; the stacked
     ``grad_g*_many`` oracles read the training data once for all points.

@@ -1,6 +1,6 @@
 r"""Rank-based robust meta-learning (sum of ranked range of task losses) as minimax-bilevel.
 
-What is known and what is ours (ALGORITHMS.md 3.5):
+What is known and what is ours (``docs/theory/meta.rst``; tags as in ``docs/provenance.rst``):
 
 * **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) apply FOSL/MemCS to a "novel rank-based"
   robust meta-learning problem; a companion paper (Si, Hu, Ji, Lyu, arXiv 2410.18894)

@@ -65,7 +65,7 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     \begin{bmatrix} x \\ y\end{bmatrix} = -\begin{bmatrix} g_x \\ g_y\end{bmatrix}`, and
     :math:`\nabla\Phi(x) = G x + C y^*(x) + g_x` with :math:`y^*(x) = \bar Q^{-1}(C^\top x + g_y)`.
 
-    Penalty counterpart for a fixed λ (FOSL/MemCS; ALGORITHMS.md §3.2):
+    Penalty counterpart for a fixed λ (FOSL/MemCS; ``docs/algorithms/fosl_memcs.rst``):
     :math:`\min_x\max_y\frac1n\sum_i[\min_{z_i}(f_i + λ g_i) - λ\min_{v_i} g_i]`. With
     :math:`W_i = A_i + λ H_i`, :math:`z_i = W_i^{-1}(λ(B_i x + c_i) - a_i - E_i y)` and
     :math:`v_i = z_i^*(x)`; substituting gives a linear system in (x, y), solved in

@@ -1,10 +1,10 @@
 r"""Quadratic bilevel problems with closed-form solutions: the test oracles of refbilevel.
 
 * :class:`Quadratic` — ``g = ½yᵀHy − yᵀ(Bx + c)``, ``f = ½yᵀAy + aᵀy + ½xᵀRx + rᵀx``
-  (ALGORITHMS.md §5.6), with closed forms for ``y*(x)``, ``∇F(x)``, ``x*`` and the penalty
+  (``docs/theory/quadratic.rst``), with closed forms for ``y*(x)``, ``∇F(x)``, ``x*`` and the penalty
   saddle for a fixed multiplier.
 * :func:`toy_1d` — MinimaxOPT's Example 1, a 1-D least-squares problem with a box on x
-  (ALGORITHMS.md §1.4).
+  (``docs/theory/quadratic.rst``).
 * :class:`MinimaxQuadratic` — a multi-block minimax-bilevel quadratic with closed-form
   lower-level solutions, saddle point and penalty saddle, for FOSL and MemCS.
 
@@ -64,7 +64,7 @@ class Quadratic(BilevelProblem):
 
     For a fixed multiplier λ, the penalty problem
     :math:`\min_x \min_y \max_z f(x,y) + λ(g(x,y) - g(x,z))` (MinimaxOPT's (6), Kwon et al.'s
-    :math:`\min_x L^*_λ(x)`; ALGORITHMS.md §0) has the stationary point
+    :math:`\min_x L^*_λ(x)`; ``docs/theory/penalty.rst``) has the stationary point
 
     .. math::
 
@@ -221,7 +221,7 @@ class Quadratic(BilevelProblem):
 
 
 class Toy1D(Quadratic):
-    r"""MinimaxOPT's Example 1 (ALGORITHMS.md §1.4): 1-D least squares with a box on x.
+    r"""MinimaxOPT's Example 1 (Appendix A.2): 1-D least squares with a box on x.
 
     Parameters
     ----------
@@ -247,8 +247,8 @@ class Toy1D(Quadratic):
     solution is exact (:math:`y_α = b = y^*`); otherwise
     :math:`|y_α - y^*| = |b - a x^*|/(1 + α)`.
 
-    The constants of the paper's example were lost in extraction; this is the
-    reconstruction of ALGORITHMS.md §1.4 [RECONSTRUCTED].
+    The paper's example has these properties; its constants are not reproduced, and the
+    defaults are ours [RECONSTRUCTED] (derivation: ``docs/theory/quadratic.rst``).
 
     References
     ----------
