@@ -410,6 +410,11 @@ class CompareReport:
     notes: list = field(default_factory=list)
 
     def format(self, max_rows: int = 12) -> str:
+        """The report as ``refbilevel compare`` prints it; ``str(report)`` is the same.
+
+        At most ``max_rows`` rows are shown (the first and last halves, plus the first row
+        beyond tolerance), then the notes and a PASS/FAIL line.
+        """
         n = self.deviation.shape[0]
         head = f"{self.row_name:>10}  " + "  ".join(f"{v:>14}" for v in self.variables)
         lines = [f"relative deviation ||cand - ref|| / ||ref|| (rtol={self.rtol:g}, "
@@ -434,6 +439,10 @@ class CompareReport:
             lines.append(f"FAIL: first {self.row_name} beyond tolerance: {self.first_failure}; "
                          f"variable that departed first: {self.departed}")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        """The table ``refbilevel compare`` prints (:meth:`format` with its defaults)."""
+        return self.format()
 
 
 def _as_dict(obj, what):

@@ -197,6 +197,22 @@ class MultiTaskAUC(MinimaxBilevelProblem):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    Built from :func:`refbilevel.datasets.make_multitask_auc`; the lower-level gradient of
+    every task vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0)
+    >>> x = problem.init_x()
+    >>> z = problem.inner_solution(x)
+    >>> z.shape
+    (3, 4)
+    >>> gx, gz = problem.grad_g(x, z, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     name = "multitask_auc"

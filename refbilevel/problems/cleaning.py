@@ -79,6 +79,23 @@ class DataCleaning(ValidationLoss, BilevelProblem):
        bilevel optimization", AISTATS 2019 (data hyper-cleaning).
     .. [3] K. Ji, J. Yang, Y. Liang, "Bilevel optimization: convergence analysis and
        enhanced design", ICML 2021 (stocBiO).
+
+    Examples
+    --------
+    One weight per training sample; the hypergradient agrees with central differences of
+    :math:`F(x) = f(x, w^*(x))`:
+
+    >>> import numpy as np
+    >>> from refbilevel.problems.cleaning import DataCleaning
+    >>> problem = DataCleaning.synthetic(n_train=30, n_val=20, n_features=3, seed=0)
+    >>> x = problem.init_x() + 0.1
+    >>> x.shape
+    (30,)
+    >>> h, e = 1e-4, np.eye(30)
+    >>> fd = [(problem.value(x + h * e[i]) - problem.value(x - h * e[i])) / (2 * h)
+    ...       for i in range(3)]
+    >>> bool(np.allclose(problem.hypergradient(x)[:3], fd, rtol=1e-5, atol=1e-10))
+    True
     """
 
     name = "cleaning"

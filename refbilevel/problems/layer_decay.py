@@ -76,6 +76,21 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
        CIFAR-10).
     .. [2] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
        6(1), 1994.
+
+    Examples
+    --------
+    One coefficient per weight matrix; at a point where the inner problem has a stable local
+    minimum the hypergradient agrees with central differences of :math:`F`:
+
+    >>> import numpy as np
+    >>> from refbilevel.problems.layer_decay import LayerDecayMLP
+    >>> problem = LayerDecayMLP.synthetic(n_train=30, n_val=20, n_features=3, seed=0)
+    >>> x = problem.init_x() + 1.0
+    >>> h, e = 1e-4, np.eye(2)
+    >>> fd = [(problem.value(x + h * e[i]) - problem.value(x - h * e[i])) / (2 * h)
+    ...       for i in range(2)]
+    >>> bool(np.allclose(problem.hypergradient(x), fd, rtol=1e-6))
+    True
     """
 
     name = "layer_decay"

@@ -76,6 +76,22 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     ----------
     .. [1] Y. Yang, P. Si, W. Lyu, K. Ji, "First-order minimax bilevel optimization",
        NeurIPS 2024 (problem (1) and its penalty reformulation).
+
+    Examples
+    --------
+    The closed-form saddle point is stationary: the gradient of
+    :math:`\Phi(x) = \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))` vanishes there, and every
+    block's lower-level gradient vanishes at :math:`z_i^*(x)`:
+
+    >>> import numpy as np
+    >>> from refbilevel import MinimaxQuadratic
+    >>> problem = MinimaxQuadratic.random(3, 2, 2, 2, seed=0)
+    >>> x_star, y_star, z_star = problem.saddle()
+    >>> bool(np.allclose(problem.saddle_gradient(x_star), 0.0, atol=1e-12))
+    True
+    >>> gx, gz = problem.grad_g(x_star, z_star, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-12))
+    True
     """
 
     name = "minimax_quadratic"
