@@ -317,6 +317,26 @@ def test_minimaxopt_alpha_times_step_is_constant():
             assert product == pytest.approx(expected, rel=1e-12), (update, stage)
 
 
+def _readme_quick_start() -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", text, re.DOTALL)
+    return [line.rstrip() for line in block.group(1).strip().splitlines()]
+
+
+def _docs_quick_start() -> list[str]:
+    text = (DOCS / "index.rst").read_text(encoding="utf-8")
+    section = text[text.index("Quick start\n"):]
+    block = re.search(r"\.\. code-block:: bash\n\n((?:   [^\n]*\n|\n)+)", section)
+    return [line[3:].rstrip() for line in block.group(1).strip("\n").splitlines()]
+
+
+def test_one_quick_start():
+    """The docs' quick start is the README's, line for line."""
+    readme = _readme_quick_start()
+    assert readme and readme[0].startswith("python -m pip install")
+    assert _docs_quick_start() == readme
+
+
 # ----------------------------------------------------------------------------- full build
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
 _SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)", re.IGNORECASE)
