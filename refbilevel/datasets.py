@@ -24,6 +24,7 @@ from ._validation import check_choice, check_int, check_real
 
 __all__ = [
     "DATASETS",
+    "dataset_availability",
     "FASHION_MNIST_DIRS",
     "Split",
     "classification_data",
@@ -518,7 +519,8 @@ def _find_idx(directory, stem):
         if os.path.isfile(full):
             return full
     raise FileNotFoundError(f"{stem}[.gz] not found in {directory!r}; install Debian's "
-                            "dataset-fashion-mnist package or pass the folder of the IDX files")
+                            "dataset-fashion-mnist package or name the folder that holds the "
+                            "IDX files (command line: --data fashion_mnist:DIR)")
 
 
 def load_fashion_mnist(directory=None, *, seed=0, n_val=10000, standardize_features=False,
@@ -536,8 +538,11 @@ def load_fashion_mnist(directory=None, *, seed=0, n_val=10000, standardize_featu
     if directory is None:
         directory = next((d for d in FASHION_MNIST_DIRS if os.path.isdir(d)), None)
         if directory is None:
-            raise FileNotFoundError("Fashion-MNIST not found: install Debian's "
-                                    "dataset-fashion-mnist package or pass directory=")
+            raise FileNotFoundError(
+                "Fashion-MNIST not found in " + ", ".join(FASHION_MNIST_DIRS) + ": install "
+                "Debian's dataset-fashion-mnist package (apt-get install "
+                "dataset-fashion-mnist), or name the folder of the IDX files (command line: "
+                "--data fashion_mnist:DIR; Python: load_fashion_mnist(directory=DIR))")
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Fashion-MNIST directory not found: {directory!r}")
@@ -577,3 +582,39 @@ DATASETS = {
                       "description": "Fashion-MNIST IDX files (Debian dataset-fashion-mnist)"},
     "libsvm": {"loader": load_libsvm, "description": "any LIBSVM-format file (path argument)"},
 }
+
+
+def dataset_availability() -> dict[str, tuple[bool, str]]:
+    """``{name: (usable here, how to use or get it)}`` for every entry of :data:`DATASETS`.
+
+    Synthetic generators are always usable; scikit-learn's bundled sets need scikit-learn;
+    Fashion-MNIST needs its IDX files in one of :data:`FASHION_MNIST_DIRS` (or a folder
+    named with ``--data fashion_mnist:DIR``); ``libsvm`` reads a file the user names.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import dataset_availability
+    >>> status = dataset_availability()
+    >>> status["logreg_hpo"][0], sorted(status) == sorted(DATASETS)
+    (True, True)
+    """
+    import importlib.util
+
+    sklearn = importlib.util.find_spec("sklearn") is not None
+    get_sklearn = "needs scikit-learn: pip install 'refbilevel[data]'"
+    out = {}
+    for name, entry in DATASETS.items():
+        if entry["loader"] in (load_digits, load_breast_cancer):
+            out[name] = (sklearn, f"--data {name}" if sklearn else get_sklearn)
+        elif name == "fashion_mnist":
+            found = next((d for d in FASHION_MNIST_DIRS if os.path.isdir(d)), None)
+            out[name] = (found is not None,
+                         f"--data fashion_mnist (found in {found})" if found else
+                         "not found: apt-get install dataset-fashion-mnist, or download the "
+                         "IDX files and use --data fashion_mnist:DIR")
+        elif name == "libsvm":
+            out[name] = (sklearn, "--data libsvm:PATH (a LIBSVM file you have, e.g. ijcnn1)"
+                         if sklearn else get_sklearn + "; then --data libsvm:PATH")
+        else:
+            out[name] = (True, "synthetic: the problems' default data, nothing to install")
+    return out

@@ -76,11 +76,11 @@ _MEANINGS = {
 
 
 # ------------------------------------------------------------------------------- helpers
-def _build(problem, *, seed, dtype="float64", params=None, dataset=None):
+def _build(problem, *, seed, dtype="float64", params=None, dataset=None, backend="numpy"):
     if isinstance(problem, str):
         from .registry import build_problem
 
-        return build_problem(problem, seed=seed, backend="numpy", dtype=dtype,
+        return build_problem(problem, seed=seed, backend=backend, dtype=dtype,
                              params=params or {}, dataset=dataset)
     return problem
 
@@ -192,7 +192,8 @@ def _step_sizes(solver, n_steps):
 
 
 def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
-           hyperparameters=None, problem_params=None, dtype="float64", dataset=None) -> str:
+           hyperparameters=None, problem_params=None, dtype="float64", dataset=None,
+           backend="numpy") -> str:
     """Write a problem instance, its batch schedule and the reference iterates to ``path``.
 
     Parameters
@@ -211,6 +212,9 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         Output ``.npz``; a ``.json`` with the same stem gets the description.
     solver : str or Solver
         Whose batch consumption order (and reference iterates) is exported.
+    backend : str
+        Array library on which a problem given by name is built and the reference iterates
+        are computed (``numpy`` by default); the file always holds host (NumPy) arrays.
 
     Returns
     -------
@@ -227,7 +231,8 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
     if not path.endswith(".npz"):
         raise ValueError(f"path must end with .npz; got {path!r}")
     name = problem if isinstance(problem, str) else getattr(problem, "name", type(problem).__name__)
-    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset)
+    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset,
+                  backend=backend)
     hyper = dict(hyperparameters or {})
     solver_obj = _solver(solver, hyper) if isinstance(solver, str) else solver
     if batch_size is not None:
@@ -263,6 +268,7 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         "solver": {"name": solver_obj.name, "class": type(solver_obj).__name__,
                    "hyperparameters": solver_obj.hyperparameters()},
         "seed": seed, "steps": steps, "batch_size": batch_size, "dtype": dtype,
+        "backend": backend if isinstance(problem, str) else None,
         "formulas": _notes(prob), "solver_update": _notes(solver_obj),
         "arrays": layout,
         "batches": {"outer_per_step": per_step["outer"], "inner_per_step": per_step["inner"],
