@@ -115,8 +115,48 @@ def _absent_modules_as_notes(app, docname, source):
     source[0] = _AUTOMODULE.sub(replace, source[0])
 
 
+def _cli_help_directive():
+    """``.. refbilevel-help:: [COMMAND]``: the text ``refbilevel [COMMAND] --help`` prints.
+
+    Generated from the argparse definitions at build time, so the page cannot drift from
+    the command line; wrapped at 88 columns whatever the terminal of the build.
+    """
+    import argparse
+
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    class RefbilevelHelp(Directive):
+        optional_arguments = 1
+
+        def run(self):
+            from refbilevel.cli import build_parser
+
+            old = os.environ.get("COLUMNS")
+            os.environ["COLUMNS"] = "90"
+            try:
+                parser = build_parser()
+                if self.arguments:
+                    sub = next(a for a in parser._actions
+                               if isinstance(a, argparse._SubParsersAction))
+                    parser = sub.choices[self.arguments[0]]
+                text = parser.format_help().rstrip()
+            finally:
+                if old is None:
+                    os.environ.pop("COLUMNS", None)
+                else:
+                    os.environ["COLUMNS"] = old
+            block = nodes.literal_block(text, text)
+            block["language"] = "text"
+            return [block]
+
+    return RefbilevelHelp
+
+
 def setup(app):
-    """Accept ``-D plot_gallery=0`` without sphinx-gallery; tolerate modules not yet written."""
+    """Accept ``-D plot_gallery=0`` without sphinx-gallery; tolerate modules not yet written;
+    render the command line's help texts."""
     if "sphinx_gallery.gen_gallery" not in extensions:
         app.add_config_value("plot_gallery", "True", "html")
     app.connect("source-read", _absent_modules_as_notes)
+    app.add_directive("refbilevel-help", _cli_help_directive())

@@ -80,7 +80,7 @@ def _toctree_entries(path: Path) -> list[str]:
 
 def test_docs_directory_has_the_main_pages():
     """The pages the documentation is organised around exist."""
-    expected = ["index", "user_guide", "provenance", "api/index", "api/problems",
+    expected = ["index", "user_guide", "cli", "provenance", "api/index", "api/problems",
                 "api/solvers", "api/checks", "api/verify", "api/run", "api/datasets",
                 "theory/index", "algorithms/index",
                 "theory/implicit_function_theorem", "theory/penalty", "theory/quadratic",
@@ -315,6 +315,31 @@ def test_minimaxopt_alpha_times_step_is_constant():
         for stage in range(5):
             product = solver.alpha(stage) * solver.step_scale(stage * 4)
             assert product == pytest.approx(expected, rel=1e-12), (update, stage)
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (DOCS / "algorithms").glob("*.rst")))
+def test_algorithm_pages_link_the_provenance_page(page):
+    """Every algorithm page explains its tags by linking the one page that defines them."""
+    text = (DOCS / "algorithms" / page).read_text(encoding="utf-8")
+    assert ":doc:`../provenance`" in text, f"docs/algorithms/{page} does not link provenance"
+
+
+_SPEC_FILE = "ALGORITHMS" + ".md"        # split so that this file does not cite it itself
+
+
+def test_project_cites_only_its_own_docs_and_the_papers():
+    """No file of the project refers to a specification outside the repository."""
+    offenders = []
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        if (not path.is_file() or rel.parts[0] in {".git", ".ci-venv", ".venv"}
+                or "_build" in rel.parts or path.suffix not in {".py", ".rst", ".md", ".txt",
+                                                                 ".toml", ".json", ""}):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if _SPEC_FILE in text:
+            offenders.append(str(rel))
+    assert not offenders, f"files citing {_SPEC_FILE} (cite a docs page or the paper): {offenders}"
 
 
 def _readme_quick_start() -> list[str]:
