@@ -280,7 +280,8 @@ def _announce_long_run(problem, solver, n_iter, seed, threshold=LONG_RUN_SECONDS
     """Time a few discarded steps and say on stderr when the whole run will take long.
 
     Returns the estimate in seconds. Solver steps are pure, so the probe does not touch the
-    run; it costs at most about half a second of extra steps.
+    run; it costs one warm-up step and then at least one and at most five timed steps
+    (stopping after half a second).
     """
     import time
 
