@@ -22,11 +22,12 @@ from refbilevel.problems.base import BilevelProblem, MinimaxBilevelProblem
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Dataset functions that generate data or build a problem from generated data.
+# Dataset functions that generate, load or prepare data, or build a problem from it.
 GENERATORS = ("split_indices", "logreg_hpo_data", "classification_data", "corrupt_labels",
               "cleaning_data", "multitask_auc_data", "meta_learning_data", "make_logreg_hpo",
               "make_multinomial_hpo", "make_cleaning", "make_multitask_auc",
-              "make_meta_learning")
+              "make_meta_learning", "standardize", "load_digits", "load_breast_cancer",
+              "dataset_availability")
 
 
 def _module_names():
