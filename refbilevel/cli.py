@@ -301,9 +301,9 @@ def _announce_long_run(problem, solver, n_iter, seed, threshold=LONG_RUN_SECONDS
     if estimate > threshold:
         minutes = estimate / 60.0
         shown = f"{minutes:.0f} min" if minutes >= 2 else f"{estimate:.0f} s"
-        print(f"note: this run will take about {shown} ({n_iter} iterations at "
-              f"{per_step * 1e3:.3g} ms each, timed on the first steps); --iters N runs "
-              "fewer", file=sys.stderr)
+        each = f"{per_step:.3g} s" if per_step >= 1 else f"{per_step * 1e3:.3g} ms"
+        print(f"note: this run will take about {shown} ({n_iter} iterations at {each} each, "
+              "timed on the first steps); --iters N runs fewer", file=sys.stderr)
     return estimate
 
 
