@@ -489,6 +489,22 @@ class MultiTaskAUCHead(MultiTaskAUC):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    ``MultiTaskAUC(..., lower="head")`` builds this class; every task's lower-level gradient
+    vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0,
+    ...                              lower="head")
+    >>> type(problem).__name__, problem.init_x().shape
+    ('MultiTaskAUCHead', (22,))
+    >>> x = problem.init_x()
+    >>> gx, gz = problem.grad_g(x, problem.inner_solution(x), problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     lower = "head"
@@ -569,6 +585,22 @@ class MultiTaskAUCAnchored(MultiTaskAUC):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    ``MultiTaskAUC(..., lower="anchored")`` builds this class; every task's lower-level gradient
+    vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0,
+    ...                              lower="anchored")
+    >>> type(problem).__name__, problem.init_x().shape
+    ('MultiTaskAUCAnchored', (10,))
+    >>> x = problem.init_x()
+    >>> gx, gz = problem.grad_g(x, problem.inner_solution(x), problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     lower = "anchored"
