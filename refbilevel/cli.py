@@ -211,7 +211,7 @@ def _cmd_export(args) -> int:
     s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
     path = export(args.problem, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
                   path=args.out, solver=args.solver, hyperparameters=s_kw, problem_params=p_kw,
-                  dtype=args.dtype, dataset=args.data)
+                  dtype=args.dtype, dataset=args.data, backend=args.backend)
     print(f"wrote {path} (problem {args.problem}, solver {args.solver}, {args.steps} steps, "
           f"batch size {args.batch_size}); description: array 'description' and "
           f"{args.out[:-4] if args.out.endswith('.npz') else args.out}.json")
@@ -291,6 +291,11 @@ def _add_common(p, *, problem_default=None, solver_default=None):
                    help="real dataset instead of synthetic data (refbilevel list)")
 
 
+_BACKEND_HELP = ("numpy | array_api_strict | torch | jax | dask | cupy (jax runs in 64-bit "
+                 "mode; dask runs on a dask.distributed client if one is started, else "
+                 "on local threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="refbilevel", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"refbilevel {__version__}")
@@ -309,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a solver on a problem and write a results folder")
     _add_common(p)
-    p.add_argument("--backend", default="numpy", help="numpy | cupy | array_api_strict | torch")
+    p.add_argument("--backend", default="numpy", help=_BACKEND_HELP)
     p.add_argument("--iters", type=_nonneg_int, default=None,
                    help="outer iterations (default: N*K for MinimaxOPT, else 1000)")
     p.add_argument("--record-every", type=_pos_int, default=None)
@@ -329,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_pos_int, default=None,
                    help="minibatch size for f and g (default: full batch)")
     p.add_argument("--out", required=True, metavar="FILE.npz")
+    p.add_argument("--backend", default="numpy",
+                   help=_BACKEND_HELP + "; computes the reference iterates")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("compare", help="compare a foreign trajectory with the reference")
@@ -354,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time per step of a solver across backends")
     p.add_argument("--problem", default="logreg")
     p.add_argument("--solver", default="minimaxopt")
-    p.add_argument("--backends", default="numpy")
+    p.add_argument("--backends", default="numpy",
+                   help="comma-separated, e.g. numpy,torch,jax (first one is the baseline)")
     p.add_argument("--sizes", default=None, help="comma-separated values of the size parameter")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--steps", type=_pos_int, default=20, help="steps per timed repeat")

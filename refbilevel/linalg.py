@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._backend import array_namespace, to_host_scalar
+from ._backend import array_namespace, materialize, to_host_scalar
 
 __all__ = ["cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
@@ -181,7 +181,8 @@ def cg_solve(matvec: Callable, b, *, rtol: float = 1e-13, atol: float = 0.0,
     rnorm = math.sqrt(to_host_scalar(rs))
     k = 0
     while rnorm > target and k < max_iter:
-        hp = matvec(p)
+        v, r, p, rs = materialize((v, r, p, rs))  # lazy libraries: one step's graph at a time
+        hp = materialize(matvec(p))
         php = to_host_scalar(_vdot(xp, p, hp))
         if not php > 0:
             break

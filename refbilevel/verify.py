@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._backend import host_rng, is_array, to_host
+from ._backend import host_rng, is_array, materialize, to_host
 from .results import ResultsError, atomic_write_text, save_npz
 
 __all__ = ["CompareReport", "compare", "export", "load_candidate", "load_export",
@@ -76,11 +76,11 @@ _MEANINGS = {
 
 
 # ------------------------------------------------------------------------------- helpers
-def _build(problem, *, seed, dtype="float64", params=None, dataset=None):
+def _build(problem, *, seed, dtype="float64", params=None, dataset=None, backend="numpy"):
     if isinstance(problem, str):
         from .registry import build_problem
 
-        return build_problem(problem, seed=seed, backend="numpy", dtype=dtype,
+        return build_problem(problem, seed=seed, backend=backend, dtype=dtype,
                              params=params or {}, dataset=dataset)
     return problem
 
@@ -135,7 +135,7 @@ def _trace(problem, solver, n_steps, seed, x0=None, y0=None, record_batches=Fals
         for lst in log.values():
             lst.append([])
         mult.append(np.nan if state.multiplier is None else float(state.multiplier))
-        state = solver.step(problem, state)
+        state = materialize(solver.step(problem, state))
         for k, v in _top_arrays(state).items():
             iters.setdefault(k, []).append(v)
     out = {k: np.stack(v) for k, v in iters.items() if len(v) == n_steps + 1}
@@ -192,7 +192,8 @@ def _step_sizes(solver, n_steps):
 
 
 def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
-           hyperparameters=None, problem_params=None, dtype="float64", dataset=None) -> str:
+           hyperparameters=None, problem_params=None, dtype="float64", dataset=None,
+           backend="numpy") -> str:
     """Write a problem instance, its batch schedule and the reference iterates to ``path``.
 
     Parameters
@@ -211,6 +212,10 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         Output ``.npz``; a ``.json`` with the same stem gets the description.
     solver : str or Solver
         Whose batch consumption order (and reference iterates) is exported.
+    backend : str
+        Array library the reference iterates are computed with when ``problem`` is a name
+        (any of :data:`refbilevel._backend.BACKEND_NAMES`); the file holds host arrays
+        either way.
 
     Returns
     -------
@@ -227,7 +232,8 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
     if not path.endswith(".npz"):
         raise ValueError(f"path must end with .npz; got {path!r}")
     name = problem if isinstance(problem, str) else getattr(problem, "name", type(problem).__name__)
-    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset)
+    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset,
+                  backend=backend)
     hyper = dict(hyperparameters or {})
     solver_obj = _solver(solver, hyper) if isinstance(solver, str) else solver
     if batch_size is not None:

@@ -7,6 +7,9 @@ from refbilevel import _backend
 from refbilevel._backend import array_namespace, from_host, host_rng, to_host
 from refbilevel.problems.quadratic import Quadratic
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 
 def test_array_namespace_matches_input(xp, device):
     a = xp.ones(3, dtype=xp.float64, device=device)

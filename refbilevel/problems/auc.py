@@ -59,7 +59,7 @@ References
 
 from __future__ import annotations
 
-from .._backend import array_namespace, device, to_host, to_host_scalar
+from .._backend import array_namespace, device, linalg_solve, to_host, to_host_scalar
 from .._validation import check_array, check_bool, check_choice, check_int, check_real
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
 from ..models.losses import sigmoid, sigmoid_prime, softplus
@@ -130,7 +130,7 @@ def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
             break
         if gmax <= target:
             polish -= 1
-        d = -xp.linalg.solve(hessian(z), gz[..., None])[..., 0]
+        d = -linalg_solve(hessian(z), gz[..., None])[..., 0]
         slope = xp.sum(d * gz, axis=1)
         g0 = value(z)
         step = xp.zeros_like(g0)
@@ -307,7 +307,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         if self.lower == "anchored":
             return self._pack(-self.mu * xp.mean(dz, axis=0)), gz
         Mq = _weighted_rows(q, A)           # (nb, d)
-        return self._pack((Mq.mT @ z) / z.shape[0]), gz
+        return self._pack((xp.matrix_transpose(Mq) @ z) / z.shape[0]), gz
 
     def _residuals_many(self, x, Zs, blocks, batch):
         """Data rows, logistic residuals ``(nb, n, m)`` and per-block z-gradients ``(m, nb, r)``."""
@@ -319,7 +319,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         T = sign[..., None] * (feats @ xp.permute_dims(Zs, (1, 2, 0)))    # (nb, n, m)
         Q = -sign[..., None] * sigmoid(-T, xp=xp) / T.shape[1]
         offsets = xp.stack([self._offset(x, Zs[j, ...]) for j in range(Zs.shape[0])])
-        gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2)) + self.mu * offsets
+        gzs = xp.permute_dims(xp.matrix_transpose(Q) @ feats, (1, 0, 2)) + self.mu * offsets
         return A, Q, offsets, gzs
 
     def grad_g_z_many(self, x, Zs, blocks, batch: Batch | None = None):
@@ -342,8 +342,8 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         if self.lower == "anchored":
             gxs = [self._pack(-self.mu * xp.mean(offsets[j, ...], axis=0)) for j in range(m)]
         else:
-            MQ = Q.mT @ A                                                 # (nb, m, d): one pass
-            gxs = [self._pack((MQ[:, j, :].mT @ Zs[j, ...]) / nb) for j in range(m)]
+            MQ = xp.matrix_transpose(Q) @ A                           # (nb, m, d): one pass
+            gxs = [self._pack((xp.matrix_transpose(MQ[:, j, :]) @ Zs[j, ...]) / nb) for j in range(m)]
         return xp.stack(gxs), gzs
 
     def _pack(self, gW, ga=None, gb=None):
@@ -384,14 +384,14 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         rho = w * _bmv(feats, v)
         Mq = _weighted_rows(q, A)
         Mr = _weighted_rows(rho, A)
-        return self._pack((Mq.mT @ v + Mr.mT @ z) / z.shape[0])
+        return self._pack((xp.matrix_transpose(Mq) @ v + xp.matrix_transpose(Mr) @ z) / z.shape[0])
 
     def _hessians(self, x, z, blocks):
         xp = self.xp
         _, _, feats, t = self._g_parts(x, z, blocks, None)
         w = sigmoid_prime(t, xp=xp) / t.shape[1]
         eye = xp.eye(self.rank, dtype=self.dtype, device=self.device)
-        return (feats * w[..., None]).mT @ feats + self.mu * eye
+        return xp.matrix_transpose(feats * w[..., None]) @ feats + self.mu * eye
 
     def inner_solution(self, x, *, tol=None, max_iter=100):
         r"""``z*(x)`` for all blocks (shape ``(T, r)``): damped Newton, vectorised over blocks.
@@ -449,7 +449,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         if self.lower == "anchored":
             gW = xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
         else:
-            gW = (_weighted_rows(du, Av).mT @ z) / nb
+            gW = (xp.matrix_transpose(_weighted_rows(du, Av)) @ z) / nb
         E = self._onehot(blocks)
         gx = self._pack(gW, (da @ E) / nb, (db @ E) / nb)
         return gx, (dalpha @ E) / nb, gz
@@ -487,7 +487,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         blocks = self.all_blocks()
         z, alpha = self._saddle_point(x)
         gx, _, gz = self.grad_f(x, alpha, z, blocks)
-        V = xp.linalg.solve(self._hessians(x, z, blocks), gz[..., None])[..., 0]
+        V = linalg_solve(self._hessians(x, z, blocks), gz[..., None])[..., 0]
         return gx - self.cross_g(x, z, V, blocks)
 
     def describe(self) -> dict:
