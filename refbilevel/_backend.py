@@ -547,6 +547,9 @@ def copy_into(dst, src) -> None:
     For bandwidth measurements; asynchronous on a GPU.
     """
     xp = array_namespace(dst, src, names=("dst", "src"))
+    if backend_name(xp) in ("jax", "dask"):
+        raise TypeError(f"copy_into needs mutable arrays; {backend_name(xp)} arrays are "
+                        "immutable")
     if is_cupy(xp):
         dst.data.copy_from_device_async(src.data, src.nbytes)
     else:

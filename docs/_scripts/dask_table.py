@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--p", type=int, default=50)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--chunks", default="25000,50000,100000")
+    ap.add_argument("--chunks", default="6250,12500,25000")
     args = ap.parse_args()
 
     import dask.array as da
