@@ -449,13 +449,15 @@ def build_solver(name: str, hyperparameters: dict | None = None, *, problem: str
 
 
 def usable_backends() -> list[str]:
-    """Backends usable here; torch is reported when installed, without importing it (slow)."""
-    import importlib.util
+    """Backends usable here; torch, jax and dask are reported when installed, without
+    importing them (slow; and looking JAX up would switch on its 64-bit mode)."""
+    from ._backend import available_backends
 
+    found = available_backends()
     out = []
     for name in BACKEND_NAMES:
-        if name == "torch":
-            if importlib.util.find_spec("torch") is not None:
+        if name in ("torch", "jax", "dask"):
+            if name in found:
                 out.append(name)
             continue
         try:

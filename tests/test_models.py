@@ -16,9 +16,6 @@ from refbilevel.models.losses import (BINARY_LOGISTIC, SOFTMAX_CE, log_softmax, 
                                       sigmoid_prime, softmax, softplus)
 from refbilevel.models.mlp import MLP
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
-pytestmark = pytest.mark.eager_libraries
-
 TOL = 1e-7
 n, d, C, h = 30, 5, 3, 4
 

@@ -7,9 +7,6 @@ from refbilevel._backend import device as dev_of, to_host
 from refbilevel.models.auc import (auc_m_alpha_star, auc_m_grad, auc_m_hess_alpha_alpha,
                                    auc_m_hess_h_alpha, auc_m_hess_hh, auc_m_loss)
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
-pytestmark = pytest.mark.eager_libraries
-
 EPS = 1e-6
 RTOL = 1e-7
 

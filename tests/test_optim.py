@@ -8,9 +8,6 @@ import pytest
 from refbilevel import optim
 from refbilevel._backend import to_host
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
-pytestmark = pytest.mark.eager_libraries
-
 
 def test_sgd_formula(xp, asxp):
     g = asxp([1.0, -2.0, 0.5])
