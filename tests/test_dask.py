@@ -6,7 +6,9 @@ partial sum per chunk plus a tree reduction, so the two runs differ by summation
 only: the iterates must agree to 1e-12 relative in float64 (measured: <= 1e-14).
 
 The cluster lives in this process (``processes=False``: two worker threads, in-process
-transport, no socket opened) and is closed at the end of the module.
+transport, no socket opened) and is closed at the end of the module. Every data array has
+two chunks of rows: enough for the cross-chunk reductions and gathers, while the per-task
+cost of the scheduler keeps the module to a few minutes on two cores.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from refbilevel.solvers import bome, f2sa, fosl, memcs, minimaxopt, penalty  # n
 
 RTOL = 1e-12
 ROWS_PER_CHUNK = 40
-N_STEPS = 3
+N_STEPS = 2
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +54,19 @@ def _chunked(a, axis=0):
 
 
 def _logreg(wrap):
-    s = logreg_hpo_data(160, 8, seed=3)
+    s = logreg_hpo_data(160, 8, seed=3)          # 80 training rows: two chunks
     return LogRegHPO(wrap(s.A_train), wrap(s.y_train), wrap(s.A_val), wrap(s.y_val),
                      task="binary")
 
 
 def _cleaning(wrap):
-    s = cleaning_data(160, 80, 0, 6, 3, corruption=0.5, seed=4)
+    s = cleaning_data(80, 80, 0, 6, 3, corruption=0.5, seed=4)
     return DataCleaning(wrap(s.A_train), wrap(s.y_train), wrap(s.A_val), wrap(s.y_val),
                         n_classes=3, model="linear")
 
 
 def _auc(wrap):
-    s = multitask_auc_data(3, 120, 80, 5, pos_ratio=0.3, seed=5)
+    s = multitask_auc_data(3, 80, 80, 5, pos_ratio=0.3, seed=5)
     return MultiTaskAUC(*(wrap(a, axis=1) for a in (s.A_train, s.y_train, s.A_val, s.y_val)))
 
 
@@ -78,7 +80,7 @@ PROBLEMS = {"logreg": _logreg, "cleaning": _cleaning, "multitask_auc": _auc}
 BILEVEL_SOLVERS = {
     "minimaxopt": lambda: minimaxopt.MinimaxOPT(lr=0.1, steps_per_stage=2, n_stages=2),
     "minimaxopt_minibatch": lambda: minimaxopt.MinimaxOPTStochastic(
-        lr=0.05, steps_per_stage=2, n_stages=2, batch_size_outer=50, batch_size_inner=50),
+        lr=0.05, steps_per_stage=2, n_stages=2, batch_size_outer=30, batch_size_inner=30),
     "f2sa": lambda: f2sa.F2SA(n_inner_steps=2, lr_y=0.01, lam0=10.0),
     "f2sa_minibatch_iid": lambda: f2sa.F2SA(n_inner_steps=2, lr_y=0.01, lam0=10.0,
                                             batch_size_outer=30, batch_size_inner=30,
@@ -90,7 +92,7 @@ BILEVEL_SOLVERS = {
 }
 MINIMAX_SOLVERS = {
     "fosl": lambda: fosl.FOSL(),
-    "fosl_partial_minibatch": lambda: fosl.FOSL(n_sampled=2, batch_size_inner=50),
+    "fosl_partial_minibatch": lambda: fosl.FOSL(n_sampled=2, batch_size_inner=30),
     "memcs": lambda: memcs.MemCS(n_inner_steps=2),
 }
 
