@@ -213,9 +213,8 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
     solver : str or Solver
         Whose batch consumption order (and reference iterates) is exported.
     backend : str
-        Array library the reference iterates are computed with when ``problem`` is a name
-        (any of :data:`refbilevel._backend.BACKEND_NAMES`); the file holds host arrays
-        either way.
+        Array library on which a problem given by name is built and the reference iterates
+        are computed (``numpy`` by default); the file always holds host (NumPy) arrays.
 
     Returns
     -------
@@ -269,6 +268,7 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         "solver": {"name": solver_obj.name, "class": type(solver_obj).__name__,
                    "hyperparameters": solver_obj.hyperparameters()},
         "seed": seed, "steps": steps, "batch_size": batch_size, "dtype": dtype,
+        "backend": backend if isinstance(problem, str) else None,
         "formulas": _notes(prob), "solver_update": _notes(solver_obj),
         "arrays": layout,
         "batches": {"outer_per_step": per_step["outer"], "inner_per_step": per_step["inner"],
@@ -416,6 +416,11 @@ class CompareReport:
     notes: list = field(default_factory=list)
 
     def format(self, max_rows: int = 12) -> str:
+        """The report as ``refbilevel compare`` prints it; ``str(report)`` is the same.
+
+        At most ``max_rows`` rows are shown (the first and last halves, plus the first row
+        beyond tolerance), then the notes and a PASS/FAIL line.
+        """
         n = self.deviation.shape[0]
         head = f"{self.row_name:>10}  " + "  ".join(f"{v:>14}" for v in self.variables)
         lines = [f"relative deviation ||cand - ref|| / ||ref|| (rtol={self.rtol:g}, "
@@ -440,6 +445,10 @@ class CompareReport:
             lines.append(f"FAIL: first {self.row_name} beyond tolerance: {self.first_failure}; "
                          f"variable that departed first: {self.departed}")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        """The table ``refbilevel compare`` prints (:meth:`format` with its defaults)."""
+        return self.format()
 
 
 def _as_dict(obj, what):
