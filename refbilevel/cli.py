@@ -417,6 +417,11 @@ def _add_common(p, *, problem_default=None, solver_default=None):
     p.add_argument("--data", default=None, metavar="NAME[:PATH]", help=_DATA_HELP)
 
 
+_BACKEND_HELP = ("numpy | array_api_strict | torch | jax | dask | cupy (jax runs in 64-bit "
+                 "mode; dask runs on a dask.distributed client if one is started, else "
+                 "on local threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="refbilevel", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"refbilevel {__version__}")
@@ -448,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "options: MinimaxOPT on the synthetic logistic-regression "
                                    "problem of the MinimaxOPT paper.")
     _add_common(p)
-    p.add_argument("--backend", default="numpy",
-                   help="array library: numpy | cupy | array_api_strict | torch")
+    p.add_argument("--backend", default="numpy", help=_BACKEND_HELP)
     p.add_argument("--iters", type=_nonneg_int, default=None,
                    help="outer iterations (solver steps) to run (default: n_stages * "
                         "steps_per_stage for MinimaxOPT, 2000 for the default run, else 1000)")
@@ -541,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", default="logreg", help="problem name, see 'refbilevel list'")
     p.add_argument("--solver", default="minimaxopt", help="solver name, see 'refbilevel list'")
     p.add_argument("--backend", default="numpy",
-                   help="one or more array libraries, comma-separated (numpy,cupy); the first "
-                        "is the baseline of the speedup column")
+                   help="one or more array libraries, comma-separated (e.g. numpy,torch,jax); "
+                        "the first is the baseline of the speedup column")
     _alias(p, "--backends", "backend")
     p.add_argument("--sizes", default=None,
                    help="comma-separated values of the problem's size parameter (default: the "

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._backend import host_rng, is_array, to_host
+from ._backend import host_rng, is_array, materialize, to_host
 from .results import ResultsError, atomic_write_text, save_npz
 
 __all__ = ["CompareReport", "compare", "export", "load_candidate", "load_export",
@@ -135,7 +135,7 @@ def _trace(problem, solver, n_steps, seed, x0=None, y0=None, record_batches=Fals
         for lst in log.values():
             lst.append([])
         mult.append(np.nan if state.multiplier is None else float(state.multiplier))
-        state = solver.step(problem, state)
+        state = materialize(solver.step(problem, state))
         for k, v in _top_arrays(state).items():
             iters.setdefault(k, []).append(v)
     out = {k: np.stack(v) for k, v in iters.items() if len(v) == n_steps + 1}

@@ -9,6 +9,9 @@ from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_orac
 from refbilevel._backend import from_host, to_host
 from refbilevel.problems import Batch, DataCleaning
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
 MODELS = {
     "linear": dict(model="linear", reg=0.1),

@@ -10,6 +10,9 @@ from refbilevel._backend import backend_namespace, from_host, to_host, to_host_s
 from refbilevel.checks import relative_error
 from refbilevel.problems import Batch, LogRegHPO
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 CONFIGS = [(task, red, par) for task in ("binary", "multinomial")
            for red in ("sum", "mean") for par in ("exp", "raw")]
 n_tr, n_val, d, C = 30, 20, 5, 3

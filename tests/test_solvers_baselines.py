@@ -467,6 +467,7 @@ ALL_SOLVERS = [c[1] for c in COUNT_CASES] + [ImplicitGD(lr=0.1)]
 ALL_IDS = [c[0] for c in COUNT_CASES] + ["implicit"]
 
 
+@pytest.mark.eager_libraries
 @pytest.mark.skip_xp_backends("numpy", reason="the NumPy run is the reference")
 @pytest.mark.parametrize("solver", ALL_SOLVERS, ids=ALL_IDS)
 def test_same_trajectory_as_numpy(solver, xp, device):

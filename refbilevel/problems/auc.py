@@ -59,7 +59,7 @@ References
 
 from __future__ import annotations
 
-from .._backend import to_host
+from .._backend import linalg_solve, to_host
 from .._validation import check_array, check_bool, check_choice, check_int, check_real
 from ..linalg import block_newton
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
@@ -454,7 +454,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         blocks = self.all_blocks()
         z, alpha = self._saddle_point(x)
         gx, _, gz = self.grad_f(x, alpha, z, blocks)
-        V = xp.linalg.solve(self._hessians(x, z, blocks), gz[..., None])[..., 0]
+        V = linalg_solve(self._hessians(x, z, blocks), gz[..., None])[..., 0]
         return gx - self.cross_g(x, z, V, blocks)
 
     def describe(self) -> dict:

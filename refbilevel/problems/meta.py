@@ -55,7 +55,7 @@ References
 
 from __future__ import annotations
 
-from .._backend import to_host_scalar
+from .._backend import linalg_solve, to_host_scalar
 from ..linalg import block_newton
 from .._validation import check_array, check_choice, check_int, check_real
 from ..models.losses import sigmoid, sigmoid_prime, softplus
@@ -223,7 +223,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         xp, A = self.xp, self.A_train
         _, _, d2 = self._rows(A, self.b_train, z)
         eye = xp.eye(self.dim_z, dtype=self.dtype, device=self.device)
-        return (A * d2[..., None]).mT @ A / A.shape[1] + self.mu * eye
+        return xp.matrix_transpose(A * d2[..., None]) @ A / A.shape[1] + self.mu * eye
 
     def inner_solution(self, x):
         r"""``z*(x)`` for all blocks.
@@ -238,7 +238,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         w = x[None, :-1]
         if self.loss == "squared":
             rhs = xp.sum(A * self.b_train[..., None], axis=1) / A.shape[1] + self.mu * w
-            return xp.linalg.solve(self._hessians(self.init_z()), rhs[..., None])[..., 0]
+            return linalg_solve(self._hessians(self.init_z()), rhs[..., None])[..., 0]
 
         def per_block(z):
             val, _, _ = self._rows(A, self.b_train, z)
@@ -327,7 +327,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         blocks = self.all_blocks()
         z = self.inner_solution(x)
         gx, _, gz = self.grad_f(x, self.dual_solution(x, z), z, blocks)
-        V = xp.linalg.solve(self._hessians(z), gz[..., None])[..., 0]
+        V = linalg_solve(self._hessians(z), gz[..., None])[..., 0]
         return gx - self.cross_g(x, z, V, blocks)
 
     def describe(self) -> dict:
