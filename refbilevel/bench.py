@@ -24,11 +24,13 @@ import time
 import numpy as np
 
 from ._backend import (backend_namespace, copy_into, device_name, host_rng, is_array,
-                       synchronize, to_host)
+                       materialize, synchronize, to_host)
 from ._validation import check_int
 
 __all__ = ["bench", "copy_bandwidth", "format_table", "step_bytes"]
 
+#: Backends without in-place copies (JAX) or with lazy ones (Dask): no bandwidth columns.
+_IMMUTABLE = ("jax", "dask")
 _ORACLES = ("f", "g", "grad_f", "grad_g", "grad_f_x", "grad_f_y", "grad_g_x", "grad_g_y",
             "grad_g_many", "grad_g_x_many", "grad_g_y_many", "hvp_g", "cross_g")
 
@@ -166,21 +168,21 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
             prob = build_problem(problem, seed=seed, backend=b, dtype=dtype, params=params)
             state = solv.init(prob, prob.init_x(), prob.init_y(), host_rng(seed))
             for _ in range(warmup):
-                state = solv.step(prob, state)
-            synchronize(xp)
+                state = materialize(solv.step(prob, state))
+            synchronize(xp, state)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 for _ in range(n_steps):
-                    state = solv.step(prob, state)
-                synchronize(xp)
+                    state = materialize(solv.step(prob, state))
+                synchronize(xp, state)
                 times.append((time.perf_counter() - t0) / n_steps)
             t = statistics.median(times)
             base = t if base is None else base
             row = {"size": size if size is not None else "default", "backend": b,
                    "device": device_name(xp), "time_per_step": t, "speedup": base / t,
                    "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None}
-            if _full_batch(state):
+            if _full_batch(state) and b not in _IMMUTABLE:
                 if b not in copy_bw:
                     copy_bw[b] = copy_bandwidth(xp)
                 nbytes = step_bytes(prob, solv, state)

@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import from_host, host_rng, is_array, synchronize, to_host, to_host_scalar
+from ._backend import (from_host, host_rng, is_array, materialize, synchronize, to_host,
+                       to_host_scalar)
 from ._validation import check_array, check_bool, check_int, check_real
 from .problems.base import MinimaxBilevelProblem
 from .solvers.base import OracleCalls, Solver
@@ -458,7 +459,7 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
     t0 = time.perf_counter()
     try:
         while k < n_iter:
-            state = solver.step(problem, state)
+            state = materialize(solver.step(problem, state))
             k += 1
             if k % record_every and k != n_iter:
                 continue
