@@ -275,10 +275,10 @@ def test_concurrent_runs_into_one_folder(tmp_path):
             time.sleep(0.02)
         assert first.poll() is None and ckpt.exists(), "the first run did not start"
         config = (tmp_path / "D" / "config.json").read_bytes()
-        for extra in ([], ["--overwrite"], ["--resume"]):
-            second = cli("run", *SMALL, "--seed", 1, "--iters", 6, "--out", "D", *extra,
-                         cwd=tmp_path)
-            assert second.returncode == 1, (extra, second.stdout, second.stderr)
+        for argv in ([*SMALL, "--seed", 1, "--iters", 6], [*SMALL, "--seed", 1, "--overwrite"],
+                     ["--resume", "--no-progress"]):
+            second = cli("run", *argv, "--out", "D", cwd=tmp_path)
+            assert second.returncode == 1, (argv, second.stdout, second.stderr)
             one_line(second, "D", "another run is writing into this folder")
             assert (tmp_path / "D" / "config.json").read_bytes() == config
         assert json.loads(config)["seed"] == 0
