@@ -5,14 +5,12 @@ Derivations: ``docs/theory/quadratic.rst`` (section "Multi-block minimax quadrat
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .._backend import (default_namespace, from_host, host_namespace, host_rng, resolve_dtype,
                         to_host_scalar)
 from .._validation import check_array, check_int, check_real
 from ._random import random_spd
 from ._symmetric import check_symmetric
-from .base import _ON_FAILURE, MinimaxBilevelProblem, enforce
+from .base import _ON_FAILURE, MinimaxBilevelProblem, enforce, make_certificate
 
 __all__ = ["MinimaxQuadratic"]
 
@@ -224,8 +222,9 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
         certificate = self.certify_inner(x)
         if return_certificate:
             eig = self.xp.linalg.eigvalsh(self.H)
-            certificate = replace(certificate, min_curvature=to_host_scalar(self.xp.min(eig)),
-                                  max_curvature=to_host_scalar(self.xp.max(eig)))
+            extremes = (to_host_scalar(self.xp.min(eig)), to_host_scalar(self.xp.max(eig)))
+            certificate = make_certificate(certificate.residual, certificate.scale,
+                                           certificate.rtol, extremes, dtype=self.dtype)
         enforce(certificate, on_failure, f"{type(self).__name__}.saddle_gradient")
         return (out, certificate) if return_certificate else out
 
