@@ -388,9 +388,9 @@ class BilevelProblem(_ProblemData):
             extremes = lanczos_extremes(lambda v: self.hvp_g(x, y, v), y, n_steps=n_lanczos)
         return make_certificate(residual, scale, rtol, extremes, dtype=self.dtype)
 
-    def _newton_direction(self, x, y, grad, cg_rtol):
-        d, _, _ = cg_solve(lambda v: self.hvp_g(x, y, v), -grad, rtol=cg_rtol,
-                           max_iter=10 * self.dim_y + 10)
+    def _newton_direction(self, x, y, grad, cg_rtol, max_iter=None):
+        max_iter = 10 * self.dim_y + 10 if max_iter is None else max_iter
+        d, _, _ = cg_solve(lambda v: self.hvp_g(x, y, v), -grad, rtol=cg_rtol, max_iter=max_iter)
         return d
 
     def inner_solution(self, x, *, y0=None, tol: float | None = None, max_iter: int = 100,
@@ -398,15 +398,15 @@ class BilevelProblem(_ProblemData):
         r"""``y*(x) = argmin_y g(x, y)`` by damped Newton with CG on the hand-derived HVP.
 
         Iterates :math:`y \leftarrow y + t\,d`, :math:`H d = -\nabla_y g` (CG to a relative
-        tolerance :math:`\min(0.1, \|\nabla_y g\|^{1/2})`, tightened to 1e-14 near the
-        solution), with Armijo backtracking on ``g`` whose acceptance test allows the
+        tolerance :math:`\max(\min(0.1, \|\nabla_y g\|^{1/2}), 10^{-14})`), with Armijo backtracking on ``g`` whose acceptance test allows the
         rounding error of ``g`` itself (:math:`10\,\epsilon\,|g|`): once the decrease of
         ``g`` falls below rounding, full Newton steps are taken and converge quadratically
         instead of stalling. Once
         :math:`\|\nabla_y g\| \le \text{tol}\cdot(1 + \|\nabla_y g(x, y_0)\|)` (``tol``
         defaults to 1e-12 in float64 and 1e-5 in float32), undamped Newton steps polish the
-        point to the floating-point floor: they continue while a full step lowers
-        :math:`\|\nabla_y g\|` and the last step that did not is discarded.
+        point to the floating-point floor (CG to 1e-10, at most ``dim_y`` steps): they continue
+        while a full step lowers :math:`\|\nabla_y g\|` and the last step that did not is
+        discarded.
 
         Parameters
         ----------
@@ -450,7 +450,9 @@ class BilevelProblem(_ProblemData):
             if gnorm == 0.0:
                 break
             if gnorm <= target:  # polishing: full Newton steps while ||∇g|| decreases
-                y_new = y + self._newton_direction(x, y, grad, 1e-14)
+                # at most dim_y CG steps: the gradient's rounding-level component along a
+                # zero-curvature direction (an undecayed bias) would otherwise keep CG going
+                y_new = y + self._newton_direction(x, y, grad, 1e-10, max_iter=self.dim_y)
                 grad_new = self.grad_g_y(x, y_new)
                 gnorm_new = to_host_scalar(xp.linalg.vector_norm(grad_new))
                 if not gnorm_new < gnorm:
@@ -487,7 +489,8 @@ class BilevelProblem(_ProblemData):
         r""":math:`[\nabla^2_{yy} g]^{-1} b` by CG plus iterative refinement to the rounding floor.
 
         CG to relative residual 1e-13 (float64; 1e-6 in float32), then correction solves
-        :math:`H\,\delta = b - H v` while the true residual decreases (at most three).
+        :math:`H\,\delta = b - H v` (CG to relative residual 1e-8 of the correction's right-hand
+        side, at most ``b.size`` steps) while the true residual decreases, at most three.
         """
         xp = self.xp
         hvp = self.linearize_g(x, y).hvp
@@ -498,7 +501,7 @@ class BilevelProblem(_ProblemData):
         for _ in range(3):
             if rnorm == 0.0:
                 break
-            delta, _, _ = cg_solve(hvp, r, rtol=rtol)
+            delta, _, _ = cg_solve(hvp, r, rtol=max(rtol, 1e-8), max_iter=math.prod(b.shape))
             v_new = v + delta
             r_new = b - hvp(v_new)
             rnorm_new = to_host_scalar(xp.linalg.vector_norm(xp.reshape(r_new, (-1,))))
