@@ -210,3 +210,105 @@ def test_logreg_inner_solution_and_hypergradient_to_the_rounding_floor(asxp):
     err_hg = np.linalg.norm(hg - hg_ref) / np.linalg.norm(hg_ref)
     assert err_y <= 4e-15, err_y
     assert err_hg <= 4e-15, err_hg
+
+
+# ------------------------------------------------------------------- certificates
+@functools.lru_cache(maxsize=None)
+def _relu_case(index):
+    """Small ReLU instances of both MLP problems (three seeds each), solved once.
+
+    Returns the problem, x, the solution, its certificate and the warnings emitted.
+    """
+    seed, kind = divmod(index, 2)
+    if kind == 0:
+        P = DataCleaning.synthetic(n_train=40, n_val=20, n_features=4, model="mlp", hidden=6,
+                                   activation="relu", reg=0.05, seed=seed)
+    else:
+        P = LayerDecayMLP.synthetic(n_train=40, n_val=20, n_features=4, hidden=6,
+                                    activation="relu", seed=seed)
+    x = P.init_x()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y, cert = P.inner_solution(x, return_certificate=True)
+    return P, x, y, cert, [w for w in caught if issubclass(w.category, CertificateWarning)]
+
+
+def _gradient_descent_gain(P, x, y, lr=0.002, steps=100):
+    """How much plain gradient descent lowers g from y (an independent test of minimality)."""
+    z = y
+    for _ in range(steps):
+        z = z - lr * P.grad_g_y(x, z)
+    return to_host_scalar(P.g(x, y)) - to_host_scalar(P.g(x, z))
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_relu_inner_solution_is_certified_or_flagged(index):
+    """ReLU models: a returned point either passes its certificate or is flagged, never silent.
+
+    Flagged points are checked independently: the residual is recomputed from grad_g_y and
+    100 plain gradient steps (step 0.002) lower g (by 1e-7 to 1e-5 on these instances); ``on_failure="raise"`` refuses them in every exact
+    oracle. Certified points have a residual at the rounding floor and gradient descent gains
+    nothing beyond rounding.
+    """
+    P, x, y, cert, flagged = _relu_case(index)
+    residual = to_host_scalar(P.inner_residual(x, y))
+    assert cert.residual == pytest.approx(residual, rel=1e-12)
+    if cert.ok:
+        assert not flagged and cert.relative_residual <= 1e-12
+        assert _gradient_descent_gain(P, x, y) <= 1e-14 * (1 + abs(to_host_scalar(P.g(x, y))))
+        return
+    assert flagged and cert.status in ("not stationary", "negative curvature")
+    assert "not a certified minimiser" in str(flagged[0].message)
+    if cert.status == "not stationary":
+        assert residual > cert.rtol * cert.scale
+        assert _gradient_descent_gain(P, x, y) > 1e-9
+    calls = [lambda: P.hypergradient(x, y_star=y, on_failure="raise")]
+    if index == 0:  # the oracles that solve again: once
+        calls += [lambda: P.inner_solution(x, on_failure="raise"),
+                  lambda: P.hypergradient(x, on_failure="raise"),
+                  lambda: P.value(x, on_failure="raise")]
+    for call in calls:
+        with pytest.raises(CertificateError, match="not a certified minimiser") as info:
+            call()
+        assert not info.value.certificate.ok
+
+
+def test_relu_instances_include_flagged_ones():
+    """The ReLU cases above are not vacuous: most of them stall on a kink and are flagged."""
+    assert [_relu_case(i)[3].ok for i in range(6)].count(False) >= 3
+
+
+def test_certificate_of_smooth_models(xp, device):
+    """tanh MLP and linear cleaning: certified, residual at the floor, curvature range sane.
+
+    LayerDecayMLP has a zero-curvature direction (the output bias), which passes: the
+    smallest Ritz value is ~0, not clearly negative.
+    """
+    on = dict(xp=xp, device=device)
+    for P in (DataCleaning.synthetic(n_train=40, n_val=20, n_features=4, model="mlp", hidden=6,
+                                     activation="tanh", reg=0.05, seed=0, **on),
+              LayerDecayMLP.synthetic(n_train=40, n_val=20, n_features=4, hidden=6, seed=0, **on),
+              DataCleaning.synthetic(n_train=40, n_val=20, n_features=4, seed=0, **on)):
+        x = P.init_x()
+        hg, cert = P.hypergradient(x, return_certificate=True)
+        assert isinstance(cert, Certificate) and cert.ok, cert
+        assert cert.relative_residual <= 1e-13
+        assert cert.max_curvature > 0 and cert.min_curvature > -1e-8 * cert.max_curvature
+        value, cert_v = P.value(x, return_certificate=True)
+        assert cert_v.ok
+
+
+def test_lanczos_extremes_against_eigvalsh(rng):
+    from refbilevel.problems.base import lanczos_extremes
+
+    Q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    eig = np.concatenate([[-0.5, 0.0], np.geomspace(0.1, 10.0, 10)])
+    M = (Q * eig) @ Q.T
+    lo, hi = lanczos_extremes(lambda v: M @ v, np.zeros(12), n_steps=12)
+    assert lo == pytest.approx(-0.5, abs=1e-10) and hi == pytest.approx(10.0, rel=1e-10)
+
+
+def test_bad_on_failure_is_refused():
+    P = DataCleaning.synthetic(n_train=10, n_val=5, n_features=3, seed=0)
+    with pytest.raises(ValueError, match="on_failure"):
+        P.inner_solution(P.init_x(), on_failure="loud")

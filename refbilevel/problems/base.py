@@ -406,7 +406,8 @@ class BilevelProblem(_ProblemData):
         defaults to 1e-12 in float64 and 1e-5 in float32), undamped Newton steps polish the
         point to the floating-point floor (CG to 1e-10, at most ``dim_y`` steps): they continue
         while a full step lowers :math:`\|\nabla_y g\|` and the last step that did not is
-        discarded.
+        discarded. Three consecutive steps shorter than 1e-6 (Newton zig-zagging across a
+        kink of a ReLU model) stop the iteration; the certificate then reports it.
 
         Parameters
         ----------
@@ -446,8 +447,9 @@ class BilevelProblem(_ProblemData):
         start_norm = gnorm if y0 is None else None
         target = tol * (1.0 + gnorm)
         value = to_host_scalar(self.g(x, y))
+        stalled = 0
         for _ in range(max_iter):
-            if gnorm == 0.0:
+            if gnorm == 0.0 or stalled == 3:
                 break
             if gnorm <= target:  # polishing: full Newton steps while ||∇g|| decreases
                 # at most dim_y CG steps: the gradient's rounding-level component along a
@@ -474,6 +476,7 @@ class BilevelProblem(_ProblemData):
             gnorm_new = to_host_scalar(xp.linalg.vector_norm(grad_new))
             if value_new > value and not gnorm_new < gnorm:
                 break  # at the rounding floor: no step improves g or its gradient
+            stalled = stalled + 1 if t < 1e-6 else 0  # e.g. zig-zagging across a ReLU kink
             y, value, grad, gnorm = y_new, value_new, grad_new, gnorm_new
         if return_certificate:
             certificate = self.certify_inner(x, y)
