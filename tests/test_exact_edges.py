@@ -187,13 +187,8 @@ def _mp_logreg_reference(A, b, Av, bv, x, dps=50):
         return np.array([float(t) for t in w]), np.array([float(t) for t in hg])
 
 
-def test_logreg_inner_solution_and_hypergradient_to_the_rounding_floor(asxp):
-    """Polished Newton and refined CG against a 50-digit Newton: y* and ∇F within 4e-15 relative.
-
-    The instance is well conditioned (Hessian eigenvalues about [0.8, 1.5]). Measured: y*
-    and ∇F within 2e-16; without polishing and refinement the solve stopped at
-    ||∇g|| = 1.2e-14 with y* and ∇F off by 3.6e-14 and 2.8e-14.
-    """
+@functools.lru_cache(maxsize=None)
+def _logreg_case():
     rng = np.random.default_rng(7)
     n, d = 40, 4
     A, Av = rng.standard_normal((n, d)), rng.standard_normal((n, d))
@@ -201,7 +196,17 @@ def test_logreg_inner_solution_and_hypergradient_to_the_rounding_floor(asxp):
     b = np.where(A @ teacher + 0.5 * rng.standard_normal(n) >= 0, 1.0, -1.0)
     bv = np.where(Av @ teacher + 0.5 * rng.standard_normal(n) >= 0, 1.0, -1.0)
     x = 0.3 * rng.standard_normal(d)
-    w_ref, hg_ref = _mp_logreg_reference(A, b, Av, bv, x)
+    return (A, b, Av, bv, x), _mp_logreg_reference(A, b, Av, bv, x)
+
+
+def test_logreg_inner_solution_and_hypergradient_to_the_rounding_floor(asxp):
+    """Polished Newton and refined CG against a 50-digit Newton: y* and ∇F within 4e-15 relative.
+
+    The instance is well conditioned (Hessian eigenvalues about [0.8, 1.5]). Measured: y*
+    and ∇F within 2e-16; without polishing and refinement the solve stopped at
+    ||∇g|| = 1.2e-14 with y* and ∇F off by 3.6e-14 and 2.8e-14.
+    """
+    (A, b, Av, bv, x), (w_ref, hg_ref) = _logreg_case()
     P = LogRegHPO(asxp(A), asxp(b), asxp(Av), asxp(bv))
     y, cert = P.inner_solution(asxp(x), return_certificate=True)
     assert cert.ok and cert.min_curvature > 0.1, cert
@@ -278,6 +283,9 @@ def test_relu_instances_include_flagged_ones():
     assert [_relu_case(i)[3].ok for i in range(6)].count(False) >= 3
 
 
+@pytest.mark.skip_xp_backends("array_api_strict", "array_api_strict-device1",
+                              reason="MLP Newton solves are slow there; the certificate's "
+                                     "backend handling is covered by the logistic test")
 def test_certificate_of_smooth_models(xp, device):
     """tanh MLP and linear cleaning: certified, residual at the floor, curvature range sane.
 

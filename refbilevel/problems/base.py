@@ -209,17 +209,17 @@ def lanczos_extremes(matvec, like, *, n_steps: int = 30, seed: int = 0) -> tuple
     hxp = host_namespace()
     size = math.prod(like.shape)
     n_steps = max(1, min(n_steps, size))
-    q = from_host(host_rng(seed).standard_normal(tuple(like.shape)), xp, dtype=like.dtype,
-                  device=device(like))
-    q = q / xp.linalg.vector_norm(xp.reshape(q, (-1,)))
+    shape = tuple(like.shape)
+    q = from_host(host_rng(seed).standard_normal(size), xp, dtype=like.dtype, device=device(like))
+    q = q / xp.linalg.vector_norm(q)
     basis, alphas, betas = [q], [], []
     for k in range(n_steps):
-        w = matvec(basis[-1])
+        w = xp.reshape(matvec(xp.reshape(basis[-1], shape)), (size,))
         alphas.append(to_host_scalar(xp.sum(w * basis[-1])))
-        for _ in range(2):  # classical Gram-Schmidt, twice
-            for b in basis:
-                w = w - xp.sum(w * b) * b
-        beta = to_host_scalar(xp.linalg.vector_norm(xp.reshape(w, (-1,))))
+        Q = xp.stack(basis)
+        for _ in range(2):  # classical Gram-Schmidt against all previous vectors, twice
+            w = w - (Q @ w) @ Q
+        beta = to_host_scalar(xp.linalg.vector_norm(w))
         if k == n_steps - 1 or not beta > 1e3 * eps(like.dtype) * max(abs(a) for a in alphas):
             break
         betas.append(beta)
