@@ -630,10 +630,8 @@ class MinimaxBilevelProblem(_ProblemData):
     def certify_inner(self, x, z=None, *, rtol: float | None = None) -> Certificate:
         r"""The stationarity :class:`Certificate` of the block solutions ``z`` (default :meth:`inner_solution`).
 
-        The residual is the largest per-block :math:`\|
-abla_{z} g_i(x, z_i)\|`, judged
-        against :math:`1 + \max_i \|
-abla_z g_i(x, z_{0,i})\|` at :meth:`init_z`, with
+        The residual is the largest per-block :math:`\|\nabla_{z} g_i(x, z_i)\|`, judged
+        against :math:`1 + \max_i \|\nabla_z g_i(x, z_{0,i})\|` at :meth:`init_z`, with
         ``rtol`` = :math:`\sqrt{\epsilon}` by default. Problems with a cheap curvature
         bound override this to add it. Synchronises.
         """
