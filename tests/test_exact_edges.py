@@ -320,3 +320,18 @@ def test_bad_on_failure_is_refused():
     P = DataCleaning.synthetic(n_train=10, n_val=5, n_features=3, seed=0)
     with pytest.raises(ValueError, match="on_failure"):
         P.inner_solution(P.init_x(), on_failure="loud")
+
+
+def test_check_problem_reports_the_certificate():
+    """check_problem records the exact inner solution's certificate and format_table prints it."""
+    from refbilevel import checks
+
+    P, x, y, cert, _ = next(_relu_case(i) for i in range(6) if not _relu_case(i)[3].ok)
+    table = checks.check_problem(P, n_points=1, seed=0, x=x, y=y)
+    assert isinstance(table, dict) and not table.certified
+    reported = table.certificates["inner_solution"]
+    assert reported.status == cert.status
+    assert reported.residual == pytest.approx(cert.residual, rel=1e-10)
+    assert f"certificate of inner_solution: {cert.status}" in checks.format_table(table)
+    good = checks.check_problem(LogRegHPO.synthetic(n_samples=40, n_features=3, seed=1), n_points=1)
+    assert good.certified and good["inner_solution residual"] <= 1e-14
