@@ -8,7 +8,7 @@ import mpmath
 import numpy as np
 import pytest
 
-from refbilevel._backend import from_host, to_host, to_host_scalar
+from refbilevel._backend import to_host, to_host_scalar
 from refbilevel.models.losses import SOFTMAX_CE
 from refbilevel.problems import DataCleaning, LayerDecayMLP, LogRegHPO
 from refbilevel.problems.base import Certificate, CertificateError, CertificateWarning
@@ -251,7 +251,8 @@ def test_relu_inner_solution_is_certified_or_flagged(index):
     """ReLU models: a returned point either passes its certificate or is flagged, never silent.
 
     Flagged points are checked independently: the residual is recomputed from grad_g_y and
-    100 plain gradient steps (step 0.002) lower g (by 1e-7 to 1e-5 on these instances); ``on_failure="raise"`` refuses them in every exact
+    100 plain gradient steps (step 0.002) lower g (by 1e-7 to 1e-5 on these instances);
+    ``on_failure="raise"`` refuses them in every exact
     oracle. Certified points have a residual at the rounding floor and gradient descent gains
     nothing beyond rounding.
     """

@@ -398,7 +398,8 @@ class BilevelProblem(_ProblemData):
         r"""``y*(x) = argmin_y g(x, y)`` by damped Newton with CG on the hand-derived HVP.
 
         Iterates :math:`y \leftarrow y + t\,d`, :math:`H d = -\nabla_y g` (CG to a relative
-        tolerance :math:`\max(\min(0.1, \|\nabla_y g\|^{1/2}), 10^{-14})`), with Armijo backtracking on ``g`` whose acceptance test allows the
+        tolerance :math:`\max(\min(0.1, \|\nabla_y g\|^{1/2}), 10^{-14})`), with Armijo
+        backtracking on ``g`` whose acceptance test allows the
         rounding error of ``g`` itself (:math:`10\,\epsilon\,|g|`): once the decrease of
         ``g`` falls below rounding, full Newton steps are taken and converge quadratically
         instead of stalling. Once

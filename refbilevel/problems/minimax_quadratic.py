@@ -33,7 +33,8 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
         g_i(x, z) &= \tfrac12 z^\top H_i z - z^\top (B_i x + c_i),
 
     :math:`H_i, Q_i \succ 0`, :math:`A_i \succeq 0` (``H_i``, ``A_i``, ``Q_i`` and ``R`` must be
-    symmetric to :math:`64\,n\,\epsilon` relative to their norm; ``ValueError`` otherwise): each :math:`f_i` is strongly concave in
+    symmetric to :math:`64\,n\,\epsilon` relative to their norm; ``ValueError`` otherwise):
+    each :math:`f_i` is strongly concave in
     y and each :math:`g_i` strongly convex in :math:`z_i`. The problem is
     :math:`\min_x \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))`.
 
