@@ -11,7 +11,11 @@ target array ``T`` and the namespace ``xp`` (validated inputs; no checks here):
 Each provides the per-sample losses (``per_sample``), their derivative in the scores
 (``score_grad``: :math:`\partial \ell_i / \partial S_i`) and the Hessian-in-scores
 product (``score_hvp``: :math:`\nabla^2_{S_i} \ell_i \, R_i`), the three pieces a model's
-value, gradient (VJP) and R-operator are assembled from. Leading batch dimensions
+value, gradient (VJP) and R-operator are assembled from. For several products at one
+point, ``hessian_operator(S, T)`` evaluates the curvature once (:math:`\sigma'(s)` or
+:math:`\mathrm{softmax}(Z)`) and returns ``R -> score_hvp(S, T, R)``; ``contract(G, R)``
+applies a score gradient ``G`` to a direction (``directional`` is
+``contract(score_grad(S, T), R)``). Leading batch dimensions
 (several parameter points stacked in front) broadcast.
 
 Stability (float32 stays finite for scores up to :math:`10^4` in magnitude):
@@ -152,7 +156,11 @@ def softmax_rop(P, R, *, xp):
     \sum_{k\ne c} p_k (r_c - r_k)` as a difference of two nearly equal numbers when
     :math:`p_c \approx 1` and loses every digit once :math:`1 - p_c < \epsilon`.
     """
-    D = _dominant(P, xp=xp)
+    return _centred_rop(P, _dominant(P, xp=xp), R, xp=xp)
+
+
+def _centred_rop(P, D, R, *, xp):
+    r""":math:`P \odot (R' - \langle P, R' \rangle)`, :math:`R' = R - r_c\mathbf 1`, ``D`` the dominant-class mask."""
     Rc = xp.sum(xp.where(D, R, xp.zeros_like(R)), axis=-1, keepdims=True)
     Rs = xp.where(D, xp.zeros_like(R), R - Rc)
     return P * (Rs - xp.sum(P * Rs, axis=-1, keepdims=True))
@@ -199,12 +207,26 @@ class BinaryLogistic:
     @staticmethod
     def score_hvp(S, b, R, *, xp):
         r""":math:`\sigma(s_i)\sigma(-s_i)\, r_i`."""
-        return sigmoid_prime(S, xp=xp) * R
+        return BinaryLogistic.hessian_operator(S, b, xp=xp)(R)
+
+    @staticmethod
+    def hessian_operator(S, b, *, xp):
+        r"""``R -> σ(s)σ(-s) ⊙ R`` with the curvature :math:`\sigma'(s)` evaluated once.
+
+        The form products at one point share (see ``LinearModel.linearize``).
+        """
+        curvature = sigmoid_prime(S, xp=xp)
+        return lambda R: curvature * R
+
+    @staticmethod
+    def contract(G, R, *, xp):
+        r""":math:`G_i\, r_i`: a score gradient ``G`` applied to a score direction ``R``."""
+        return G * R
 
     @staticmethod
     def directional(S, b, R, *, xp):
         r"""Per-sample directional derivative :math:`(\partial \ell_i/\partial s_i)\, r_i`."""
-        return BinaryLogistic.score_grad(S, b, xp=xp) * R
+        return BinaryLogistic.contract(BinaryLogistic.score_grad(S, b, xp=xp), R, xp=xp)
 
 
 class SoftmaxCrossEntropy:
@@ -259,15 +281,37 @@ class SoftmaxCrossEntropy:
     @staticmethod
     def score_hvp(Z, Y, R, *, xp):
         r""":math:`P \odot (R' - \mathrm{rowsum}(P \odot R'))`, :math:`R' = R - R_c` (see :func:`softmax_rop`)."""
-        return softmax_rop(softmax(Z, xp=xp), R, xp=xp)
+        return SoftmaxCrossEntropy.hessian_operator(Z, Y, xp=xp)(R)
+
+    @staticmethod
+    def hessian_operator(Z, Y, *, xp):
+        r"""``R -> P ⊙ (R' - rowsum(P ⊙ R'))`` with :math:`P` and the dominant classes evaluated once.
+
+        The form products at one point share (see ``LinearModel.linearize``); the centring
+        is relative to each row's dominant class as in :func:`softmax_rop`.
+        """
+        D, _, e, T = _softmax_parts(Z, xp=xp)
+        P = e / (1.0 + T)
+        return lambda R: _centred_rop(P, D, R, xp=xp)
+
+    @staticmethod
+    def contract(G, R, *, xp):
+        r""":math:`\langle G_i, R_i - r_{ij}\mathbf 1 \rangle` row-wise, :math:`j = \arg\max_k |G_{ik}|`.
+
+        A score gradient applied to a direction. The shift is an identity because the rows of
+        :math:`G = P - Y` sum to zero; taken at the largest entry (the dominant class of a
+        confidently classified row, where :math:`G_c = -\sum_{k \ne c} G_k`) it removes the
+        cancellation between :math:`G_c r_c` and the other terms.
+        """
+        J = _dominant(xp.abs(G), xp=xp)
+        zeros = xp.zeros_like(R)
+        Rj = xp.sum(xp.where(J, R, zeros), axis=-1, keepdims=True)
+        return xp.sum(xp.where(J, zeros, G * (R - Rj)), axis=-1)
 
     @staticmethod
     def directional(Z, Y, R, *, xp):
-        r"""Per-sample directional derivative :math:`\langle P_i - Y_i, R_i - r_{ic}\mathbf 1\rangle`."""
-        D = _dominant(Z, xp=xp)
-        Rc = xp.sum(xp.where(D, R, xp.zeros_like(R)), axis=-1, keepdims=True)
-        G = SoftmaxCrossEntropy.score_grad(Z, Y, xp=xp)
-        return xp.sum(xp.where(D, xp.zeros_like(G), G * (R - Rc)), axis=-1)
+        r"""Per-sample directional derivative :math:`\langle P_i - Y_i, R_i \rangle` (via :meth:`contract`)."""
+        return SoftmaxCrossEntropy.contract(SoftmaxCrossEntropy.score_grad(Z, Y, xp=xp), R, xp=xp)
 
 
 #: The binary logistic loss object.

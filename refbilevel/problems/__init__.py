@@ -1,6 +1,6 @@
 """Bilevel and minimax-bilevel problems with hand-derived oracles."""
 
-from .auc import MultiTaskAUC
+from .auc import MultiTaskAUC, MultiTaskAUCAnchored, MultiTaskAUCHead
 from .base import (Batch, BilevelProblem, Certificate, CertificateError, CertificateWarning,
                    MinimaxBilevelProblem, take_rows)
 from .cleaning import DataCleaning
@@ -22,6 +22,8 @@ __all__ = [
     "MinimaxBilevelProblem",
     "MinimaxQuadratic",
     "MultiTaskAUC",
+    "MultiTaskAUCAnchored",
+    "MultiTaskAUCHead",
     "Quadratic",
     "RankedMetaLearning",
     "Toy1D",
