@@ -30,12 +30,16 @@ round-off divided by a tiny number.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from ._backend import array_namespace, device, eps, from_host, host_rng, to_host_scalar
-from .problems.base import MinimaxBilevelProblem
+from .problems.base import (Certificate, CertificateWarning, MinimaxBilevelProblem,
+                            certificate_rtol, lanczos_extremes, make_certificate)
 
 __all__ = [
+    "CheckTable",
+    "certify_exact",
     "check_adjoint",
     "check_directional",
     "check_gradient",
@@ -146,9 +150,58 @@ def random_point(like, rng=None, *, scale: float = 0.5):
                      device=device(like))
 
 
+class CheckTable(dict):
+    """:func:`check_problem`'s result: oracle name -> worst relative error.
+
+    Attributes
+    ----------
+    certificates : dict
+        Label -> :class:`~refbilevel.problems.base.Certificate` of the exact oracles'
+        inner solutions at the checked points (empty when none were evaluated).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.certificates: dict[str, Certificate] = {}
+
+    @property
+    def certified(self) -> bool:
+        """Whether every recorded certificate passed (True when there are none)."""
+        return all(c.ok for c in self.certificates.values())
+
+
+def certify_exact(problem, x) -> Certificate:
+    r"""The :class:`~refbilevel.problems.base.Certificate` of ``problem``'s exact inner solution at ``x``.
+
+    Uses the problem's own ``certify_inner`` when it has one (refbilevel's problems); for
+    other objects following the protocol, the residual :math:`\|\nabla_y g(x, y^*)\|`
+    relative to :math:`1 + \|\nabla_y g(x, y_0)\|` and the Lanczos range of ``hvp_g``
+    are computed here from ``inner_solution``, ``grad_g`` and ``hvp_g``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CertificateWarning)
+        if isinstance(problem, MinimaxBilevelProblem) or hasattr(problem, "n_blocks"):
+            return problem.certify_inner(x)
+        if hasattr(problem, "certify_inner"):
+            try:
+                return problem.inner_solution(x, return_certificate=True, on_failure="ignore")[1]
+            except TypeError:  # an inner_solution without the certificate keywords
+                return problem.certify_inner(x, problem.inner_solution(x))
+        y = problem.inner_solution(x)
+    xp = array_namespace(x, y)
+
+    def norm(a):
+        return to_host_scalar(xp.linalg.vector_norm(xp.reshape(a, (-1,))))
+
+    residual = norm(problem.grad_g(x, y)[1])
+    scale = 1.0 + norm(problem.grad_g(x, problem.init_y())[1])
+    extremes = lanczos_extremes(lambda v: problem.hvp_g(x, y, v), y)
+    return make_certificate(residual, scale, certificate_rtol(y.dtype), extremes, dtype=y.dtype)
+
+
 def check_problem(problem, *, n_points: int = 2, seed: int = 0, h: float = 1e-3,
                   point_scale: float = 0.5, x=None, y=None, z=None,
-                  hypergradient: bool = True) -> dict[str, float]:
+                  hypergradient: bool = True) -> CheckTable:
     """Check every oracle of a problem at random points and directions.
 
     Parameters
@@ -166,18 +219,21 @@ def check_problem(problem, *, n_points: int = 2, seed: int = 0, h: float = 1e-3,
     x, y, z : arrays, optional
         Fixed points to check at instead of random ones.
     hypergradient : bool
-        Also check ``hypergradient`` (or ``saddle_gradient``) against finite differences of
-        ``value`` when the problem provides them (costs exact solves).
+        Also check the exact oracles: ``hypergradient`` (or ``saddle_gradient``) against
+        finite differences of ``value`` when the problem provides them and its inner problem
+        is strongly convex, and the certificate of the exact inner solution at the first
+        point (every problem with ``inner_solution``; costs exact solves).
 
     Returns
     -------
-    dict
-        Oracle name -> worst relative error.
+    CheckTable
+        Oracle name -> worst relative error (a ``dict``), with the exact oracles'
+        certificates in its ``certificates`` attribute.
     """
     rng = host_rng(seed)
     if isinstance(problem, MinimaxBilevelProblem):
         return _check_minimax(problem, n_points, rng, h, point_scale, x, y, z, hypergradient)
-    table: dict[str, float] = {}
+    table = CheckTable()
 
     def record(name, err):
         table[name] = max(table.get(name, 0.0), err)
@@ -213,16 +269,19 @@ def check_problem(problem, *, n_points: int = 2, seed: int = 0, h: float = 1e-3,
         xp = problem.xp
         record("grad_g_many", max(relative_error(gx_many, xp.stack([gx0, gx1])),
                                   relative_error(gy_many, xp.stack([gy0, gy1]))))
-        if hypergradient and k == 0 and getattr(problem, "strongly_convex_inner", True):
+        if hypergradient and k == 0 and hasattr(problem, "inner_solution"):
             try:
-                hg = problem.hypergradient(xk)
+                certificate = certify_exact(problem, xk)
             except NotImplementedError:
                 continue
-            record("hypergradient", check_gradient(problem.value, lambda t: hg, xk, u=ux, h=h))
-            ystar = problem.inner_solution(xk)
-            scale = 1.0 + to_host_scalar(xp.linalg.vector_norm(problem.grad_g(xk, problem.init_y())[1]))
-            record("inner_solution residual",
-                   to_host_scalar(xp.linalg.vector_norm(problem.grad_g(xk, ystar)[1])) / scale)
+            table.certificates["inner_solution"] = certificate
+            record("inner_solution residual", certificate.relative_residual)
+            if getattr(problem, "strongly_convex_inner", True):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CertificateWarning)
+                    hg = problem.hypergradient(xk)
+                    record("hypergradient",
+                           check_gradient(problem.value, lambda t: hg, xk, u=ux, h=h))
     return table
 
 
@@ -231,7 +290,7 @@ def _inner(a, b):
 
 
 def _check_minimax(problem, n_points, rng, h, point_scale, x, y, z, hypergradient):
-    table: dict[str, float] = {}
+    table = CheckTable()
     xp = problem.xp
 
     def record(name, err):
@@ -273,17 +332,19 @@ def _check_minimax(problem, n_points, rng, h, point_scale, x, y, z, hypergradien
             except NotImplementedError:
                 continue
             record("saddle_gradient", check_gradient(problem.value, lambda t: sg, xk, u=ux, h=h))
-            zstar = problem.inner_solution(xk)
-            resid = problem.grad_g(xk, zstar, blocks_all)[1]
-            record("inner_solution residual", to_host_scalar(xp.max(xp.abs(resid))))
+            certificate = certify_exact(problem, xk)
+            table.certificates["inner_solution"] = certificate
+            record("inner_solution residual", certificate.relative_residual)
     return table
 
 
 def format_table(table: dict[str, float], *, title: str | None = None) -> str:
-    """A plain-text two-column table of :func:`check_problem`'s result."""
+    """A plain-text two-column table of :func:`check_problem`'s result, then its certificates."""
     width = max([len(k) for k in table] + [6])
     lines = [] if title is None else [title]
     lines.append(f"{'oracle':<{width}}  relative error")
     lines.append(f"{'-' * width}  --------------")
     lines += [f"{k:<{width}}  {v:.2e}" for k, v in table.items()]
+    for label, certificate in getattr(table, "certificates", {}).items():
+        lines.append(f"certificate of {label}: {certificate.summary()}")
     return "\n".join(lines)

@@ -88,20 +88,124 @@ def _alias(p, name, dest, **kwargs):
 
 
 # ------------------------------------------------------------------------------ check
-def _cmd_check(args) -> int:
-    from . import checks
-    from ._backend import backend_namespace, to_host
-    from .problems.quadratic import Quadratic
+def _literal(text: str):
+    """A ``--set`` value for a user's callable: a Python literal when it parses, else the text."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _user_problem(target: str, settings, xp):
+    """Call ``MODULE:CALLABLE`` (a dotted attribute path after the colon) with ``--set`` values."""
+    import importlib
+    import inspect
+
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise UsageError(f"--problem {target!r}: expected a registered name or MODULE:CALLABLE")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--problem {target!r}: {module!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"--problem {target!r} is not callable")
+    kwargs = {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects key=value; got {item!r}")
+        kwargs[key.strip().removeprefix("problem.")] = _literal(text)
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "xp" in params and "xp" not in kwargs:
+        kwargs["xp"] = xp
+    problem = obj(**kwargs)
+    needed = ("f", "g", "grad_f", "grad_g", "init_x")
+    missing = [m for m in needed if not hasattr(problem, m)]
+    if missing:
+        raise UsageError(f"--problem {target!r} returned a {type(problem).__name__}, not a problem "
+                         f"(missing {', '.join(missing)})")
+    return problem
+
+
+def _check_problem_from_args(args):
+    """``(problem, description, x0)`` for ``refbilevel check``."""
+    from ._backend import backend_namespace
+    from .registry import build_problem, parse_settings, problem_defaults
 
     xp = backend_namespace(args.backend)
-    problem = Quadratic.random(args.dim_x, args.dim_y, seed=args.seed, cond=args.cond, xp=xp)
-    x = problem.init_x() + 0.5
-    hg = to_host(problem.hypergradient(x))
-    print(f"Quadratic.random(dim_x={args.dim_x}, dim_y={args.dim_y}, seed={args.seed}, "
-          f"cond={args.cond}) on {args.backend}")
-    with np.printoptions(precision=12, suppress=False):
-        print(f"exact hypergradient at x = 0.5·1: {hg}")
-    print(checks.format_table(checks.check_problem(problem, seed=args.seed)))
+    if args.problem is None:
+        from .problems.quadratic import Quadratic
+
+        problem = Quadratic.random(args.dim_x, args.dim_y, seed=args.seed, cond=args.cond, xp=xp)
+        return (problem, f"Quadratic.random(dim_x={args.dim_x}, dim_y={args.dim_y}, "
+                f"seed={args.seed}, cond={args.cond})", problem.init_x() + 0.5, "0.5·1")
+    if ":" in args.problem:
+        problem = _user_problem(args.problem, args.set, xp)
+        return problem, args.problem, problem.init_x(), "init_x()"
+    # keys the builder declares are coerced to their default's type; others (constructor
+    # keywords such as activation) are passed on as literals and checked by the constructor
+    declared = problem_defaults(args.problem)
+    items = [s if s.startswith("problem.") else f"problem.{s}" for s in args.set]
+    known = [s for s in items if s.partition("=")[0].strip()[len("problem."):] in declared]
+    _, params = parse_settings(known, None, args.problem)
+    for item in items:
+        if item not in known:
+            key, sep, text = item.partition("=")
+            if not sep:
+                raise UsageError(f"--set expects key=value; got {item!r}")
+            params[key.strip()[len("problem."):]] = _literal(text)
+    problem = build_problem(args.problem, seed=args.seed, backend=args.backend, params=params)
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return problem, f"{args.problem}({shown})", problem.init_x(), "init_x()"
+
+
+def _cmd_check(args) -> int:
+    import warnings
+
+    from . import checks
+    from ._backend import to_host
+    from .problems.base import CertificateWarning
+
+    problem, label, x, where = _check_problem_from_args(args)
+    print(f"{label} on {args.backend}")
+    minimax = hasattr(problem, "saddle_gradient") and hasattr(problem, "n_blocks")
+    certificate = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CertificateWarning)
+        try:
+            if minimax:
+                grad, name = problem.saddle_gradient(x), "saddle gradient"
+                certificate = checks.certify_exact(problem, x)
+            else:
+                name = "hypergradient"
+                try:
+                    grad, certificate = problem.hypergradient(x, return_certificate=True,
+                                                              on_failure="ignore")
+                except TypeError:  # a user's hypergradient without the certificate keywords
+                    grad = problem.hypergradient(x)
+                    certificate = checks.certify_exact(problem, x)
+        except NotImplementedError:
+            grad = None
+    if grad is not None:
+        host = to_host(grad).ravel()
+        with np.printoptions(precision=12, suppress=False):
+            shown = str(host) if host.size <= 8 else f"{host[:6]} ... ({host.size} entries)"
+        print(f"exact {name} at x = {where}: {shown}, norm {np.linalg.norm(host):.12e}")
+        print(f"certificate of the inner solution there: {certificate.summary()}")
+    table = checks.check_problem(problem, seed=args.seed, n_points=args.points)
+    print(checks.format_table(table))
+    failed = [c for c in [certificate, *table.certificates.values()] if c is not None and not c.ok]
+    if failed:
+        print("the exact oracles are not certified at the points above (status 1): their "
+              "inner point is not a stationary minimiser", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -474,16 +578,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
                                 metavar="COMMAND", title="commands")
 
-    p = sub.add_parser("check", help="exact hypergradient and derivative-check table of a random quadratic",
-                       description="Print the exact hypergradient of a random quadratic problem "
-                                   "and the table of derivative checks (the error column is "
-                                   "the relative error beyond the finite difference's own "
-                                   "round-off).")
-    p.add_argument("--dim-x", type=_pos_int, default=3, help="dimension of x")
-    p.add_argument("--dim-y", type=_pos_int, default=5, help="dimension of y")
+    p = sub.add_parser("check", help="exact hypergradient with its certificate and the derivative-check "
+                                     "table of a problem (default: a random quadratic); status 1 when "
+                                     "a certificate fails",
+                       description="Print the exact hypergradient (with its certificate) and the "
+                                   "table of derivative checks; the error column is the relative "
+                                   "error beyond the finite difference's own round-off.")
+    p.add_argument("--problem", default=None, metavar="NAME|MODULE:CALLABLE",
+                   help="a registered problem (refbilevel list) or a callable returning a problem; "
+                        "default: Quadratic.random with --dim-x, --dim-y, --cond")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="problem parameter (the 'problem.' prefix is optional); for "
+                        "MODULE:CALLABLE a keyword argument (Python literal); repeatable; default: the "
+                        "problem's defaults")
+    p.add_argument("--dim-x", type=_pos_int, default=3, help="dimension of x (random quadratic)")
+    p.add_argument("--dim-y", type=_pos_int, default=5, help="dimension of y (random quadratic)")
     p.add_argument("--cond", type=float, default=10.0,
-                   help="condition number of the lower-level Hessian")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random problem")
+                   help="condition number of the lower-level Hessian (random quadratic)")
+    p.add_argument("--points", type=_pos_int, default=2, help="random points of the table")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the problem and the points")
     p.add_argument("--backend", default="numpy", help="array library")
     p.set_defaults(func=_cmd_check)
 

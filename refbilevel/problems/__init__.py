@@ -1,7 +1,8 @@
 """Bilevel and minimax-bilevel problems with hand-derived oracles."""
 
 from .auc import MultiTaskAUC, MultiTaskAUCAnchored, MultiTaskAUCHead
-from .base import Batch, BilevelProblem, MinimaxBilevelProblem, take_rows
+from .base import (Batch, BilevelProblem, Certificate, CertificateError, CertificateWarning,
+                   MinimaxBilevelProblem, take_rows)
 from .cleaning import DataCleaning
 from .layer_decay import LayerDecayMLP
 from .logreg import LogRegHPO
@@ -12,6 +13,9 @@ from .quadratic import Quadratic, Toy1D, toy_1d
 __all__ = [
     "Batch",
     "BilevelProblem",
+    "Certificate",
+    "CertificateError",
+    "CertificateWarning",
     "DataCleaning",
     "LayerDecayMLP",
     "LogRegHPO",

@@ -68,7 +68,11 @@ class DataCleaning(ValidationLoss, BilevelProblem):
     (``strongly_convex_inner`` is False): :meth:`inner_solution` returns a local minimiser
     reached from :meth:`init_y`, and :meth:`hypergradient` is the implicit-function
     formula there, valid where the Hessian is positive definite (CG stops on a
-    non-positive curvature direction). Defaults: ``init_x`` = 0 (:math:`\sigma = 0.5`),
+    non-positive curvature direction). Every exact oracle checks its inner point (the
+    stationarity residual; with ``return_certificate=True`` also a Lanczos curvature range)
+    and warns, or raises with ``on_failure="raise"``, when it is not a certified minimiser:
+    with ReLU, Newton often stalls on a kink where no exact oracle applies
+    (``docs/theory/certificates.rst``). Defaults: ``init_x`` = 0 (:math:`\sigma = 0.5`),
     ``init_y`` = 0 (linear) or the seeded random MLP parameters.
 
     References

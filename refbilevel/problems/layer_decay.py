@@ -64,7 +64,11 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
     minimiser reached by Newton-CG from :meth:`init_y`; :meth:`hypergradient` is the
     implicit-function formula at that local minimum, valid where the Hessian is positive
     definite on the complement of that direction. With ReLU a minimiser may lie on a kink,
-    where ``g`` is not twice differentiable and the exact oracles do not apply.
+    where ``g`` is not twice differentiable and the exact oracles do not apply: their
+    certificate reports it (a warning, or ``CertificateError`` with
+    ``on_failure="raise"``; ``docs/theory/certificates.rst``). Dead ReLU units add one
+    zero-curvature direction each (their undecayed first-layer bias), which moves ``y*``
+    but not the hypergradient (``docs/theory/layer_decay.rst``).
 
     Defaults: ``init_x`` = 0 (exp) or 0.5 (raw): both give :math:`\frac12\|W_l\|^2`;
     ``init_y``: seeded random weights (fan-in scaled normal), zero biases.

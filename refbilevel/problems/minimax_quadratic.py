@@ -6,10 +6,11 @@ Derivations: ``docs/theory/quadratic.rst`` (section "Multi-block minimax quadrat
 from __future__ import annotations
 
 from .._backend import (default_namespace, from_host, host_namespace, host_rng, linalg_solve,
-                        resolve_dtype)
+                        resolve_dtype, to_host_scalar)
 from .._validation import check_array, check_int, check_memory, check_real
 from ._random import random_spd
-from .base import MinimaxBilevelProblem
+from ._symmetric import check_symmetric
+from .base import _ON_FAILURE, MinimaxBilevelProblem, enforce, make_certificate
 
 __all__ = ["MinimaxQuadratic"]
 
@@ -31,7 +32,9 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
                         - \tfrac12 y^\top Q_i y + q_i^\top y + \tfrac12 x^\top R x + r^\top x,\\
         g_i(x, z) &= \tfrac12 z^\top H_i z - z^\top (B_i x + c_i),
 
-    :math:`H_i, Q_i \succ 0`, :math:`A_i \succeq 0`: each :math:`f_i` is strongly concave in
+    :math:`H_i, Q_i \succ 0`, :math:`A_i \succeq 0` (``H_i``, ``A_i``, ``Q_i`` and ``R`` must be
+    symmetric to :math:`64\,n\,\epsilon` relative to their norm; ``ValueError`` otherwise):
+    each :math:`f_i` is strongly concave in
     y and each :math:`g_i` strongly convex in :math:`z_i`. The problem is
     :math:`\min_x \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))`.
 
@@ -112,6 +115,8 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
                   "q": (n, dy), "R": (dx, dx), "r": (dx,)}
         for name, arr in zip(names, arrays):
             check_array(arr, name, shape=shapes[name], like=H)
+        for name, arr in (("H", H), ("A", A), ("Q", Q), ("R", R)):
+            check_symmetric(arr, name)
         self.H, self.B, self.c, self.A, self.a = H, B, c, A, a
         self.E, self.P, self.Q, self.q, self.R, self.r = E, P, Q, q, R, r
         self.n_blocks, self.dim_x, self.dim_y, self.dim_z = n, dx, dy, dz
@@ -217,11 +222,31 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
         x, y = self._solve_xy(G, C, C.T, -Qbar, gx, gy)
         return x, y, self.inner_solution(x)
 
-    def saddle_gradient(self, x):
-        """``∇Φ(x) = G x + C y*(x) + g_x`` with ``Φ(x) = max_y F(x, y, z*(x))``."""
+    def saddle_gradient(self, x, *, return_certificate: bool = False, on_failure: str = "warn"):
+        """``∇Φ(x) = G x + C y*(x) + g_x`` with ``Φ(x) = max_y F(x, y, z*(x))``.
+
+        With ``return_certificate=True`` also the
+        :class:`~refbilevel.problems.base.Certificate` of the block solutions ``z*(x)``
+        (largest per-block residual; the ``H_i`` are positive definite by construction of
+        the closed form, their smallest eigenvalue over blocks is reported as the
+        curvature). ``on_failure`` is as in
+        :meth:`~refbilevel.problems.base.BilevelProblem.inner_solution`.
+        """
+        if on_failure not in _ON_FAILURE:
+            raise ValueError(f"on_failure must be one of {_ON_FAILURE}; got {on_failure!r}")
         G, C, Qbar, gx, gy = self._reduced()
         y = linalg_solve(Qbar, x @ C + gy)
-        return G @ x + C @ y + gx
+        out = G @ x + C @ y + gx
+        if not return_certificate and on_failure == "ignore":
+            return out
+        certificate = self.certify_inner(x)
+        if return_certificate:
+            eig = self.xp.linalg.eigvalsh(self.H)
+            extremes = (to_host_scalar(self.xp.min(eig)), to_host_scalar(self.xp.max(eig)))
+            certificate = make_certificate(certificate.residual, certificate.scale,
+                                           certificate.rtol, extremes, dtype=self.dtype)
+        enforce(certificate, on_failure, f"{type(self).__name__}.saddle_gradient")
+        return (out, certificate) if return_certificate else out
 
     def value(self, x):
         """``Φ(x) = F(x, y*(x), z*(x))`` over all blocks."""
