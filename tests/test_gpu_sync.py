@@ -34,9 +34,9 @@ needs_gpu = pytest.mark.skipif(
 SOLVER_KW = {
     "AID": {"n_inner": 5, "n_linear": 3},
     "ITD": {"n_inner": 5},
-    "F2SA": {"n_inner_steps": 3},
-    "F2SAAdam": {"n_inner_steps": 3},
-    "MemCS": {"n_inner_steps": 3},
+    "F2SA": {"n_inner": 3},
+    "F2SAAdam": {"n_inner": 3},
+    "MemCS": {"n_inner": 3},
 }
 #: steps that synchronise by design (exact oracles with host-side stopping tests)
 SYNC_BY_DESIGN = {"ImplicitGD": "solves the inner problem exactly (Newton-CG with tolerance tests)"}

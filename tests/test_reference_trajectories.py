@@ -69,7 +69,8 @@ def test_full_batch_trajectory_matches_recording(reference, p_name, s_name):
     meta = json.loads(str(reference["meta"]))
     key = f"{p_name}/{s_name}"
     assert key in meta["settings"], f"{key} was not recorded: rerun the recording script"
-    xs, ys, arrays = _trajectory(p_name, s_name, meta["steps"])
+    with np.errstate(all="ignore"):     # multinomial/vpbgd overflows at this size (recorded)
+        xs, ys, arrays = _trajectory(p_name, s_name, meta["steps"])
     _close(f"{key}/x", xs, reference[f"{key}/x"])
     _close(f"{key}/y", ys, reference[f"{key}/y"])
     recorded = {k[len(key) + 7:] for k in reference if k.startswith(f"{key}/state/")}

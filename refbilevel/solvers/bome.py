@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_choice, check_int, check_real
-from ._common import project_x, start_point
-from .aid import inner_gd
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import inner_gd, project_x, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["BOME", "BOMEState"]
 
@@ -49,12 +49,12 @@ class BOME(Solver):
     eta : float
         η of the barrier (default 0.5, benchopt [CODE]).
     eps : float
-        Added to :math:`\|\nabla q\|^2` in the denominator of λ (default 1e-8; ALGORITHMS.md
-        §4 — benchopt divides without it; ours). Must be >= 0.
+        Added to :math:`\|\nabla q\|^2` in the denominator of λ (default 1e-8, this
+        project's guard against a zero gradient of q; benchopt divides without it). Must be >= 0.
 
     Notes
     -----
-    With :math:`q(x, y) = g(x, y) - g(x, \hat y)` (ALGORITHMS.md §4):
+    With :math:`q(x, y) = g(x, y) - g(x, \hat y)` (:doc:`/algorithms/baselines`):
 
     .. math::
 
@@ -105,12 +105,13 @@ class BOME(Solver):
         set_(self, "eta", check_real(self.eta, "eta", positive=True))
         set_(self, "eps", check_real(self.eps, "eps", nonnegative=True))
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> BOMEState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> BOMEState:
         x, y = start_point(problem, x0, y0)
         lam = problem.xp.zeros((), dtype=y.dtype, device=problem.device)
-        return BOMEState(x=project_x(problem, x), y=y, lam=lam)
+        return BOMEState(x=project_x(problem, x), y=y, lam=lam, seed=resolve_seed(seed))
 
-    def step(self, problem, state: BOMEState) -> BOMEState:
+    def step(self, oracle, state: BOMEState) -> BOMEState:
+        problem = as_oracle(oracle)
         xp = problem.xp
         x, y = state.x, state.y
         y_hat = inner_gd(problem, x, y, lr=self.lr_inner, n_steps=self.n_inner)  # line 1
@@ -127,9 +128,4 @@ class BOME(Solver):
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * qx))          # line 5
         y_new = y - self.lr_inner * (fy + lam * qy)
         return dataclasses.replace(state, x=x_new, y=y_new, lam=lam,
-                                   iteration=state.iteration + 1,
-                                   calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        extra = 2 if self.phi == "value_gap" else 0
-        return OracleCalls(grad_f=1, grad_g=self.n_inner + 2 + extra)
+                                   iteration=state.iteration + 1)

@@ -7,10 +7,13 @@ Yang, Si, Lyu and Ji (NeurIPS 2024) solve
     \min_x \max_y \frac1n \sum_{i=1}^n f_i(x, y, z_i^*(x)), \qquad
     z_i^*(x) = \arg\min_z g_i(x, z),
 
-through the per-block penalty (ALGORITHMS.md §3.2)
+through the per-block penalty (:doc:`/algorithms/fosl_memcs`)
 :math:`L_\lambda = \frac1n\sum_i [f_i(x, y, z_i) + \lambda(g_i(x, z_i) - g_i(x, v_i))]`,
-updating x, y and every sampled block's ``z_i`` and ``v_i`` at once. Only the paper's
-first page was available: the update rules are RECONSTRUCTED (ALGORITHMS.md §3.3).
+updating x, y and every sampled block's ``z_i`` and ``v_i`` at once. The paper states the
+penalty and the single-loop structure with partial block participation; the exact
+update order and step sizes below are this project's reading of it, marked
+[RECONSTRUCTED] in :doc:`/algorithms/fosl_memcs`, which also says how to select the
+alternatives (``gauss_seidel``, ``delta``, ``y_bounds``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._backend import device
+from .._backend import to_host_scalar
 from .._validation import check_bool, check_bounds, check_int, check_real
-from ..sampling import BatchSchedule, BlockSampler
-from ._common import draw_batches, start_point
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ..sampling import stream_spec
+from ._common import data_streams, paired_batches, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["FOSL", "FOSLState", "scatter_rows"]
 
@@ -50,16 +55,10 @@ class FOSLState(SolverState):
     z, v : array, shape (n_blocks, dim_z)
         Lower-level variables of **all** blocks: ``z_i`` tracks
         :math:`\\arg\\min_z f_i + \\lambda g_i`, ``v_i`` tracks :math:`z_i^*(x)`.
-    blocks : BlockSampler
-        Host-side block participation schedule.
-    batches : BatchSchedule or None
-        Host-side minibatch schedule (None when full batch).
     """
 
     z: Any = None
     v: Any = None
-    blocks: Any = None
-    batches: Any = None
 
 
 def _check_common(solver):
@@ -74,15 +73,21 @@ def _check_common(solver):
     check_bounds(solver.y_bounds, "y_bounds")
 
 
-def _make_samplers(solver, problem, rng):
-    r_blocks, r_data = rng.spawn(2)
-    blocks = BlockSampler(problem.n_blocks, solver.n_sampled, rng=r_blocks)
-    batches = None
-    if solver.batch_size_outer is not None or solver.batch_size_inner is not None:
-        batches = BatchSchedule(getattr(problem, "n_outer", 1), getattr(problem, "n_inner", 1),
-                                batch_size_outer=solver.batch_size_outer,
-                                batch_size_inner=solver.batch_size_inner, rng=r_data)
-    return blocks, batches
+def _streams(solver, problem, n_batches):
+    """The block stream (S of n blocks, one draw) and ``n_batches`` outer and inner batches."""
+    blocks = stream_spec("blocks", problem.n_blocks, solver.n_sampled)
+    return (blocks, *data_streams(problem, solver, n_batches, n_batches))
+
+
+def _draw_blocks(problem, solver, state, n_batches):
+    """``(idx, full, batches)``: the step's blocks (device int64), whether all blocks take
+    part, and its ``n_batches`` batches, all from one transfer."""
+    draws = problem.draw(state, _streams(solver, problem, n_batches))
+    (idx,) = draws["blocks"]
+    full = idx is None
+    if full:
+        idx = problem.all_blocks()
+    return idx, full, paired_batches(draws, n_batches)
 
 
 def _n_sampled(solver, problem):
@@ -129,28 +134,30 @@ class FOSL(Solver):
     ----------
     lr_x, lr_y, lr_z, lr_v : float
         Step sizes :math:`\eta_x` (descent), :math:`\eta_y` (ascent), :math:`\eta_z`,
-        :math:`\eta_v`. Defaults 0.05, 0.1, 0.01, 0.1 [ours; UNVERIFIED. Typical theory:
-        :math:`\eta_x \ll \eta_y`, :math:`\eta_z \approx 1/(L_f + \lambda L_g)`,
-        :math:`\eta_v \approx 1/L_g`].
+        :math:`\eta_v`. Defaults 0.05, 0.1, 0.01, 0.1 (this project's choice,
+        following the theory's orders :math:`\eta_x \ll \eta_y`,
+        :math:`\eta_z \approx 1/(L_f + \lambda L_g)`, :math:`\eta_v \approx 1/L_g`: with
+        λ = 10 the z step on g is λη_z = 0.1, the v step 0.1).
     lam : float
-        Penalty multiplier λ (:math:`\lambda_0` if ``delta > 0``). Default 10.0 [ours; the
-        paper's figures vary a constant λ, UNVERIFIED].
+        Penalty multiplier λ (:math:`\lambda_0` if ``delta > 0``). Default 10.0 (this
+        project's choice; the paper's experiments use a constant λ).
     delta, delta_power : float
         Optional increasing multiplier :math:`\lambda_{t+1} = \lambda_t + \delta/(t+1)^p`.
-        Default 0 (constant λ) [UNVERIFIED].
+        Default 0: a constant λ (this project's option for an increasing one).
     n_sampled : int or None
         S, blocks per step; ``None`` is full participation [PAPER: partial participation].
     gauss_seidel : bool
         Take the x/y step at the updated ``z``, ``v`` (Gauss-Seidel) instead of the iterate
-        ``t`` (Jacobi, default) [UNVERIFIED]. Costs a second oracle evaluation per block.
+        ``t`` (Jacobi, default; both readings fit the paper's description, the choice is
+        this project's). Costs a second oracle evaluation per block.
     y_bounds : tuple of float or None
-        Box for ``Proj_Y`` (default none) [UNVERIFIED].
+        Box for ``Proj_Y`` (default none: the problems here have unconstrained y).
     batch_size_outer, batch_size_inner : int or None
         Minibatches for f (ξ) and for both g's (ζ); ``None`` is full data.
 
     Notes
     -----
-    Step t (ALGORITHMS.md §3.3), with sampled blocks :math:`I_t`, :math:`|I_t| = S`:
+    Step t (:doc:`/algorithms/fosl_memcs`), with sampled blocks :math:`I_t`, :math:`|I_t| = S`:
 
     .. math::
 
@@ -200,21 +207,28 @@ class FOSL(Solver):
             return lam
         return lam + self.delta / (t + 1) ** self.delta_power
 
-    def init(self, problem, x0, y0, rng) -> FOSLState:
+    def streams(self, problem) -> tuple:
+        """The blocks (S of n) and one outer and one inner batch per step."""
+        return _streams(self, problem, 1)
+
+    def inner_residual(self, problem, state) -> float:
+        r""":math:`\|\nabla_z g(x, z)\|` over all blocks (the state holds every ``z_i``)."""
+        xp = problem.xp
+        gz = problem.grad_g(state.x, state.z, problem.all_blocks())[1]
+        return to_host_scalar(xp.sqrt(xp.sum(gz * gz)))
+
+    def init(self, problem, x0, y0, seed=0) -> FOSLState:
         """``z = v = problem.init_z()`` for all blocks."""
         x0, y0 = start_point(problem, x0, y0)
-        blocks, batches = _make_samplers(self, problem, rng)
         z0 = problem.init_z()
         return FOSLState(x=x0, y=y0, z=z0, v=problem.xp.asarray(z0, copy=True), iteration=0,
-                         calls=OracleCalls(), multiplier=self.lam, blocks=blocks,
-                         batches=batches)
+                         multiplier=self.lam, seed=resolve_seed(seed))
 
-    def step(self, problem, state: FOSLState) -> FOSLState:
+    def step(self, oracle, state: FOSLState) -> FOSLState:
+        problem = as_oracle(oracle)
         xp = problem.xp
         x, y, lam, t = state.x, state.y, state.multiplier, state.iteration
-        idx = state.blocks.draw(xp, problem.device)              # sample I_t
-        batch = draw_batches(problem, state.batches, 1)[0]      # ξ (f), ζ (both g)
-        full = state.blocks.is_full
+        idx, full, (batch,) = _draw_blocks(problem, self, state, 1)   # I_t; ξ (f), ζ (both g)
         z_I = state.z if full else xp.take(state.z, idx, axis=0)
         v_I = state.v if full else xp.take(state.v, idx, axis=0)
         d_z, d_v, d_x, g_y = _block_directions(problem, x, y, z_I, v_I, idx, lam, batch)
@@ -230,12 +244,5 @@ class FOSL(Solver):
             z_all = scatter_rows(xp, state.z, idx, z_new)
             v_all = scatter_rows(xp, state.v, idx, v_new)
         return replace(state, x=x_next, y=y_next, z=z_all, v=v_all, iteration=t + 1,
-                       calls=state.calls + self.calls_per_step(problem),
                        multiplier=self.next_multiplier(lam, t))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        """``S`` grad_f + ``2S`` grad_g per step (doubled with ``gauss_seidel``)."""
-        S = _n_sampled(self, problem)
-        m = 2 if self.gauss_seidel else 1
-        return OracleCalls(grad_f=m * S, grad_g=2 * m * S)
 

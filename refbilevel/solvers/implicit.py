@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._validation import check_real
-from ._common import project_x, start_point
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import project_x, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["ImplicitGD", "ImplicitGDState"]
 
@@ -65,18 +66,16 @@ class ImplicitGD(Solver):
     def __post_init__(self):
         object.__setattr__(self, "lr", check_real(self.lr, "lr", positive=True))
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> ImplicitGDState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> ImplicitGDState:
         x, _ = start_point(problem, x0, y0)
         x = project_x(problem, x)
-        return ImplicitGDState(x=x, y=problem.inner_solution(x))
+        return ImplicitGDState(x=x, y=problem.inner_solution(x), seed=resolve_seed(seed))
 
-    def step(self, problem, state: ImplicitGDState) -> ImplicitGDState:
+    def step(self, oracle, state: ImplicitGDState) -> ImplicitGDState:
+        problem = as_oracle(oracle)
         # line 3: exact hypergradient at (x_k, y*(x_k)); state.y is y*(x_k)
         h = problem.hypergradient(state.x, y_star=state.y)
         x = project_x(problem, state.x - self.lr * h)
         # line 4 (the exact inner solver is warm-started from y*(x_k))
         y = problem.inner_solution(x, y0=state.y)
         return dataclasses.replace(state, x=x, y=y, iteration=state.iteration + 1)
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        return OracleCalls()

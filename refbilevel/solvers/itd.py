@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_bool, check_int, check_real
-from ._common import project_x, start_point
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import project_x, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["ITD", "ITDState", "reverse_hypergradient"]
 
@@ -31,11 +32,12 @@ def reverse_hypergradient(problem, x, y0, *, lr: float, n_steps: int, truncate: 
 
     Runs the forward pass :math:`y_{t+1} = y_t - \eta\nabla_y g(x, y_t)`, keeping only the
     last ``truncate`` iterates (memory ``truncate * dim_y``), then the backward pass of
-    ALGORITHMS.md §4. Returns ``(h, y_T)``.
+    :doc:`/algorithms/baselines`. Returns ``(h, y_T)``.
 
     Costs ``grad_g`` T, ``grad_f`` 1, ``cross`` K and ``hvp`` K − 1 (the adjoint after the
     last backward step is not needed), with K = ``truncate``, T = ``n_steps``.
     """
+    problem = as_oracle(problem)
     K = truncate
     y = y0
     kept = []  # the last K iterates y_{T-K}, ..., y_{T-1}
@@ -46,9 +48,10 @@ def reverse_hypergradient(problem, x, y0, *, lr: float, n_steps: int, truncate: 
     fx, fy = problem.grad_f(x, y)
     h, a = fx, fy
     for j, y_t in enumerate(reversed(kept)):  # t = T-1 down to T-K
-        h = h - lr * problem.cross_g(x, y_t, a)
+        lin = problem.linearize_g(x, y_t)     # J_t and H_t share one forward pass
+        h = h - lr * lin.cross(a)
         if j < K - 1:
-            a = a - lr * problem.hvp_g(x, y_t, a)
+            a = a - lr * lin.hvp(a)
     return h, y
 
 
@@ -66,8 +69,8 @@ class ITD(Solver):
         T, inner GD steps per outer step (default 100 [PAPER, same source]).
     truncate : int or None
         K, the number of inner steps back-propagated through; ``None`` means K = T
-        (full reverse mode, the default). The paper's truncation was lost in extraction
-        (UNVERIFIED). Must satisfy ``1 <= K <= T`` when T > 0.
+        (full reverse mode, the default: this project's choice, Shaban et al. study
+        K < T). Must satisfy ``1 <= K <= T`` when T > 0.
     warm_start : bool
         ``True`` (default): each outer step starts the inner loop from the previous
         :math:`y_T`, as hypertorch's examples do [CODE]; the start is treated as a constant
@@ -79,7 +82,7 @@ class ITD(Solver):
     Notes
     -----
     With :math:`H_t = \nabla^2_{yy} g(x, y_t)`, :math:`J_t = \nabla^2_{xy} g(x, y_t)`
-    (ALGORITHMS.md §4, hypertorch ``reverse`` [CODE]):
+    (:doc:`/algorithms/baselines`, hypertorch ``reverse`` [CODE]):
 
     .. math::
 
@@ -133,18 +136,14 @@ class ITD(Solver):
         """K actually used (``truncate``, or T when ``truncate`` is None)."""
         return self.n_inner if self.truncate is None else self.truncate
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> ITDState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> ITDState:
         x, y = start_point(problem, x0, y0)
-        return ITDState(x=project_x(problem, x), y=y, y_init=y)
+        return ITDState(x=project_x(problem, x), y=y, y_init=y, seed=resolve_seed(seed))
 
-    def step(self, problem, state: ITDState) -> ITDState:
+    def step(self, oracle, state: ITDState) -> ITDState:
+        problem = as_oracle(oracle)
         y_start = state.y if self.warm_start else state.y_init                    # line 1
         h, y = reverse_hypergradient(problem, state.x, y_start, lr=self.lr_inner,  # lines 2-4
                                      n_steps=self.n_inner, truncate=self.n_reverse)
         x = project_x(problem, state.x - self.lr_outer * h)                        # line 5
-        return dataclasses.replace(state, x=x, y=y, iteration=state.iteration + 1,
-                                   calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        K = self.n_reverse
-        return OracleCalls(grad_f=1, grad_g=self.n_inner, hvp=max(K - 1, 0), cross=K)
+        return dataclasses.replace(state, x=x, y=y, iteration=state.iteration + 1)

@@ -1,6 +1,6 @@
 r"""Penalty baselines with a fixed multiplier: V-PBGD and F2BA.
 
-Both minimise the penalty Lagrangian of ALGORITHMS.md §0,
+Both minimise the penalty Lagrangian (:doc:`/theory/penalty`),
 
 .. math::
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_choice, check_int, check_real
-from ._common import project_x, start_point
-from .aid import inner_gd
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import inner_gd, project_x, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["F2BA", "PenaltyState", "VPBGD"]
 
@@ -48,7 +48,7 @@ class VPBGD(Solver):
     Parameters
     ----------
     gamma : float
-        The penalty constant γ (default 10; theory takes γ ~ ε^{-1/2}; ours, UNVERIFIED).
+        The penalty constant γ (default 10, this project's choice; the theory takes γ ~ ε^{-1/2}).
     lr_outer, lr_inner : float
         Steps of ``x`` and ``y`` (the paper uses one α for both; default 0.01 each, ours).
         With ``y_direction="penalty"`` the y-direction is about γ·L_g-smooth, so
@@ -58,11 +58,11 @@ class VPBGD(Solver):
     n_inner : int
         :math:`T_k = T`, GD steps for :math:`\hat y` (default 10, ours).
     y_direction : {"penalty", "normalized"}
-        ``"penalty"``: :math:`\nabla_y f + \gamma\nabla_y g(x_k, y_k)` (the paper, UNVERIFIED
-        from memory); ``"normalized"``: :math:`\nabla_y f/\gamma + \nabla_y g(x_k, y_k)` (the
+        ``"penalty"``: :math:`\nabla_y f + \gamma\nabla_y g(x_k, y_k)` (the penalty
+        gradient, as in the paper's algorithm); ``"normalized"``: :math:`\nabla_y f/\gamma + \nabla_y g(x_k, y_k)` (the
         F2BA repository's PBGD variant [CODE]). Both have the same fixed point. The
         ``∇_y g`` term is evaluated at :math:`y_k` in both: the script evaluates it at
-        :math:`\hat y`, which ALGORITHMS.md §4 flags as a bug; it is not reproduced.
+        :math:`\hat y`, a slip of that script (the penalty's y-gradient is taken at y_k); it is not reproduced.
     yhat_start : {"y", "previous"}
         Start of the :math:`\hat y` loop: :math:`y_k` (default; the paper and the F2BA code
         reset :math:`\hat y \leftarrow y_k` [CODE]) or the previous :math:`\hat y` (warm
@@ -71,7 +71,7 @@ class VPBGD(Solver):
 
     Notes
     -----
-    ALGORITHMS.md §4 (projections are the identity unless the problem has a box on x):
+    :doc:`/algorithms/baselines` (projections are the identity unless the problem has a box on x):
 
     .. math::
 
@@ -116,11 +116,13 @@ class VPBGD(Solver):
         check_choice(self.y_direction, "y_direction", ("penalty", "normalized"))
         check_choice(self.yhat_start, "yhat_start", ("y", "previous"))
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> PenaltyState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> PenaltyState:
         x, y = start_point(problem, x0, y0)
-        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.gamma)
+        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.gamma,
+                            seed=resolve_seed(seed))
 
-    def step(self, problem, state: PenaltyState) -> PenaltyState:
+    def step(self, oracle, state: PenaltyState) -> PenaltyState:
+        problem = as_oracle(oracle)
         xp, gamma = problem.xp, self.gamma
         x, y = state.x, state.y
         start = y if self.yhat_start == "y" else state.z                          # line 1
@@ -134,11 +136,7 @@ class VPBGD(Solver):
             d_y = fy / gamma + gys[0, ...]
         return dataclasses.replace(                                              # line 4
             state, x=project_x(problem, x - self.lr_outer * d_x), y=y - self.lr_inner * d_y,
-            z=y_hat, iteration=state.iteration + 1,
-            calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        return OracleCalls(grad_f=1, grad_g=self.n_inner + 2)
+            z=y_hat, iteration=state.iteration + 1)
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ class F2BA(Solver):
 
     Notes
     -----
-    ALGORITHMS.md §4:
+    :doc:`/algorithms/baselines`:
 
     .. math::
 
@@ -206,11 +204,13 @@ class F2BA(Solver):
         set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
         check_choice(self.z_start, "z_start", ("y", "previous"))
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> PenaltyState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> PenaltyState:
         x, y = start_point(problem, x0, y0)
-        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.lam)
+        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.lam,
+                            seed=resolve_seed(seed))
 
-    def step(self, problem, state: PenaltyState) -> PenaltyState:
+    def step(self, oracle, state: PenaltyState) -> PenaltyState:
+        problem = as_oracle(oracle)
         xp, lam, eta = problem.xp, self.lam, self.lr_inner
         x, y = state.x, state.y
         z = y if self.z_start == "y" else state.z                                 # line 1
@@ -221,9 +221,4 @@ class F2BA(Solver):
         fx = problem.grad_f_x(x, y)                                               # line 3
         gxs = problem.grad_g_x_many(x, xp.stack([y, z]))
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * (gxs[0, ...] - gxs[1, ...])))
-        return dataclasses.replace(state, x=x_new, y=y, z=z, iteration=state.iteration + 1,
-                                   calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        T = self.n_inner
-        return OracleCalls(grad_f=T + 1, grad_g=2 * T + 2)
+        return dataclasses.replace(state, x=x_new, y=y, z=z, iteration=state.iteration + 1)

@@ -8,24 +8,16 @@ from typing import Any, ClassVar
 
 from .._validation import check_int, check_real
 from ..linalg import neumann_series
-from ._common import draw_batches, make_schedule, project_x, start_point
-from .aid import inner_gd
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import data_streams, inner_gd, paired_batches, project_x, resolve_seed, start_point
+from .base import Solver, SolverState
 
 __all__ = ["StocBiO", "StocBiOState"]
 
 
 @dataclass(frozen=True)
 class StocBiOState(SolverState):
-    """State of :class:`StocBiO`.
-
-    Attributes
-    ----------
-    schedule : refbilevel.sampling.BatchSchedule
-        The host-side minibatch schedule (its generator advances with every step).
-    """
-
-    schedule: Any = None
+    """State of :class:`StocBiO` (no fields beyond :class:`SolverState`)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +47,7 @@ class StocBiO(Solver):
     Notes
     -----
     Each outer step draws D + Q + 1 fresh batches :math:`(\mathcal D_j, \mathcal B_j)` in one
-    transfer (ALGORITHMS.md §4):
+    transfer (:doc:`/algorithms/baselines`):
 
     .. math::
 
@@ -109,28 +101,25 @@ class StocBiO(Solver):
         """The η actually used (``eta``, or ``lr_inner`` when ``eta`` is None)."""
         return self.lr_inner if self.eta is None else self.eta
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> StocBiOState:
-        x, y = start_point(problem, x0, y0)
-        schedule = make_schedule(problem, rng, self.batch_size_outer, self.batch_size_inner)
-        return StocBiOState(x=project_x(problem, x), y=y, schedule=schedule)
+    def streams(self, problem) -> tuple:
+        """D + Q + 1 outer and inner batches per step (batch ``j`` pairs the j-th of each)."""
+        n = self.n_inner + self.n_neumann + 1
+        return data_streams(problem, self, n, n)
 
-    def step(self, problem, state: StocBiOState) -> StocBiOState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> StocBiOState:
+        x, y = start_point(problem, x0, y0)
+        return StocBiOState(x=project_x(problem, x), y=y, seed=resolve_seed(seed))
+
+    def step(self, oracle, state: StocBiOState) -> StocBiOState:
+        problem = as_oracle(oracle)
         D, Q = self.n_inner, self.n_neumann
-        batches = draw_batches(problem, state.schedule, D + Q + 1)
+        batches = paired_batches(problem.draw(state, self.streams(problem)), D + Q + 1)
         x = state.x
         y = inner_gd(problem, x, state.y, lr=self.lr_inner, n_steps=D,           # line 1
                      batches=batches[:D])
         fx, fy = problem.grad_f(x, y, batches[D])                   # line 2
-        ops = [_hvp_on(problem, x, y, b) for b in batches[D + 1:]]  # line 3
+        ops = [problem.linearize_g(x, y, b).hvp for b in batches[D + 1:]]  # line 3
         v = neumann_series(ops, fy, eta=self.neumann_step, n_terms=Q)
         h = fx - problem.cross_g(x, y, v, batches[D])                # line 4
         x_new = project_x(problem, x - self.lr_outer * h)                        # line 5
-        return dataclasses.replace(state, x=x_new, y=y, iteration=state.iteration + 1,
-                                   calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        return OracleCalls(grad_f=1, grad_g=self.n_inner, hvp=self.n_neumann, cross=1)
-
-
-def _hvp_on(problem, x, y, batch):
-    return lambda u: problem.hvp_g(x, y, u, batch)
+        return dataclasses.replace(state, x=x_new, y=y, iteration=state.iteration + 1)
