@@ -29,7 +29,7 @@ from ..sampling import stream_spec
 from ._common import data_streams, paired_batches, resolve_seed, start_point
 from .base import Solver, SolverState
 
-__all__ = ["FOSL", "FOSLState", "scatter_rows"]
+__all__ = ["FOSL", "FOSLState", "block_directions", "block_z_directions", "scatter_rows"]
 
 
 def scatter_rows(xp, z, idx, rows):
@@ -94,7 +94,7 @@ def _n_sampled(solver, problem):
     return problem.n_blocks if solver.n_sampled is None else solver.n_sampled
 
 
-def _block_directions(problem, x, y, z, v, idx, lam, batch):
+def block_directions(problem, x, y, z, v, idx, lam, batch):
     """Oracles of one penalty evaluation on blocks ``idx`` (1 grad_f + 2 grad_g calls per block;
     the two g-points share one stacked ``grad_g_many`` call).
 
@@ -109,8 +109,8 @@ def _block_directions(problem, x, y, z, v, idx, lam, batch):
     return d_z, d_v, d_x, fy
 
 
-def _block_z_directions(problem, x, y, z, v, idx, lam, batch):
-    """Only the per-block z and v directions of :func:`_block_directions` (same call count).
+def block_z_directions(problem, x, y, z, v, idx, lam, batch):
+    """Only the per-block z and v directions of :func:`block_directions` (same call count).
 
     Uses the z-only oracles, which skip the x- and y-gradients (for data-bound problems
     a pass over the data each) that an inner step would discard.
@@ -231,11 +231,11 @@ class FOSL(Solver):
         idx, full, (batch,) = _draw_blocks(problem, self, state, 1)   # I_t; ξ (f), ζ (both g)
         z_I = state.z if full else xp.take(state.z, idx, axis=0)
         v_I = state.v if full else xp.take(state.v, idx, axis=0)
-        d_z, d_v, d_x, g_y = _block_directions(problem, x, y, z_I, v_I, idx, lam, batch)
+        d_z, d_v, d_x, g_y = block_directions(problem, x, y, z_I, v_I, idx, lam, batch)
         v_new = v_I - self.lr_v * d_v                            # v_i ← v_i − η_v ∇_z g_i(x_t, v_i)
         z_new = z_I - self.lr_z * d_z                            # z_i ← z_i − η_z (∇_z f_i + λ∇_z g_i)
         if self.gauss_seidel:                                    # x/y step at z^{t+1}, v^{t+1}
-            _, _, d_x, g_y = _block_directions(problem, x, y, z_new, v_new, idx, lam, batch)
+            _, _, d_x, g_y = block_directions(problem, x, y, z_new, v_new, idx, lam, batch)
         y_next = _project_y(problem, self, y + self.lr_y * g_y)  # ascent on y
         x_next = x - self.lr_x * d_x                             # descent on x
         if full:

@@ -19,7 +19,7 @@ from .._validation import check_int
 from ..oracle import as_oracle
 from ._common import resolve_seed, start_point
 from .base import Solver, SolverState
-from .fosl import (FOSL, _block_directions, _block_z_directions, _check_common, _draw_blocks,
+from .fosl import (FOSL, block_directions, block_z_directions, _check_common, _draw_blocks,
                    _n_sampled, _project_y, _streams)
 
 __all__ = ["MemCS", "MemCSState"]
@@ -129,10 +129,10 @@ class MemCS(Solver):
         z = problem.init_z(S)                                       # cold start z_i^0
         v = xp.asarray(z, copy=True)                                # cold start v_i^0
         for k in range(K):
-            d_z, d_v = _block_z_directions(problem, x, y, z, v, idx, lam, batches[k])
+            d_z, d_v = block_z_directions(problem, x, y, z, v, idx, lam, batches[k])
             v = v - self.lr_v * d_v                                 # v^{k+1} = v^k − η_v ∇_z g_i
             z = z - self.lr_z * d_z                                 # z^{k+1} = z^k − η_z(∇_z f_i + λ∇_z g_i)
-        _, _, d_x, g_y = _block_directions(problem, x, y, z, v, idx, lam, batches[K])
+        _, _, d_x, g_y = block_directions(problem, x, y, z, v, idx, lam, batches[K])
         y_next = _project_y(problem, self, y + self.lr_y * g_y)     # ascent on y at z^K
         x_next = x - self.lr_x * d_x                                # descent on x at (z^K, v^K)
         return replace(state, x=x_next, y=y_next, iteration=t + 1,
