@@ -85,6 +85,20 @@ class BOME(Solver):
     ----------
     .. [1] B. Liu, M. Ye, S. Wright, P. Stone, Q. Liu, "BOME! Bilevel optimization made
        easy: a simple first-order approach", NeurIPS 2022.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import BOME
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, BOME(lr_inner=0.05, n_inner=100), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=5100, hvp=0, cross=0)
     """
 
     name: ClassVar[str] = "bome"

@@ -124,6 +124,20 @@ class F2SA(Solver):
     .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
            for stochastic bilevel optimization. ICML. arXiv:2301.10945.
     .. [2] Dagréou, M. et al. benchmark_bilevel (benchopt), ``solvers/f2sa.py``.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import F2SA
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> solver = F2SA(schedule='constant', lam0=1.0, delta=0.01, lr_y=0.01, lr_z=0.1, xi=20.0)
+    >>> result = run(problem, solver, n_iter=50, metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=550, grad_g=1100, hvp=0, cross=0)
     """
 
     name = "f2sa"
@@ -293,7 +307,25 @@ class F2SAAdam(F2SA):
     References
     ----------
     .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
-           for stochastic bilevel optimization. ICML. (slides: F2SA with Adam)
+           for stochastic bilevel optimization. ICML. (F2SA)
+    .. [2] Yang, D., Jiang, L., Tatli, M. and Xiao, Q. (2023). Enhancing bilevel
+           optimization with single-level learning techniques. Course project slides,
+           CS 6962, Rensselaer Polytechnic Institute, December 2023. (F2SA with Adam; the
+           "[PAPER]" tags of the parameters above refer to these slides)
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import F2SAAdam
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, F2SAAdam(lam0=10.0, delta=0.0, lr_y=0.01, lr_z=0.01), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=550, grad_g=1100, hvp=0, cross=0)
     """
 
     name = "f2sa_adam"

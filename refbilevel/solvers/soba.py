@@ -69,6 +69,20 @@ class SOBA(Solver):
     .. [1] M. Dagréou, P. Ablin, S. Vaiter, T. Moreau, "A framework for bilevel
        optimization that enables stochastic and global variance reduction algorithms",
        NeurIPS 2022.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import SOBA
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, SOBA(), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=50, hvp=50, cross=50)
     """
 
     name: ClassVar[str] = "soba"

@@ -72,6 +72,20 @@ class StocBiO(Solver):
     .. [2] M. Dagréou, T. Moreau, S. Vaiter, P. Ablin, "A framework for bilevel
        optimization that enables stochastic and global variance reduction algorithms"
        (benchopt bilevel benchmark), NeurIPS 2022.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import StocBiO
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, StocBiO(n_neumann=50), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=500, hvp=2500, cross=50)
     """
 
     name: ClassVar[str] = "stocbio"
