@@ -21,7 +21,7 @@ gradient of that function (one pass over the data). An HVP or cross product obta
 
 ``solver.step`` also accepts a bare problem (:func:`as_oracle` wraps it in an uncounted,
 unlogged oracle): this is the form to use when reading or teaching a solver; the driver
-(:func:`refbilevel.run`) always passes an :class:`Oracle`.
+(:func:`refbilevel.run.run`) always passes an :class:`Oracle`.
 """
 
 from __future__ import annotations

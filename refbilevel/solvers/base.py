@@ -75,7 +75,7 @@ class Solver:
         """Steps the algorithm is defined for (``None``: any number).
 
         Past it a solver keeps stepping by a documented continuation (e.g. MinimaxOPT's
-        further stages); :func:`refbilevel.run` says so in the result's message.
+        further stages); :func:`refbilevel.run.run` says so in the result's message.
         """
         return None
 

@@ -90,7 +90,7 @@ class MinimaxOPT(Solver):
         Minibatch sizes for f and for g; ``None`` is full batch (Algorithm 1).
         :class:`MinimaxOPTStochastic` defaults to 256 for both [PAPER, CIFAR-10].
     sampling : {"epoch", "iid"}
-        Minibatch mode (:class:`refbilevel.sampling.MinibatchSampler`).
+        Minibatch mode (:mod:`refbilevel.sampling`: per-epoch permutations or i.i.d. draws).
     x_bounds : tuple of float or None
         Box ``(lower, upper)`` for ``Proj_X``. ``None`` uses the problem's ``x_lower`` /
         ``x_upper`` attributes if it has them (e.g. :func:`~refbilevel.toy_1d`), else no
