@@ -190,8 +190,10 @@ def test_partial_participation_converges(xp, device, make, n_iter):
     x_l = P.penalty_saddle(10.0)[0]
     start = _err(P.init_x(), x_l)
     r = run(P, make(), n_iter=n_iter, record_every=n_iter, metrics=())
-    # constant steps with sampled blocks: a noise ball around the saddle
-    assert _err(r.x, x_l) < 0.03 * start
+    # constant steps with sampled blocks: a noise ball around the saddle. Its radius over
+    # the seeds 0, 1, 2 of the batch streams: 0.012-0.025 (FOSL), 0.021-0.045 (MemCS) of
+    # the start error; a method that does not converge stays at O(1).
+    assert _err(r.x, x_l) < 0.06 * start
 
 
 def test_memcs_stores_only_sampled_blocks(xp, device):

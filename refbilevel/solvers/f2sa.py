@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from .._validation import check_bool, check_choice, check_int, check_real
-from ..optim import adam, sgd
+from ..optim import adam, inverse_power, sgd
 from ..oracle import as_oracle
 from ..problems.base import Batch
 from ._common import data_streams, project_x, resolve_seed, start_point
@@ -176,25 +176,29 @@ class F2SA(Solver):
     def _exponents(self):
         return self.exponents if self.exponents is not None else _DEFAULT_EXPONENTS[self.schedule]
 
+    @cached_property
+    def _schedules(self):
+        """:math:`\alpha_k, \gamma_k, \eta_k, \delta_k` as :func:`refbilevel.optim.inverse_power`
+        schedules :math:`c/(k+1)^e` (built once per solver)."""
+        e_a, e_g, e_x, e_d = self._exponents()
+        lr_z = self.lr_y if self.lr_z is None else self.lr_z
+        return (inverse_power(self.lr_y, e_a), inverse_power(lr_z, e_g),
+                inverse_power(self.xi * self.lr_y, e_x), inverse_power(self.delta, e_d))
+
     def steps(self, k: int) -> tuple[float, float, float]:
         r"""Host step sizes :math:`(\alpha_k, \gamma_k, \eta_k)` of outer step ``k``."""
-        e_a, e_g, e_x, _ = self._exponents()
-        lr_z = self.lr_y if self.lr_z is None else self.lr_z
-        alpha = self.lr_y / (k + 1) ** e_a
-        gamma = lr_z / (k + 1) ** e_g
-        if self.schedule == "paper":
-            eta = self.xi * alpha
-        else:
-            eta = self.xi * self.lr_y / (k + 1) ** e_x
-        return alpha, gamma, eta
+        alpha_k, gamma_k, eta_k, _ = self._schedules
+        alpha = alpha_k(k)
+        eta = self.xi * alpha if self.schedule == "paper" else eta_k(k)
+        return alpha, gamma_k(k), eta
 
     def next_multiplier(self, lam: float, k: int) -> float:
         r""":math:`\lambda_{k+1} = \lambda_k + \delta_k` (host float)."""
-        e_a, e_g, _, e_d = self._exponents()
         if self.schedule == "paper":
+            e_a, e_g, _, _ = self._exponents()
             ratio = lambda j: (j + 1) ** (e_a - e_g)  # noqa: E731  γ_j/α_j up to a constant
             return lam + self.lam0 * (ratio(k + 1) - ratio(k))
-        return lam + self.delta / (k + 1) ** e_d
+        return lam + self._schedules[3](k)
 
     # ---------------------------------------------------------------- protocol
     def streams(self, problem) -> tuple:

@@ -19,11 +19,12 @@ alternatives (``gauss_seidel``, ``delta``, ``y_bounds``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
-from .._backend import device
-from .._backend import to_host_scalar
+from .._backend import device, to_host_scalar
 from .._validation import check_bool, check_bounds, check_int, check_real
+from ..optim import inverse_power
 from ..oracle import as_oracle
 from ..sampling import stream_spec
 from ._common import data_streams, paired_batches, resolve_seed, start_point
@@ -219,7 +220,12 @@ class FOSL(Solver):
         """:math:`\\lambda_{t+1} = \\lambda_t + \\delta/(t+1)^p` (host float)."""
         if self.delta == 0.0:
             return lam
-        return lam + self.delta / (t + 1) ** self.delta_power
+        return lam + self._increment(t)
+
+    @cached_property
+    def _increment(self):
+        """:math:`\delta/(t+1)^p` (:func:`refbilevel.optim.inverse_power`, built once)."""
+        return inverse_power(self.delta, self.delta_power)
 
     def streams(self, problem) -> tuple:
         """The blocks (S of n) and one outer and one inner batch per step."""

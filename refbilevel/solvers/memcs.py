@@ -115,6 +115,7 @@ class MemCS(Solver):
         _check_common(self)
 
     next_multiplier = FOSL.next_multiplier
+    _increment = FOSL._increment
 
     def streams(self, problem) -> tuple:
         """The blocks (S of n) and K+1 outer and inner batches per step."""
