@@ -76,6 +76,9 @@ def _check_common(solver):
 
 def _streams(solver, problem, n_batches):
     """The block stream (S of n blocks, one draw) and ``n_batches`` outer and inner batches."""
+    if solver.n_sampled is not None and solver.n_sampled > problem.n_blocks:
+        raise ValueError(f"n_sampled must be <= the problem's n_blocks = {problem.n_blocks}; "
+                         f"got {solver.n_sampled}")
     blocks = stream_spec("blocks", problem.n_blocks, solver.n_sampled)
     return (blocks, *data_streams(problem, solver, n_batches, n_batches))
 
@@ -240,6 +243,7 @@ class FOSL(Solver):
     def init(self, problem, x0, y0, seed=0) -> FOSLState:
         """``z = v = problem.init_z()`` for all blocks."""
         x0, y0 = start_point(problem, x0, y0)
+        self.streams(problem)                                     # validates n_sampled
         z0 = problem.init_z()
         return FOSLState(x=x0, y=y0, z=z0, v=problem.xp.asarray(z0, copy=True), iteration=0,
                          multiplier=self.lam, seed=resolve_seed(seed))

@@ -132,6 +132,7 @@ class MemCS(Solver):
 
     def init(self, problem, x0, y0, seed=0) -> MemCSState:
         x0, y0 = start_point(problem, x0, y0)
+        self.streams(problem)                                     # validates n_sampled
         return MemCSState(x=x0, y=y0, iteration=0, multiplier=self.lam, seed=resolve_seed(seed))
 
     def step(self, oracle, state: MemCSState) -> MemCSState:
