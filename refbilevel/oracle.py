@@ -222,6 +222,8 @@ class Oracle:
         """
         k = state.iteration
         self._step = k
+        if not streams:
+            return {}
         host = {s.name: s.draw(state.seed, k, self._cache) for s in streams}
         if self.logging:
             for name, arrays in host.items():

@@ -1,4 +1,4 @@
-"""The shared driver refbilevel.run: history, divergence, callbacks, oracle counts, checkpoints."""
+"""The shared driver refbilevel.run: history, divergence, callbacks, checkpoints, faults."""
 
 import os
 import sys
@@ -7,19 +7,18 @@ import numpy as np
 import pytest
 
 from refbilevel._backend import to_host
-from refbilevel.problems.base import BilevelProblem, MinimaxBilevelProblem
+from refbilevel.problems.base import BilevelProblem
 from refbilevel.problems.logreg import LogRegHPO
 from refbilevel.problems.quadratic import MinimaxQuadratic, Quadratic
 from refbilevel.run import run
-from refbilevel.solvers import F2SA, FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxOPTStochastic
-from refbilevel.solvers.base import OracleCalls
+from refbilevel.solvers import FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxOPTStochastic
 
 NO_EXACT = ("value", "inner_residual")
 
 
-# ------------------------------------------------------------------ counting proxies
+# --------------------------------------------------------------- fault injection
 class CountingBilevel(BilevelProblem):
-    """Delegates to a problem and counts the oracle calls actually made (stacked: m calls)."""
+    """Delegates to a problem; ``grad_f`` turns NaN after ``nan_after_grad_f`` calls."""
 
     def __init__(self, inner, nan_after_grad_f=None):
         self.inner = inner

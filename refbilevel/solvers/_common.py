@@ -7,6 +7,7 @@ step without any host-device synchronisation (projection on Python-float bounds)
 from __future__ import annotations
 
 from .._validation import check_array
+from ..problems.base import Batch
 from ..sampling import resolve_seed, stream_spec
 
 __all__ = ["batches_of", "data_streams", "inner_gd", "paired_batches", "project_x",
@@ -37,7 +38,8 @@ def project_x(problem, x, bounds=None):
     The bounds are Python floats (or None), so this never synchronises.
     """
     if bounds is None:
-        bounds = (getattr(problem, "x_lower", None), getattr(problem, "x_upper", None))
+        bare = getattr(problem, "problem", problem)       # the problem behind an oracle
+        bounds = (getattr(bare, "x_lower", None), getattr(bare, "x_upper", None))
     lo, hi = bounds
     xp = problem.xp
     if lo is not None:
@@ -85,8 +87,8 @@ def batches_of(draws, n_outer: int, n_inner: int):
 def paired_batches(draws, k: int):
     """``k`` :class:`~refbilevel.problems.base.Batch` es pairing the j-th outer and inner
     draws (``[None] * k`` when both levels read the full data)."""
-    from ..problems.base import Batch
-
+    if not draws:
+        return [None] * k
     outs, ins = draws.get("outer"), draws.get("inner")
     if outs is None and ins is None:
         return [None] * k

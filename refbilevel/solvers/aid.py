@@ -2,7 +2,6 @@ r"""Approximate implicit differentiation (AID) with conjugate gradient or a Neum
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -10,7 +9,7 @@ from .._validation import check_bool, check_choice, check_int, check_real
 from ..linalg import conjugate_gradient, fixed_point, neumann_series
 from ..oracle import as_oracle
 from ._common import inner_gd, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["AID", "AIDState"]
 
@@ -161,4 +160,4 @@ class AID(Solver):
         y = inner_gd(problem, x, state.y, lr=self.lr_inner, n_steps=self.n_inner)  # line 2
         h, v = self.hypergradient_estimate(problem, x, y, state.v)                 # lines 3-5
         x_new = project_x(problem, x - self.lr_outer * h)                          # line 6
-        return dataclasses.replace(state, x=x_new, y=y, v=v, iteration=state.iteration + 1)
+        return evolve(state, x=x_new, y=y, v=v, iteration=state.iteration + 1)

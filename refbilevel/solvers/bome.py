@@ -2,14 +2,13 @@ r"""BOME: value-function gap with a dynamic barrier multiplier."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_choice, check_int, check_real
 from ..oracle import as_oracle
 from ._common import inner_gd, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["BOME", "BOMEState"]
 
@@ -141,5 +140,5 @@ class BOME(Solver):
         lam = xp.maximum(phi - dot, 0.0) / (sq_norm + self.eps)                  # line 4
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * qx))          # line 5
         y_new = y - self.lr_inner * (fy + lam * qy)
-        return dataclasses.replace(state, x=x_new, y=y_new, lam=lam,
+        return evolve(state, x=x_new, y=y_new, lam=lam,
                                    iteration=state.iteration + 1)

@@ -9,7 +9,7 @@ tracks :math:`y^*(x)`, and ``x`` follows
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -18,7 +18,7 @@ from ..optim import adam, inverse_power, sgd
 from ..oracle import as_oracle
 from ..problems.base import Batch
 from ._common import data_streams, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
 
@@ -274,7 +274,7 @@ class F2SA(Solver):
         d_x = self._direction_outer(problem, x, y, z, lam, draws)
         step_x, opt_x = opt.update(d_x, state.opt_x, eta)    # x state persists across steps
         x = project_x(problem, x + step_x)             # x_{k+1} = x_k − η_k (h_fx + λ_k(h_gxy − h_gxz))
-        return replace(state, x=x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
+        return evolve(state, x=x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
                        multiplier=self.next_multiplier(lam, k))   # λ_{k+1} = λ_k + δ_k
 
 

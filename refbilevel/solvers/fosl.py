@@ -18,7 +18,7 @@ alternatives (``gauss_seidel``, ``delta``, ``y_bounds``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -28,7 +28,7 @@ from ..optim import inverse_power
 from ..oracle import as_oracle
 from ..sampling import stream_spec
 from ._common import data_streams, paired_batches, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["FOSL", "FOSLState", "block_directions", "block_z_directions", "scatter_rows"]
 
@@ -267,6 +267,6 @@ class FOSL(Solver):
         else:
             z_all = scatter_rows(xp, state.z, idx, z_new)
             v_all = scatter_rows(xp, state.v, idx, v_new)
-        return replace(state, x=x_next, y=y_next, z=z_all, v=v_all, iteration=t + 1,
+        return evolve(state, x=x_next, y=y_next, z=z_all, v=v_all, iteration=t + 1,
                        multiplier=self.next_multiplier(lam, t))
 

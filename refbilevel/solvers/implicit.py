@@ -2,14 +2,13 @@ r"""Outer gradient descent with the exact hypergradient: the reference baseline.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from .._validation import check_real
 from ..oracle import as_oracle
 from ._common import project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["ImplicitGD", "ImplicitGDState"]
 
@@ -92,4 +91,4 @@ class ImplicitGD(Solver):
         x = project_x(problem, state.x - self.lr * h)
         # line 4 (the exact inner solver is warm-started from y*(x_k))
         y = problem.inner_solution(x, y0=state.y)
-        return dataclasses.replace(state, x=x, y=y, iteration=state.iteration + 1)
+        return evolve(state, x=x, y=y, iteration=state.iteration + 1)

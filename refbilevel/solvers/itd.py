@@ -2,14 +2,13 @@ r"""Iterative differentiation (ITD): truncated reverse mode through inner gradie
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_bool, check_int, check_real
 from ..oracle import as_oracle
 from ._common import project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["ITD", "ITDState", "reverse_hypergradient"]
 
@@ -160,4 +159,4 @@ class ITD(Solver):
         h, y = reverse_hypergradient(problem, state.x, y_start, lr=self.lr_inner,  # lines 2-4
                                      n_steps=self.n_inner, truncate=self.n_reverse)
         x = project_x(problem, state.x - self.lr_outer * h)                        # line 5
-        return dataclasses.replace(state, x=x, y=y, iteration=state.iteration + 1)
+        return evolve(state, x=x, y=y, iteration=state.iteration + 1)

@@ -11,14 +11,14 @@ choices are ours and how to select others).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .._backend import to_host_scalar
 from .._validation import check_int
 from ..oracle import as_oracle
 from ._common import resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 from .fosl import (FOSL, block_directions, block_z_directions, _check_common, _draw_blocks,
                    _n_sampled, _project_y, _streams)
 
@@ -151,6 +151,6 @@ class MemCS(Solver):
         _, _, d_x, g_y = block_directions(problem, x, y, z, v, idx, lam, batches[K])
         y_next = _project_y(problem, self, y + self.lr_y * g_y)     # ascent on y at z^K
         x_next = x - self.lr_x * d_x                                # descent on x at (z^K, v^K)
-        return replace(state, x=x_next, y=y_next, iteration=t + 1,
+        return evolve(state, x=x_next, y=y_next, iteration=t + 1,
                        multiplier=self.next_multiplier(lam, t),
                        last_blocks=idx, last_z=z, last_v=v)          # kept for inspection only

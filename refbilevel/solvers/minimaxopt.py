@@ -15,7 +15,7 @@ and run simultaneous gradient descent (x, y) / ascent (z) in stages, multiplying
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -23,7 +23,7 @@ from .._validation import check_bounds, check_choice, check_int, check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
 from ..oracle import as_oracle
 from ._common import data_streams, paired_batches, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
 
@@ -254,7 +254,7 @@ class MinimaxOPT(Solver):
         y_new = y + dy                                    # y ← y − s η_y g_y
         x_new = x + dx                                    # x ← Proj_X(x − s η_x g_x)
         x_new = project_x(problem, x_new, self.x_bounds)
-        return replace(state, x=x_new, y=y_new, z=z_new, iteration=t + 1,
+        return evolve(state, x=x_new, y=y_new, z=z_new, iteration=t + 1,
                        multiplier=alpha if (t + 1) % K else self.alpha((t + 1) // K),
                        opt_x=opt_x, opt_y=opt_y,
                        opt_z=opt_z)

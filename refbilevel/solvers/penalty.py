@@ -15,14 +15,13 @@ with :math:`g^*` estimated by an auxiliary inner iterate. For a fixed λ their f
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_choice, check_int, check_real
 from ..oracle import as_oracle
 from ._common import inner_gd, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["F2BA", "PenaltyState", "VPBGD"]
 
@@ -148,7 +147,7 @@ class VPBGD(Solver):
             d_y = fy + gamma * gys[0, ...]
         else:
             d_y = fy / gamma + gys[0, ...]
-        return dataclasses.replace(                                              # line 4
+        return evolve(                                                           # line 4
             state, x=project_x(problem, x - self.lr_outer * d_x), y=y - self.lr_inner * d_y,
             z=y_hat, iteration=state.iteration + 1)
 
@@ -249,4 +248,4 @@ class F2BA(Solver):
         fx = problem.grad_f_x(x, y)                                               # line 3
         gxs = problem.grad_g_x_many(x, xp.stack([y, z]))
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * (gxs[0, ...] - gxs[1, ...])))
-        return dataclasses.replace(state, x=x_new, y=y, z=z, iteration=state.iteration + 1)
+        return evolve(state, x=x_new, y=y, z=z, iteration=state.iteration + 1)

@@ -2,14 +2,13 @@ r"""SOBA: single-loop stochastic bilevel algorithm."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._validation import check_int, check_real
 from ..oracle import as_oracle
 from ._common import data_streams, paired_batches, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["SOBA", "SOBAState"]
 
@@ -119,6 +118,6 @@ class SOBA(Solver):
         lin = problem.linearize_g(x, y, batch)                   # H and J share one pass
         d_v = lin.hvp(v) + fy
         d_x = lin.cross(v) + fx                                  # line 2
-        return dataclasses.replace(                              # line 3
+        return evolve(                                           # line 3
             state, y=y - self.lr_inner * d_y, v=v - self.lr_inner * d_v,
             x=project_x(problem, x - self.lr_outer * d_x), iteration=state.iteration + 1)

@@ -2,15 +2,14 @@ r"""stocBiO: stochastic bilevel optimisation with a minibatch Neumann series."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .._validation import check_int, check_real
 from ..linalg import neumann_series
 from ..oracle import as_oracle
 from ._common import data_streams, inner_gd, paired_batches, project_x, resolve_seed, start_point
-from .base import Solver, SolverState
+from .base import Solver, SolverState, evolve
 
 __all__ = ["StocBiO", "StocBiOState"]
 
@@ -136,4 +135,4 @@ class StocBiO(Solver):
         v = neumann_series(ops, fy, eta=self.neumann_step, n_terms=Q)
         h = fx - problem.cross_g(x, y, v, batches[D])                # line 4
         x_new = project_x(problem, x - self.lr_outer * h)                        # line 5
-        return dataclasses.replace(state, x=x_new, y=y, iteration=state.iteration + 1)
+        return evolve(state, x=x_new, y=y, iteration=state.iteration + 1)
