@@ -178,7 +178,7 @@ class F2SA(Solver):
 
     @cached_property
     def _schedules(self):
-        """:math:`\alpha_k, \gamma_k, \eta_k, \delta_k` as :func:`refbilevel.optim.inverse_power`
+        r""":math:`\alpha_k, \gamma_k, \eta_k, \delta_k` as :func:`refbilevel.optim.inverse_power`
         schedules :math:`c/(k+1)^e` (built once per solver)."""
         e_a, e_g, e_x, e_d = self._exponents()
         lr_z = self.lr_y if self.lr_z is None else self.lr_z

@@ -227,7 +227,7 @@ class FOSL(Solver):
 
     @cached_property
     def _increment(self):
-        """:math:`\delta/(t+1)^p` (:func:`refbilevel.optim.inverse_power`, built once)."""
+        r""":math:`\delta/(t+1)^p` (:func:`refbilevel.optim.inverse_power`, built once)."""
         return inverse_power(self.delta, self.delta_power)
 
     def streams(self, problem) -> tuple:
