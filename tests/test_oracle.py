@@ -216,3 +216,6 @@ def test_solver_fields_follow_one_vocabulary():
             if "step" in f and f != "steps_per_stage":
                 raise AssertionError(f"{name}.{f}: step sizes are lr_*, loop lengths n_*")
         assert ("batch_size_outer" in fields) == ("batch_size_inner" in fields), name
+        # one family for multipliers: lam (a fixed λ) or lam0 (the start of a schedule)
+        assert not fields & {"alpha0", "gamma", "lmbda", "lambda0", "rho"}, name
+        assert len(fields & {"lam", "lam0"}) <= 1, name

@@ -137,7 +137,7 @@ def test_divergence_from_injected_nan_keeps_last_finite_state(xp, device):
 def test_divergence_from_huge_step(xp, device):
     P = _quadratic(xp, device)
     with np.errstate(all="ignore"):
-        r = run(P, MinimaxOPT(lr=50.0, alpha0=10.0), n_iter=2000, record_every=50,
+        r = run(P, MinimaxOPT(lr=50.0, lam0=10.0), n_iter=2000, record_every=50,
                 metrics=("value",))
     assert r.status == "diverged"
     assert np.all(np.isfinite(to_host(r.x)))
@@ -166,7 +166,7 @@ def test_callback_stops(xp, device, how):
 
 def test_tol_converged(xp, device):
     P = _quadratic(xp, device)
-    r = run(P, MinimaxOPT(lr=0.05, alpha0=1.0, tau=1.0), n_iter=5000, record_every=50, tol=0.5)
+    r = run(P, MinimaxOPT(lr=0.05, lam0=1.0, tau=1.0), n_iter=5000, record_every=50, tol=0.5)
     assert r.status == "converged" and r.history["hypergradient_norm"][-1] <= 0.5
     assert r.n_iter < 5000
 

@@ -65,7 +65,7 @@ class FOSLState(SolverState):
 def _check_common(solver):
     for name in ("lr_x", "lr_y", "lr_z", "lr_v"):
         check_real(getattr(solver, name), name, positive=True)
-    check_real(solver.lam, "lam", positive=True)
+    check_real(solver.lam0, "lam0", positive=True)
     check_real(solver.delta, "delta", nonnegative=True)
     check_real(solver.delta_power, "delta_power", nonnegative=True)
     check_int(solver.n_sampled, "n_sampled", minimum=1, allow_none=True)
@@ -142,8 +142,8 @@ class FOSL(Solver):
         following the theory's orders :math:`\eta_x \ll \eta_y`,
         :math:`\eta_z \approx 1/(L_f + \lambda L_g)`, :math:`\eta_v \approx 1/L_g`: with
         λ = 10 the z step on g is λη_z = 0.1, the v step 0.1).
-    lam : float
-        Penalty multiplier λ (:math:`\lambda_0` if ``delta > 0``). Default 10.0 (this
+    lam0 : float
+        Penalty multiplier :math:`\lambda_0` (constant unless ``delta > 0``). Default 10.0 (this
         project's choice; the paper's experiments use a constant λ).
     delta, delta_power : float
         Optional increasing multiplier :math:`\lambda_{t+1} = \lambda_t + \delta/(t+1)^p`.
@@ -206,7 +206,7 @@ class FOSL(Solver):
     lr_y: float = 0.1
     lr_z: float = 0.01
     lr_v: float = 0.1
-    lam: float = 10.0
+    lam0: float = 10.0
     delta: float = 0.0
     delta_power: float = 0.0
     n_sampled: int | None = None
@@ -246,7 +246,7 @@ class FOSL(Solver):
         self.streams(problem)                                     # validates n_sampled
         z0 = problem.init_z()
         return FOSLState(x=x0, y=y0, z=z0, v=problem.xp.asarray(z0, copy=True), iteration=0,
-                         multiplier=self.lam, seed=resolve_seed(seed))
+                         multiplier=self.lam0, seed=resolve_seed(seed))
 
     def step(self, oracle, state: FOSLState) -> FOSLState:
         problem = as_oracle(oracle)

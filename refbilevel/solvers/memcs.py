@@ -52,7 +52,7 @@ class MemCS(Solver):
     n_inner : int
         K, inner steps per sampled block and outer step. Default 20 (this project's choice;
         the analysis takes :math:`K` logarithmic in :math:`\lambda/\epsilon`).
-    lr_x, lr_y, lr_z, lr_v, lam, delta, delta_power, n_sampled, y_bounds,
+    lr_x, lr_y, lr_z, lr_v, lam0, delta, delta_power, n_sampled, y_bounds,
     batch_size_outer, batch_size_inner
         As in :class:`~refbilevel.solvers.fosl.FOSL` (same defaults).
 
@@ -102,7 +102,7 @@ class MemCS(Solver):
     lr_y: float = 0.1
     lr_z: float = 0.01
     lr_v: float = 0.1
-    lam: float = 10.0
+    lam0: float = 10.0
     delta: float = 0.0
     delta_power: float = 0.0
     n_sampled: int | None = None
@@ -133,7 +133,7 @@ class MemCS(Solver):
     def init(self, problem, x0, y0, seed=0) -> MemCSState:
         x0, y0 = start_point(problem, x0, y0)
         self.streams(problem)                                     # validates n_sampled
-        return MemCSState(x=x0, y=y0, iteration=0, multiplier=self.lam, seed=resolve_seed(seed))
+        return MemCSState(x=x0, y=y0, iteration=0, multiplier=self.lam0, seed=resolve_seed(seed))
 
     def step(self, oracle, state: MemCSState) -> MemCSState:
         problem = as_oracle(oracle)

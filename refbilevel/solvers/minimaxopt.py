@@ -61,8 +61,9 @@ class MinimaxOPT(Solver):
     lr_x, lr_y, lr_z : float or None
         Separate base step sizes (``None``: use ``lr``) [CODE: ScaleBiO's
         ``minmax_init_lr_{w,u,lambda}``].
-    alpha0 : float
-        Initial multiplier α₀. Default 1.0 [ours; the ScaleBiO CLI default is 0.03, CODE].
+    lam0 : float
+        Initial multiplier, the paper's α₀ (named ``lam0`` as in every solver). Default 1.0
+        [ours; the ScaleBiO CLI default is 0.03, CODE].
     tau : float
         Stage factor τ > 1: α ← τα per stage, steps × τ⁻¹ per stage. Default 2.0 [CODE:
         ScaleBiO CLI].
@@ -144,7 +145,7 @@ class MinimaxOPT(Solver):
     lr_x: float | None = None
     lr_y: float | None = None
     lr_z: float | None = None
-    alpha0: float = 1.0
+    lam0: float = 1.0
     tau: float = 2.0
     steps_per_stage: int = 100
     n_stages: int = 10
@@ -162,7 +163,7 @@ class MinimaxOPT(Solver):
         check_real(self.lr, "lr", positive=True)
         for name in ("lr_x", "lr_y", "lr_z"):
             check_real(getattr(self, name), name, positive=True, allow_none=True)
-        check_real(self.alpha0, "alpha0", positive=True)
+        check_real(self.lam0, "lam0", positive=True)
         check_real(self.tau, "tau", low=1.0)
         check_int(self.steps_per_stage, "steps_per_stage", minimum=1)
         check_int(self.n_stages, "n_stages", minimum=1)
@@ -186,7 +187,7 @@ class MinimaxOPT(Solver):
 
     @cached_property
     def _alpha_schedule(self):
-        return stage_multiplier(self.alpha0, self.tau, update=self.alpha_update)
+        return stage_multiplier(self.lam0, self.tau, update=self.alpha_update)
 
     @cached_property
     def _cosine(self):

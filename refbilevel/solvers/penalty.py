@@ -46,8 +46,8 @@ class VPBGD(Solver):
 
     Parameters
     ----------
-    gamma : float
-        The penalty constant γ (default 10, this project's choice; the theory takes γ ~ ε^{-1/2}).
+    lam : float
+        The penalty constant λ (γ in the paper) (default 10, this project's choice; the theory takes γ ~ ε^{-1/2}).
     lr_outer, lr_inner : float
         Steps of ``x`` and ``y`` (the paper uses one α for both; default 0.01 each, ours).
         With ``y_direction="penalty"`` the y-direction is about γ·L_g-smooth, so
@@ -58,7 +58,8 @@ class VPBGD(Solver):
         :math:`T_k = T`, GD steps for :math:`\hat y` (default 10, ours).
     y_direction : {"penalty", "normalized"}
         ``"penalty"``: :math:`\nabla_y f + \gamma\nabla_y g(x_k, y_k)` (the penalty
-        gradient, as in the paper's algorithm); ``"normalized"``: :math:`\nabla_y f/\gamma + \nabla_y g(x_k, y_k)` (the
+        gradient, as in the paper's algorithm); ``"normalized"``:
+        :math:`\nabla_y f/\gamma + \nabla_y g(x_k, y_k)` (the
         F2BA repository's PBGD variant [CODE]). Both have the same fixed point. The
         ``∇_y g`` term is evaluated at :math:`y_k` in both: the script evaluates it at
         :math:`\hat y`, a slip of that script (the penalty's y-gradient is taken at y_k); it is not reproduced.
@@ -111,7 +112,7 @@ class VPBGD(Solver):
 
     name: ClassVar[str] = "vpbgd"
 
-    gamma: float = 10.0
+    lam: float = 10.0
     lr_outer: float = 0.01
     lr_inner: float = 0.01
     lr_hat: float = 0.1
@@ -121,7 +122,7 @@ class VPBGD(Solver):
 
     def __post_init__(self):
         set_ = object.__setattr__
-        set_(self, "gamma", check_real(self.gamma, "gamma", positive=True))
+        set_(self, "lam", check_real(self.lam, "lam", positive=True))
         set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
         set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
         set_(self, "lr_hat", check_real(self.lr_hat, "lr_hat", positive=True))
@@ -131,12 +132,12 @@ class VPBGD(Solver):
 
     def init(self, problem, x0=None, y0=None, seed=0) -> PenaltyState:
         x, y = start_point(problem, x0, y0)
-        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.gamma,
+        return PenaltyState(x=project_x(problem, x), y=y, z=y, multiplier=self.lam,
                             seed=resolve_seed(seed))
 
     def step(self, oracle, state: PenaltyState) -> PenaltyState:
         problem = as_oracle(oracle)
-        xp, gamma = problem.xp, self.gamma
+        xp, gamma = problem.xp, self.lam
         x, y = state.x, state.y
         start = y if self.yhat_start == "y" else state.z                          # line 1
         y_hat = inner_gd(problem, x, start, lr=self.lr_hat, n_steps=self.n_inner)
