@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_bool, check_choice, check_int, check_real
 from ..linalg import conjugate_gradient, fixed_point, neumann_series
 from ..oracle import as_oracle
-from ._common import inner_gd, project_x, resolve_seed, start_point
+from ._common import (COUNT, FLAG, POSITIVE, POSITIVE_OR_NONE, choice, inner_gd, project_x,
+                      resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["AID", "AIDState"]
@@ -111,14 +111,9 @@ class AID(Solver):
     warm_start_v: bool = False
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        set_(self, "n_linear", check_int(self.n_linear, "n_linear", minimum=0))
-        check_choice(self.method, "method", ("cg", "neumann"))
-        set_(self, "eta", check_real(self.eta, "eta", positive=True, allow_none=True))
-        check_bool(self.warm_start_v, "warm_start_v")
+        validate_fields(self, lr_outer=POSITIVE, lr_inner=POSITIVE, n_inner=COUNT,
+                        n_linear=COUNT, method=choice("cg", "neumann"), eta=POSITIVE_OR_NONE,
+                        warm_start_v=FLAG)
 
     @property
     def neumann_step(self) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_choice, check_int, check_real
 from ..oracle import as_oracle
-from ._common import inner_gd, project_x, resolve_seed, start_point
+from ._common import (COUNT, NONNEGATIVE, POSITIVE, choice, inner_gd, project_x, resolve_seed,
+                      start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["BOME", "BOMEState"]
@@ -110,13 +110,8 @@ class BOME(Solver):
     eps: float = 1e-8
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        check_choice(self.phi, "phi", ("grad_norm", "value_gap"))
-        set_(self, "eta", check_real(self.eta, "eta", positive=True))
-        set_(self, "eps", check_real(self.eps, "eps", nonnegative=True))
+        validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE, n_inner=COUNT,
+                        phi=choice("grad_norm", "value_gap"), eta=POSITIVE, eps=NONNEGATIVE)
 
     def init(self, problem, x0=None, y0=None, seed=0) -> BOMEState:
         x, y = start_point(problem, x0, y0)

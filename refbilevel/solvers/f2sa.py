@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .._validation import check_bool, check_choice, check_int, check_real
+from .._validation import check_real
 from ..optim import adam, inverse_power, sgd
 from ..oracle import as_oracle
 from ..problems.base import Batch
-from ._common import data_streams, project_x, resolve_seed, start_point
+from ._common import (COUNT1, COUNT1_OR_NONE, FLAG, FRACTION, NONNEGATIVE, POSITIVE,
+                      POSITIVE_OR_NONE, SAMPLING, choice, data_streams, project_x, resolve_seed,
+                      start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
@@ -155,22 +157,16 @@ class F2SA(Solver):
     sampling: str = "epoch"
 
     def __post_init__(self):
-        check_int(self.n_inner, "n_inner", minimum=1)
-        check_real(self.lr_y, "lr_y", positive=True)
-        check_real(self.lr_z, "lr_z", positive=True, allow_none=True)
-        check_real(self.xi, "xi", positive=True)
-        check_real(self.lam0, "lam0", positive=True)
-        check_real(self.delta, "delta", nonnegative=True)
-        check_choice(self.schedule, "schedule", _SCHEDULES)
+        validate_fields(self, n_inner=COUNT1, lr_y=POSITIVE, lr_z=POSITIVE_OR_NONE, xi=POSITIVE,
+                        lam0=POSITIVE, delta=NONNEGATIVE, schedule=choice(*_SCHEDULES),
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
+                        sampling=SAMPLING)
         if self.exponents is not None:
             if not isinstance(self.exponents, tuple) or len(self.exponents) != 4:
                 raise TypeError("exponents must be a tuple (e_alpha, e_gamma, e_x, e_delta); "
                                 f"got {self.exponents!r}")
             for i, e in enumerate(self.exponents):
                 check_real(e, f"exponents[{i}]", nonnegative=True)
-        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
-        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-        check_choice(self.sampling, "sampling", ("epoch", "iid"))
 
     # ---------------------------------------------------------------- schedules
     def _exponents(self):
@@ -343,12 +339,8 @@ class F2SAAdam(F2SA):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("beta1", "beta2"):
-            b = check_real(getattr(self, name), name, nonnegative=True)
-            if not b < 1:
-                raise ValueError(f"{name} must be < 1; got {b}")
-        check_real(self.eps, "eps", positive=True)
-        check_bool(self.bias_correction, "bias_correction")
+        validate_fields(self, beta1=FRACTION, beta2=FRACTION, eps=POSITIVE,
+                        bias_correction=FLAG)
 
     @cached_property
     def optimizer(self):

@@ -23,11 +23,11 @@ from functools import cached_property
 from typing import Any
 
 from .._backend import device, to_host_scalar
-from .._validation import check_bool, check_bounds, check_int, check_real
 from ..optim import inverse_power
 from ..oracle import as_oracle
 from ..sampling import stream_spec
-from ._common import data_streams, paired_batches, resolve_seed, start_point
+from ._common import (BOUNDS, COUNT1_OR_NONE, FLAG, NONNEGATIVE, POSITIVE, data_streams,
+                      paired_batches, resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["FOSL", "FOSLState", "block_directions", "block_z_directions", "scatter_rows"]
@@ -63,15 +63,10 @@ class FOSLState(SolverState):
 
 
 def _check_common(solver):
-    for name in ("lr_x", "lr_y", "lr_z", "lr_v"):
-        check_real(getattr(solver, name), name, positive=True)
-    check_real(solver.lam0, "lam0", positive=True)
-    check_real(solver.delta, "delta", nonnegative=True)
-    check_real(solver.delta_power, "delta_power", nonnegative=True)
-    check_int(solver.n_sampled, "n_sampled", minimum=1, allow_none=True)
-    check_int(solver.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
-    check_int(solver.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-    check_bounds(solver.y_bounds, "y_bounds")
+    validate_fields(solver, lr_x=POSITIVE, lr_y=POSITIVE, lr_z=POSITIVE, lr_v=POSITIVE,
+                    lam0=POSITIVE, delta=NONNEGATIVE, delta_power=NONNEGATIVE,
+                    n_sampled=COUNT1_OR_NONE, batch_size_outer=COUNT1_OR_NONE,
+                    batch_size_inner=COUNT1_OR_NONE, y_bounds=BOUNDS)
 
 
 def _streams(solver, problem, n_batches):
@@ -217,7 +212,7 @@ class FOSL(Solver):
 
     def __post_init__(self):
         _check_common(self)
-        check_bool(self.gauss_seidel, "gauss_seidel")
+        validate_fields(self, gauss_seidel=FLAG)
 
     def next_multiplier(self, lam: float, t: int) -> float:
         """:math:`\\lambda_{t+1} = \\lambda_t + \\delta/(t+1)^p` (host float)."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._validation import check_real
 from ..oracle import as_oracle
-from ._common import project_x, resolve_seed, start_point
+from ._common import POSITIVE, project_x, resolve_seed, start_point, validate_fields
 from .base import Solver, SolverState, evolve
 
 __all__ = ["ImplicitGD", "ImplicitGDState"]
@@ -77,7 +76,7 @@ class ImplicitGD(Solver):
     lr: float = 0.1
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", check_real(self.lr, "lr", positive=True))
+        validate_fields(self, lr=POSITIVE)
 
     def init(self, problem, x0=None, y0=None, seed=0) -> ImplicitGDState:
         x, _ = start_point(problem, x0, y0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_bool, check_int, check_real
 from ..oracle import as_oracle
-from ._common import project_x, resolve_seed, start_point
+from ._common import (COUNT, COUNT1_OR_NONE, FLAG, POSITIVE, project_x, resolve_seed, start_point,
+                      validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["ITD", "ITDState", "reverse_hypergradient"]
@@ -135,14 +135,10 @@ class ITD(Solver):
     warm_start: bool = True
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        set_(self, "truncate", check_int(self.truncate, "truncate", minimum=1, allow_none=True))
+        validate_fields(self, lr_outer=POSITIVE, lr_inner=POSITIVE, n_inner=COUNT,
+                        truncate=COUNT1_OR_NONE, warm_start=FLAG)
         if self.truncate is not None and self.truncate > self.n_inner:
             raise ValueError(f"truncate must be <= n_inner={self.n_inner}; got {self.truncate}")
-        check_bool(self.warm_start, "warm_start")
 
     @property
     def n_reverse(self) -> int:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._backend import to_host_scalar
-from .._validation import check_int
 from ..oracle import as_oracle
-from ._common import resolve_seed, start_point
+from ._common import COUNT1, resolve_seed, start_point, validate_fields
 from .base import Solver, SolverState, evolve
 from .fosl import (FOSL, block_directions, block_z_directions, _check_common, _draw_blocks,
                    _n_sampled, _project_y, _streams)
@@ -111,7 +110,7 @@ class MemCS(Solver):
     batch_size_inner: int | None = None
 
     def __post_init__(self):
-        check_int(self.n_inner, "n_inner", minimum=1)
+        validate_fields(self, n_inner=COUNT1)
         _check_common(self)
 
     next_multiplier = FOSL.next_multiplier

@@ -16,13 +16,15 @@ and run simultaneous gradient descent (x, y) / ascent (z) in stages, multiplying
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
-from .._validation import check_bounds, check_choice, check_int, check_real
+from .._validation import check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
 from ..oracle import as_oracle
-from ._common import data_streams, paired_batches, project_x, resolve_seed, start_point
+from ._common import (BOUNDS, COUNT1, COUNT1_OR_NONE, FRACTION, NONNEGATIVE, POSITIVE,
+                      POSITIVE_OR_NONE, SAMPLING, choice, data_streams, paired_batches, project_x,
+                      resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
@@ -160,24 +162,14 @@ class MinimaxOPT(Solver):
     x_bounds: tuple | None = None
 
     def __post_init__(self):
-        check_real(self.lr, "lr", positive=True)
-        for name in ("lr_x", "lr_y", "lr_z"):
-            check_real(getattr(self, name), name, positive=True, allow_none=True)
-        check_real(self.lam0, "lam0", positive=True)
-        check_real(self.tau, "tau", low=1.0)
-        check_int(self.steps_per_stage, "steps_per_stage", minimum=1)
-        check_int(self.n_stages, "n_stages", minimum=1)
-        check_choice(self.alpha_update, "alpha_update", ("pre", "post"))
-        mu = check_real(self.momentum, "momentum", nonnegative=True)
-        if not mu < 1:
-            raise ValueError(f"momentum must be < 1; got {mu}")
-        check_choice(self.lr_schedule, "lr_schedule", ("constant", "cosine"))
-        check_real(self.lr_min, "lr_min", nonnegative=True)
-        check_real(self.weight_decay_y, "weight_decay_y", nonnegative=True)
-        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
-        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-        check_choice(self.sampling, "sampling", ("epoch", "iid"))
-        check_bounds(self.x_bounds, "x_bounds")
+        validate_fields(self, lr=POSITIVE, lr_x=POSITIVE_OR_NONE, lr_y=POSITIVE_OR_NONE,
+                        lr_z=POSITIVE_OR_NONE, lam0=POSITIVE,
+                        tau=partial(check_real, low=1.0), steps_per_stage=COUNT1,
+                        n_stages=COUNT1, alpha_update=choice("pre", "post"),
+                        momentum=FRACTION, lr_schedule=choice("constant", "cosine"),
+                        lr_min=NONNEGATIVE, weight_decay_y=NONNEGATIVE,
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
+                        sampling=SAMPLING, x_bounds=BOUNDS)
 
     # ---------------------------------------------------------------- schedules
     @cached_property

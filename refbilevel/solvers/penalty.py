@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_choice, check_int, check_real
 from ..oracle import as_oracle
-from ._common import inner_gd, project_x, resolve_seed, start_point
+from ._common import (COUNT, POSITIVE, choice, inner_gd, project_x, resolve_seed, start_point,
+                      validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["F2BA", "PenaltyState", "VPBGD"]
@@ -121,14 +121,10 @@ class VPBGD(Solver):
     yhat_start: str = "y"
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lam", check_real(self.lam, "lam", positive=True))
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "lr_hat", check_real(self.lr_hat, "lr_hat", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        check_choice(self.y_direction, "y_direction", ("penalty", "normalized"))
-        check_choice(self.yhat_start, "yhat_start", ("y", "previous"))
+        validate_fields(self, lam=POSITIVE, lr_outer=POSITIVE, lr_inner=POSITIVE,
+                        lr_hat=POSITIVE, n_inner=COUNT,
+                        y_direction=choice("penalty", "normalized"),
+                        yhat_start=choice("y", "previous"))
 
     def init(self, problem, x0=None, y0=None, seed=0) -> PenaltyState:
         x, y = start_point(problem, x0, y0)
@@ -225,12 +221,8 @@ class F2BA(Solver):
     z_start: str = "y"
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lam", check_real(self.lam, "lam", positive=True))
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        check_choice(self.z_start, "z_start", ("y", "previous"))
+        validate_fields(self, lam=POSITIVE, lr_inner=POSITIVE, lr_outer=POSITIVE,
+                        n_inner=COUNT, z_start=choice("y", "previous"))
 
     def init(self, problem, x0=None, y0=None, seed=0) -> PenaltyState:
         x, y = start_point(problem, x0, y0)

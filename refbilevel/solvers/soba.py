@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_int, check_real
 from ..oracle import as_oracle
-from ._common import data_streams, paired_batches, project_x, resolve_seed, start_point
+from ._common import (COUNT1_OR_NONE, POSITIVE, data_streams, paired_batches, project_x,
+                      resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["SOBA", "SOBAState"]
@@ -92,13 +92,8 @@ class SOBA(Solver):
     batch_size_inner: int | None = 64
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "batch_size_outer",
-             check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True))
-        set_(self, "batch_size_inner",
-             check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True))
+        validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE,
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE)
 
     def streams(self, problem) -> tuple:
         """One outer and one inner batch per step."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .._validation import check_int, check_real
 from ..linalg import neumann_series
 from ..oracle import as_oracle
-from ._common import data_streams, inner_gd, paired_batches, project_x, resolve_seed, start_point
+from ._common import (COUNT, COUNT1_OR_NONE, POSITIVE, POSITIVE_OR_NONE, data_streams, inner_gd,
+                      paired_batches, project_x, resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["StocBiO", "StocBiOState"]
@@ -98,16 +98,9 @@ class StocBiO(Solver):
     batch_size_inner: int | None = 64
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        set_(self, "n_neumann", check_int(self.n_neumann, "n_neumann", minimum=0))
-        set_(self, "eta", check_real(self.eta, "eta", positive=True, allow_none=True))
-        set_(self, "batch_size_outer",
-             check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True))
-        set_(self, "batch_size_inner",
-             check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True))
+        validate_fields(self, lr_outer=POSITIVE, lr_inner=POSITIVE, n_inner=COUNT,
+                        n_neumann=COUNT, eta=POSITIVE_OR_NONE, batch_size_outer=COUNT1_OR_NONE,
+                        batch_size_inner=COUNT1_OR_NONE)
 
     @property
     def neumann_step(self) -> float:
