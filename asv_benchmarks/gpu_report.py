@@ -27,7 +27,14 @@ to ``report.json`` after every section, so a cut-off run still returns its numbe
 ``sweep``      MinimaxOPT and F2SA step time vs (n, d) on numpy and cupy (the plot);
 ``numpy``      step vs sum of oracles on numpy at the tall size;
 ``experiments`` what the proposed changes would buy (``report_experiments.py``);
-``asvsmoke``   every asv benchmark class once on this backend at the small size.
+``asvsmoke``   every asv benchmark class once on this backend at the small size;
+``cpu_peers``  CPU mode (``--backend numpy``): refbilevel on NumPy against hand-written
+               NumPy, ``jax.jit`` and PyTorch steps of MinimaxOPT, F2SA, F2SA-Adam, AID-CG
+               and ITD, one thread, interleaved (``benchmarks/cpu_peers.py``).
+
+CPU mode: ``python asv_benchmarks/gpu_report.py --backend numpy --sections env,cpu_peers``.
+The BLAS runs one thread for the whole report in CPU mode (threadpoolctl; PyTorch and
+XLA likewise), and ``env`` records the thread pools.
 
 Tables and plot: ``report_render.py``.
 """
@@ -153,6 +160,11 @@ def sec_env(R, args):
                 text=True, timeout=20).stdout.strip()
         except Exception as exc:
             info["nvidia_smi"] = repr(exc)
+    if args.backend == "numpy":
+        from benchmarks.cpu_peers import cpu_model, thread_report
+
+        info["device"] = cpu_model()
+        info["threads"] = thread_report()
     R["env"] = info
 
 
@@ -557,6 +569,25 @@ def sec_asvsmoke(R, args):
     log("asv smoke", out)
 
 
+def sec_cpu_peers(R, args):
+    from benchmarks import cpu_peers
+
+    sizes = ["small"] if args.quick else list(cpu_peers.SIZES)
+    R["cpu_peers"] = cpu_peers.compare(sizes, rounds=3 if args.quick else 7,
+                                       rounds_tall=5, min_time=min(args.min_time, 0.1),
+                                       log=lambda row: log("cpu_peers", row))
+
+
+def markdown(R) -> str:
+    """The report's tables, the CPU peer table (when measured) last."""
+    text = render_markdown(R)
+    if R.get("cpu_peers"):
+        from benchmarks.cpu_peers import render_markdown as render_cpu_peers
+
+        text += "\n" + render_cpu_peers(R["cpu_peers"])
+    return text
+
+
 def sec_experiments(R, args):
     from report_experiments import sec_experiments as run
 
@@ -565,7 +596,8 @@ def sec_experiments(R, args):
 
 SECTIONS = {"env": sec_env, "copy": sec_copy, "bandwidth": sec_bandwidth, "steps": sec_steps,
             "peers": sec_peers, "small": sec_small, "memory": sec_memory, "sweep": sec_sweep,
-            "numpy": sec_numpy, "experiments": sec_experiments, "asvsmoke": sec_asvsmoke}
+            "numpy": sec_numpy, "experiments": sec_experiments, "asvsmoke": sec_asvsmoke,
+            "cpu_peers": sec_cpu_peers}
 
 
 # ====================================================================== main
@@ -573,7 +605,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="gpu_report_out")
     ap.add_argument("--backend", default=None, help="cupy (default when a GPU exists) or numpy")
-    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated; default: all but cpu_peers (all on numpy)")
     ap.add_argument("--budget-s", type=float, default=480.0)
     ap.add_argument("--min-time", type=float, default=0.05)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: test the script on a CPU")
@@ -584,11 +617,20 @@ def main(argv=None):
             R = json.load(fh)
         out = os.path.dirname(os.path.abspath(args.render))
         with open(os.path.join(out, "report.md"), "w") as fh:
-            fh.write(render_markdown(R))
+            fh.write(markdown(R))
         plot(R, os.path.join(out, "scaling.png"))
         return 0
     if args.backend is None:
         args.backend = "cupy" if "cupy" in B.available_backends() else "numpy"
+    if args.sections is None:
+        args.sections = ",".join(k for k in SECTIONS
+                                 if k != "cpu_peers" or args.backend == "numpy")
+    limiter = None
+    if args.backend == "numpy":          # CPU mode: one thread everywhere, stated in env
+        from benchmarks.cpu_peers import XLA_ONE_THREAD, limit_threads
+
+        os.environ.setdefault("XLA_FLAGS", XLA_ONE_THREAD)
+        limiter = limit_threads(1)
     if args.quick:
         global LARGE, PEER_SIZES, SWEEP_GRID, NUMPY_LARGE, MEMORY_BLOCKS
         LARGE = [(4_000, 60), (8_000, 20)]
@@ -615,12 +657,14 @@ def main(argv=None):
         with open(os.path.join(args.out, "report.json"), "w") as fh:
             json.dump(R, fh, indent=1, default=str)
     with open(os.path.join(args.out, "report.md"), "w") as fh:
-        fh.write(render_markdown(R))
+        fh.write(markdown(R))
     try:
         plot(R, os.path.join(args.out, "scaling.png"))
     except Exception:
         R["errors"]["plot"] = traceback.format_exc()
-    print(render_markdown(R))
+    print(markdown(R))
+    if limiter is not None:
+        limiter.restore_original_limits()
     return 0
 
 

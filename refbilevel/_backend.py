@@ -6,7 +6,7 @@ neutral: looking a backend up by name, moving arrays between host and device,
 synchronising a GPU stream for timing, and drawing random numbers on the host so that
 the same seed gives the same data on every backend.
 
-Rules kept here (see ``DESIGN.md``):
+Rules kept here:
 
 * :func:`to_host` and :func:`synchronize` are for results, plots, the CLI, tests and
   benchmarks only; solver code never calls them.
@@ -16,6 +16,7 @@ Rules kept here (see ``DESIGN.md``):
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import array_api_compat
@@ -37,8 +38,12 @@ __all__ = [
     "host_rng",
     "is_array",
     "is_cupy",
+    "is_dask",
     "is_numpy",
+    "linalg_solve",
     "materialize",
+    "matvecs",
+    "persist_data",
     "synchronize",
     "to_device",
     "to_host",
@@ -46,7 +51,7 @@ __all__ = [
 ]
 
 #: Backend names understood by :func:`backend_namespace`.
-BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch")
+BACKEND_NAMES = ("numpy", "array_api_strict", "cupy", "torch", "jax", "dask")
 
 
 def is_array(obj: Any) -> bool:
@@ -72,6 +77,12 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
     namespace
         The array-api-compat wrapped namespace (e.g. ``array_api_compat.numpy``).
     """
+    for a in arrays:                  # NumPy arrays only: the common case, decided here
+        if type(a) is not np.ndarray:
+            break
+    else:
+        if arrays:
+            return _numpy_namespace()
     if names is None:
         names = tuple(f"arg{i}" for i in range(len(arrays)))
     found: list[tuple[str, Any, Any]] = []
@@ -80,7 +91,7 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
             continue  # Python scalars (NumPy scalars, e.g. 0-d reductions, count as arrays)
         if not array_api_compat.is_array_api_obj(a):
             raise TypeError(
-                f"{name} must be an array (numpy, cupy, array_api_strict, torch); "
+                f"{name} must be an array (numpy, cupy, array_api_strict, torch, jax, dask); "
                 f"got {type(a).__name__}"
             )
         found.append((name, a, array_api_compat.array_namespace(a)))
@@ -95,6 +106,14 @@ def array_namespace(*arrays: Any, names: tuple[str, ...] | None = None):
             )
     check_same_device(*(a for _, a, _ in found), names=tuple(n for n, _, _ in found))
     return xp
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_namespace():
+    """array-api-compat's NumPy namespace (what :func:`array_namespace` gives NumPy arrays)."""
+    import array_api_compat.numpy
+
+    return array_api_compat.numpy
 
 
 def check_same_device(*arrays: Any, names: tuple[str, ...] | None = None) -> None:
@@ -116,7 +135,7 @@ def _library(xp) -> str:
 
 
 def backend_name(xp) -> str:
-    """Short name of a namespace: ``"numpy"``, ``"cupy"``, ``"array_api_strict"``, ``"torch"``."""
+    """Short name of a namespace: one of :data:`BACKEND_NAMES` (``"jax"`` for ``jax.numpy``)."""
     name = _library(xp)
     return name.split(".")[0]
 
@@ -129,6 +148,11 @@ def is_cupy(xp) -> bool:
 def is_numpy(xp) -> bool:
     """Whether ``xp`` is NumPy's namespace."""
     return array_api_compat.is_numpy_namespace(xp)
+
+
+def is_dask(xp) -> bool:
+    """Whether ``xp`` is Dask's (array-api-compat wrapped) namespace."""
+    return array_api_compat.is_dask_namespace(xp)
 
 
 def device(x: Any):
@@ -157,14 +181,27 @@ def backend_namespace(name: str):
 
     Parameters
     ----------
-    name : {"numpy", "array_api_strict", "cupy", "torch"}
-        ``"torch"`` works only when PyTorch is installed; ``"cupy"`` only when CuPy is
-        installed and a CUDA device is visible.
+    name : {"numpy", "array_api_strict", "cupy", "torch", "jax", "dask"}
+        ``"cupy"`` works only when CuPy is installed and a CUDA device is visible; the
+        others only when their library is installed.
+
+    Returns
+    -------
+    namespace
+        ``jax.numpy`` for ``"jax"``; the array-api-compat wrapped namespace for NumPy,
+        CuPy, PyTorch and Dask; ``array_api_strict`` itself.
 
     Raises
     ------
     ValueError
         For an unknown name (the message lists the valid ones) or an unavailable backend.
+
+    Notes
+    -----
+    Looking up ``"jax"`` turns on JAX's 64-bit mode (``jax_enable_x64``), a process-wide
+    setting: without it JAX has no float64 and would silently compute in float32.
+    Programs that import JAX themselves can set it first
+    (``jax.config.update("jax_enable_x64", True)`` or ``JAX_ENABLE_X64=1``).
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
@@ -188,10 +225,25 @@ def backend_namespace(name: str):
         import array_api_compat.cupy as xp_cupy
 
         return xp_cupy
+    if name == "jax":
+        try:
+            import jax
+        except ImportError as exc:
+            raise ValueError("backend 'jax' needs JAX installed (extra jax)") from exc
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        return jnp
+    if name == "dask":
+        try:
+            import array_api_compat.dask.array as xp_dask
+        except ImportError as exc:
+            raise ValueError("backend 'dask' needs Dask installed (extra dask)") from exc
+        return xp_dask
     try:
         import array_api_compat.torch as xp_torch
     except ImportError as exc:
-        raise ValueError("backend 'torch' needs PyTorch installed") from exc
+        raise ValueError("backend 'torch' needs PyTorch installed (extra torch)") from exc
     return xp_torch
 
 
@@ -207,7 +259,8 @@ def _cuda_available() -> bool:
 def available_backends() -> list[str]:
     """Backend names usable on this machine (numpy always).
 
-    Checks without importing heavy libraries where possible (torch is only looked up).
+    Checks without importing heavy libraries where possible (torch, JAX and Dask are only
+    looked up).
     """
     import importlib.util
 
@@ -216,15 +269,21 @@ def available_backends() -> list[str]:
         names.append("array_api_strict")
     if _cuda_available():
         names.append("cupy")
-    if importlib.util.find_spec("torch") is not None:
-        names.append("torch")
+    for name, module in (("torch", "torch"), ("jax", "jax"), ("dask", "dask.array")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # the parent package is missing
+            found = False
+        if found:
+            names.append(name)
     return names
 
 
 def to_host(x: Any) -> np.ndarray:
     """Copy an array of any backend to a NumPy array on the host.
 
-    For results, plots, files, the CLI and tests only: on a GPU this synchronises.
+    For results, plots, files, the CLI and tests only: on a GPU this synchronises, and a
+    Dask array is computed (its chunks gathered on the client), so pass small results.
     array-api-strict arrays on a non-default device are moved to the CPU device first.
     """
     if isinstance(x, np.ndarray):
@@ -240,6 +299,8 @@ def to_host(x: Any) -> np.ndarray:
         return np.asarray(x)
     if name == "torch":
         return x.detach().cpu().numpy()
+    if is_dask(xp):
+        return np.asarray(x.compute(optimize_graph=False))
     return np.asarray(x)
 
 
@@ -252,12 +313,38 @@ def from_host(a: Any, xp, *, dtype=None, device=None):
     """Move host data (NumPy array or nested lists) to namespace ``xp`` on ``device``.
 
     ``dtype`` may be a dtype of ``xp`` or a name such as ``"float64"``.
+
+    Dask arrays are chunked along the first axis only (``chunks=("auto", -1, ...)``, about
+    Dask's default chunk size in bytes per chunk): rows are the unit that is spread over
+    workers, and an oracle's reduction over rows becomes one tree reduction across
+    chunks. Build a problem from :func:`dask.array.from_array` (or any Dask array) to
+    choose other row chunks.
+
+    Raises
+    ------
+    ValueError
+        For float64 on JAX without 64-bit mode (see :func:`backend_namespace`), which JAX
+        would otherwise turn into float32.
     """
     if isinstance(dtype, str):
         dtype = getattr(xp, dtype)
     a = np.asarray(a)
     if dtype is None and a.dtype.kind == "f":
         dtype = getattr(xp, a.dtype.name)
+    if backend_name(xp) == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64 and dtype is not None and dtype_name(dtype) == "float64":
+            raise ValueError(
+                "JAX is in 32-bit mode and would turn float64 data into float32; "
+                "enable 64-bit mode first (jax.config.update('jax_enable_x64', True), "
+                "JAX_ENABLE_X64=1, or backend_namespace('jax')) or ask for float32")
+    if is_dask(xp):
+        import dask.array as da
+
+        chunks = ("auto",) + (-1,) * (a.ndim - 1) if a.ndim else ()
+        return da.from_array(a.astype(dtype_name(dtype), copy=False) if dtype is not None
+                             else a, chunks=chunks)
     if backend_name(xp) == "array_api_strict" and device is not None:
         out = xp.asarray(a, device=None)
         out = xp.asarray(out, device=device, copy=True)
@@ -294,8 +381,13 @@ def to_device(a: Any, xp, device=None, dtype=None):
     return from_host(a, xp, dtype=dtype, device=device)
 
 
-def synchronize(xp) -> None:
-    """Wait for queued device work: a stream sync on CuPy (and torch CUDA), a no-op on CPU.
+def synchronize(xp, tree: Any = None) -> None:
+    """Wait for queued work: a stream sync on CuPy (and torch CUDA), a no-op on NumPy.
+
+    JAX and Dask (with a ``dask.distributed`` client) run asynchronously per array rather
+    than per stream: pass the arrays to wait for as ``tree`` (any nesting of dataclasses,
+    tuples, lists and dicts, e.g. a solver state), which is waited on with
+    :func:`jax.block_until_ready` or :func:`distributed.wait`.
 
     For timing, benchmarks, record points and the CLI; never inside a solver step.
     """
@@ -303,23 +395,194 @@ def synchronize(xp) -> None:
         import cupy
 
         cupy.cuda.get_current_stream().synchronize()
-    elif backend_name(xp) == "torch":
+        return
+    name = backend_name(xp)
+    if name == "torch":
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+    elif name == "jax" and tree is not None:
+        import jax
+
+        jax.block_until_ready(_arrays_in(tree))
+    elif is_dask(xp) and tree is not None:
+        futures = [f for a in _arrays_in(tree) if _is_dask_array(a)
+                   for f in _futures_of(a)]
+        if futures:
+            from distributed import wait
+
+            wait(futures)
+
+
+def _futures_of(a):
+    try:
+        from distributed import futures_of
+    except ImportError:
+        return []
+    return futures_of(a)
+
+
+def _is_dask_array(a) -> bool:
+    return type(a).__module__.startswith("dask.") and hasattr(a, "__dask_graph__")
+
+
+def _map_tree(fn, tree):
+    """``tree`` with every array leaf replaced by ``fn(leaf)`` (other leaves kept)."""
+    import dataclasses
+
+    if is_array(tree):
+        return fn(tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        changes = {f.name: _map_tree(fn, getattr(tree, f.name))
+                   for f in dataclasses.fields(tree) if f.init}
+        return dataclasses.replace(tree, **changes)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_map_tree(fn, v) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map_tree(fn, v) for v in tree)
+    if isinstance(tree, dict):
+        return {k: _map_tree(fn, v) for k, v in tree.items()}
+    return tree
+
+
+def _arrays_in(tree) -> list:
+    out: list = []
+    _map_tree(lambda a: out.append(a) or a, tree)
+    return out
 
 
 def materialize(tree: Any) -> Any:
     """Make a solver state concrete at a step boundary, without copying it to the host.
 
     Eager libraries (NumPy, CuPy, PyTorch, JAX, array_api_strict) already hold concrete
-    arrays: the state is returned unchanged. Lazy libraries (Dask) would otherwise grow
-    one task graph across all steps; for them the arrays are persisted here (computed and
-    kept where they live, never gathered on the client). The driver calls this once per
-    step; solvers never call it.
+    arrays: the state is returned unchanged (the same object). Dask is lazy: a state left
+    as it is would carry the task graph of every step so far, so each step's graph would
+    grow and each record point would recompute the whole run. Here every Dask array of
+    the state is persisted, all in one :func:`dask.persist` call (shared parts of the step
+    run once): with a ``dask.distributed`` client the chunks are computed and kept on the
+    workers where they are (the call returns at once; the next step's graph starts from
+    them), without one, in local memory. Nothing is gathered on the client.
+
+    The driver calls this once per step; solvers never call it.
+
+    Parameters
+    ----------
+    tree : object
+        A solver state: arrays nested in dataclasses, named tuples, tuples, lists and
+        dicts; other leaves (samplers, counts) are kept as they are.
+
+    Returns
+    -------
+    object
+        ``tree`` itself when it holds no Dask array, else a copy of it whose Dask arrays
+        are persisted (graphs of one task per chunk).
     """
-    return tree
+    lazy = [a for a in _arrays_in(tree) if _is_dask_array(a)]
+    if not lazy:
+        return tree
+    import dask
+
+    done = iter(dask.persist(*lazy, optimize_graph=False))
+    return _map_tree(lambda a: next(done) if _is_dask_array(a) else a, tree)
+
+
+def persist_data(problem: Any) -> Any:
+    """Persist, in place, every Dask array a problem object holds; return the problem.
+
+    A problem built from Dask arrays holds its data and what its constructor derived from
+    it (one-hot targets, casts) as task graphs. Persisted once, before the first step,
+    they live on the workers (or in local memory without a ``dask.distributed`` client),
+    and each step's graph starts from them instead of re-reading the source or shipping
+    host chunks again. A no-op for eager libraries.
+    """
+    names = [k for k, v in vars(problem).items() if _is_dask_array(v)]
+    if names:
+        import dask
+
+        for name, value in zip(names, dask.persist(*(getattr(problem, k) for k in names),
+                                                   optimize_graph=False)):
+            setattr(problem, name, value)
+    return problem
+
+
+def linalg_solve(A, B):
+    """``xp.linalg.solve(A, B)`` for every backend, stacks of matrices included.
+
+    Dask's ``linalg.solve`` takes one 2-D matrix only. On Dask, the solve is one task that
+    gathers ``A`` and ``B`` on a worker and calls :func:`numpy.linalg.solve` there: the
+    result stays lazy (no computation on the client) and comes as a single chunk. For the
+    small systems of the exact oracles (stacks of ``dim_z x dim_z`` or one
+    ``dim_x + dim_y`` system), never for data-sized matrices.
+
+    Parameters
+    ----------
+    A : array, shape (..., n, n)
+    B : array, shape (n,) or (..., n, k)
+        As in the array API standard: a 1-D ``B`` is one right-hand side.
+    """
+    xp = array_namespace(A, B, names=("A", "B"))
+    if not is_dask(xp):
+        return xp.linalg.solve(A, B)
+    import dask
+    import dask.array as da
+
+    if B.ndim == 1:
+        shape = tuple(B.shape)
+    else:
+        shape = np.broadcast_shapes(tuple(A.shape[:-2]), tuple(B.shape[:-2])) + tuple(B.shape[-2:])
+    dtype = np.result_type(A.dtype, B.dtype)
+    return da.from_delayed(dask.delayed(np.linalg.solve)(A, B), shape=shape, dtype=dtype)
+
+
+#: Backends that run a stack of at most this many rows as one matrix-vector product per
+#: row in :func:`matvecs`, per orientation (``A @ x`` and ``A.T @ x``); every other
+#: backend, and every larger stack, uses one matrix product. Chosen by measurement, one
+#: BLAS thread (docs/benchmarks.md, "Paired products"): OpenBLAS runs ``Xs @ A.T`` with
+#: two rows 1.05 to 1.8 times slower than two ``A @ x``, while ``Xs @ A`` with two rows
+#: is the faster form at all but one size; with four rows one matrix product wins both
+#: ways. CuPy (cuBLAS) and PyTorch stream ``A`` once for the whole stack.
+_ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
+
+
+@functools.lru_cache(maxsize=None)
+def _rowwise_max(xp) -> dict:
+    return _ROWWISE_MAX.get(backend_name(xp), {False: 0, True: 0})
+
+
+def matvecs(A, Xs, *, xp, transpose: bool = False):
+    r"""Matrix-vector products of one matrix with a stack of vectors, in the backend's fastest form.
+
+    Parameters
+    ----------
+    A : array, shape (n, d)
+        The matrix (typically data, read once per product).
+    Xs : array, shape (m, d), or (m, n) with ``transpose=True``
+        The vectors, one per row.
+    xp : namespace
+        The namespace of ``A`` and ``Xs``.
+    transpose : bool
+        Multiply by :math:`A^\top` instead of :math:`A`.
+
+    Returns
+    -------
+    array, shape (m, n), or (m, d) with ``transpose=True``
+        Row :math:`j` is :math:`A x_j` (or :math:`A^\top x_j`).
+
+    Notes
+    -----
+    The result is :math:`X_s A^\top` (or :math:`X_s A`) whichever way it is computed: as
+    one matrix product (``A`` streamed once for the whole stack) or, for short stacks on
+    backends where a skinny matrix product is slower than matrix-vector products (NumPy
+    with OpenBLAS), as :math:`m` products stacked. The choice is a per-backend table,
+    never a property of the caller; the two forms agree to rounding (each entry is one
+    inner product of length ``d`` or ``n``, summed in a BLAS-chosen order).
+    """
+    m = Xs.shape[0]
+    if m <= _rowwise_max(xp)[transpose]:
+        At = A.T if transpose else A
+        return xp.stack([At @ Xs[j, ...] for j in range(m)])
+    return Xs @ A if transpose else Xs @ A.T
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -350,6 +613,9 @@ def copy_into(dst, src) -> None:
     For bandwidth measurements; asynchronous on a GPU.
     """
     xp = array_namespace(dst, src, names=("dst", "src"))
+    if backend_name(xp) in ("jax", "dask"):
+        raise TypeError(f"copy_into needs mutable arrays; {backend_name(xp)} arrays are "
+                        "immutable")
     if is_cupy(xp):
         dst.data.copy_from_device_async(src.data, src.nbytes)
     else:

@@ -23,12 +23,15 @@ import time
 
 import numpy as np
 
-from ._backend import (backend_namespace, copy_into, device_name, is_array,
+from ._backend import (backend_namespace, copy_into, device_name, is_array, materialize,
                        synchronize, to_host)
 from ._validation import check_int
 from .oracle import Oracle
 
 __all__ = ["bench", "copy_bandwidth", "format_table", "step_bytes"]
+
+#: Backends without in-place copies (JAX) or with lazy ones (Dask): no bandwidth columns.
+_IMMUTABLE = ("jax", "dask")
 
 
 def copy_bandwidth(xp, *, nbytes: int | None = None, repeats: int = 5) -> float:
@@ -150,21 +153,21 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
             state = solv.init(prob, prob.init_x(), prob.init_y(), seed)
             oracle = Oracle(prob)
             for _ in range(warmup):
-                state = solv.step(oracle, state)
-            synchronize(xp)
+                state = materialize(solv.step(oracle, state))
+            synchronize(xp, state)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 for _ in range(n_steps):
-                    state = solv.step(oracle, state)
-                synchronize(xp)
+                    state = materialize(solv.step(oracle, state))
+                synchronize(xp, state)
                 times.append((time.perf_counter() - t0) / n_steps)
             t = statistics.median(times)
             base = t if base is None else base
             row = {"size": size if size is not None else "default", "backend": b,
                    "device": device_name(xp), "time_per_step": t, "speedup": base / t,
                    "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None}
-            if _full_batch(solv, prob):
+            if _full_batch(solv, prob) and b not in _IMMUTABLE:
                 if b not in copy_bw:
                     copy_bw[b] = copy_bandwidth(xp)
                 nbytes = step_bytes(prob, solv, state)

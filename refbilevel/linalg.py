@@ -17,14 +17,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ._backend import array_namespace, device, to_host_scalar
+from ._backend import array_namespace, device, linalg_solve, materialize, to_host_scalar
 
 __all__ = ["block_newton", "cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
 
 def _vdot(xp, u, v):
-    """Euclidean inner product of two arrays of the same shape, as a 0-d array."""
-    return xp.sum(u * v)
+    """Euclidean inner product of two real arrays of the same shape, as a 0-d array.
+
+    One operation (``vecdot``: a BLAS dot on NumPy) rather than a product and a sum; arrays
+    of more than one axis are flattened first (a view for contiguous arrays).
+    """
+    if u.ndim != 1:
+        u, v = xp.reshape(u, (-1,)), xp.reshape(v, (-1,))
+    return xp.vecdot(u, v)
 
 
 def _cg_start(xp, matvec, b, x0):
@@ -182,7 +188,8 @@ def cg_solve(matvec: Callable, b, *, rtol: float = 1e-13, atol: float = 0.0,
     rnorm = math.sqrt(to_host_scalar(rs))
     k = 0
     while rnorm > target and k < max_iter:
-        hp = matvec(p)
+        v, r, p, rs = materialize((v, r, p, rs))  # lazy libraries: one step's graph at a time
+        hp = materialize(matvec(p))
         php = to_host_scalar(_vdot(xp, p, hp))
         if not php > 0:
             break
@@ -250,6 +257,7 @@ def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
     polish = 2  # full Newton steps after the tolerance is met: z* to rounding level
     target, stalled = None, 0
     for _ in range(max_iter + polish):
+        z = materialize(z)  # lazy libraries: one iteration's graph at a time
         gz = grad(z)
         if polish == 0:
             break
@@ -260,7 +268,7 @@ def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
             break
         if gmax <= target:
             polish -= 1
-        d = -xp.linalg.solve(hessian(z), gz[..., None])[..., 0]
+        d = -linalg_solve(hessian(z), gz[..., None])[..., 0]
         slope = xp.sum(d * gz, axis=1)
         g0 = value(z)
         step = xp.zeros_like(g0)

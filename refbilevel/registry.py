@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import datasets as _datasets
-from ._backend import BACKEND_NAMES, backend_namespace, resolve_dtype
+from ._backend import BACKEND_NAMES, backend_namespace, persist_data, resolve_dtype
 
 __all__ = ["DEFAULT_RUN", "PROBLEMS", "SOLVERS", "ProblemSpec", "build_problem", "build_solver",
            "coerce", "dataset_names", "default_iters", "describe_all", "get_problem",
@@ -427,7 +427,7 @@ def build_problem(name: str, *, seed: int = 0, backend: str = "numpy", dtype: st
                              f"got {dataset!r}")
         call["data"] = _load_dataset(dataset, seed)
     out = builder(**call)
-    return out[0] if isinstance(out, tuple) else out
+    return persist_data(out[0] if isinstance(out, tuple) else out)
 
 
 def suggested_settings(problem: str, solver: str) -> dict:
@@ -449,13 +449,15 @@ def build_solver(name: str, hyperparameters: dict | None = None, *, problem: str
 
 
 def usable_backends() -> list[str]:
-    """Backends usable here; torch is reported when installed, without importing it (slow)."""
-    import importlib.util
+    """Backends usable here; torch, jax and dask are reported when installed, without
+    importing them (slow; and looking JAX up would switch on its 64-bit mode)."""
+    from ._backend import available_backends
 
+    found = available_backends()
     out = []
     for name in BACKEND_NAMES:
-        if name == "torch":
-            if importlib.util.find_spec("torch") is not None:
+        if name in ("torch", "jax", "dask"):
+            if name in found:
                 out.append(name)
             continue
         try:
@@ -484,7 +486,7 @@ def describe_all() -> dict[str, Any]:
 #: The embedded default of ``refbilevel run``: MinimaxOPT (Algorithm 1, full batch) on the
 #: synthetic logistic-regression HPO problem of the MinimaxOPT paper (§4.1; n = 1000 samples,
 #: p = 100 features as in :func:`refbilevel.datasets.logreg_hpo_data`). The step size, stage
-#: factor and stage length are ours (the paper's grid values were lost, UNVERIFIED): with
+#: factor and stage length are ours (the paper's grid values are not reproduced here, UNVERIFIED): with
 #: them the validation loss and the exact hypergradient norm decrease steadily, while the
 #: solver's generic defaults (lr=0.1, tau=2) freeze x after a few stages on this problem.
 DEFAULT_RUN = {

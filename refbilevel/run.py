@@ -572,7 +572,7 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
     last_good = (state, oracle.calls.copy())
     last_ckpt = state.iteration
     bar = _Progress(progress, n_iter, state.iteration)
-    synchronize(xp)
+    synchronize(xp, state)
     t0 = time.perf_counter()
     try:
         while state.iteration < n_iter:
@@ -580,7 +580,7 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
             k = state.iteration
             if k % record_every and k != n_iter:
                 continue
-            synchronize(xp)
+            synchronize(xp, state)
             elapsed += time.perf_counter() - t0
             if not _finite(xp, state):
                 state, calls = last_good
@@ -610,7 +610,7 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
             bar.update(k, row)
             if status != "max_iter":
                 break
-            synchronize(xp)
+            synchronize(xp, state)
             t0 = time.perf_counter()
         if ckpt is not None and status != "diverged" and last_ckpt != state.iteration:
             ckpt.write(state, history, elapsed, oracle.calls)

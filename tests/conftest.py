@@ -1,9 +1,18 @@
 """Backend matrix for the test suite.
 
 The ``backend`` fixture runs a test on NumPy, on array-api-strict (CPU device and its
-second device ``device1``, which catches a forgotten ``device=``), and on CuPy where a GPU
-is visible. Tests ask for ``xp`` (the namespace), ``device`` and ``asxp`` (host data ->
-arrays of the backend). ``REFBILEVEL_BACKENDS=numpy,cupy`` restricts the matrix.
+second device ``device1``, which catches a forgotten ``device=``), on JAX (64-bit mode) and
+PyTorch (CPU) where they are installed, and on CuPy where a GPU is visible. A library that
+is not installed shows up as skipped, with the reason. Tests ask for ``xp`` (the
+namespace), ``device`` and ``asxp`` (host data -> arrays of the backend).
+
+``REFBILEVEL_BACKENDS=numpy,jax`` restricts the matrix to the named backends. Tests marked
+``@pytest.mark.eager_libraries`` are the representative subset that runs on JAX and
+PyTorch by default (the data-driven problems' oracles, linear algebra, the backend
+layer, every solver's trajectory against NumPy's); ``REFBILEVEL_BACKENDS=all``
+(or naming ``jax``/``torch`` explicitly) runs every test on them. Dask is not in this
+matrix: a lazy library needs a persisted state and a cluster, which
+``tests/test_dask.py`` sets up.
 
 Markers:
 
@@ -38,6 +47,18 @@ class Backend:
         return _backend.from_host(a, self.xp, device=self.device)
 
 
+#: Libraries run eagerly op by op from Python, whose per-operation dispatch makes the long
+#: tests slow: by default they run the tests marked ``eager_libraries`` only.
+EAGER_LIBRARIES = ("jax", "torch")
+
+
+def _selected() -> set[str] | None:
+    only = os.environ.get("REFBILEVEL_BACKENDS", "").strip()
+    if not only or only == "all":
+        return None
+    return {name.strip() for name in only.split(",") if name.strip()}
+
+
 def _backends():
     params = [pytest.param("numpy", id="numpy")]
     try:
@@ -50,11 +71,11 @@ def _backends():
         params.append(pytest.param("array_api_strict-device1", id="array_api_strict-device1"))
     except ImportError:
         pass
+    params += [pytest.param(name, id=name) for name in EAGER_LIBRARIES]
     if _backend._cuda_available():
         params.append(pytest.param("cupy", id="cupy"))
-    only = os.environ.get("REFBILEVEL_BACKENDS")
-    if only:
-        keep = set(only.split(","))
+    keep = _selected()
+    if keep is not None:
         params = [p for p in params if p.values[0] in keep]
     return params
 
@@ -63,12 +84,22 @@ BACKEND_PARAMS = _backends()
 GPU_BACKENDS = {"cupy"}
 
 
+def _run_all_on_eager_libraries() -> bool:
+    """Whether every test runs on JAX/PyTorch (``REFBILEVEL_BACKENDS=all`` or named)."""
+    only = os.environ.get("REFBILEVEL_BACKENDS", "").strip()
+    keep = _selected()
+    return only == "all" or (keep is not None and bool(keep & set(EAGER_LIBRARIES)))
+
+
 def _make_backend(name: str) -> Backend:
     if name == "array_api_strict-device1":
         import array_api_strict
 
         return Backend(name, array_api_strict, array_api_strict.Device("device1"))
-    xp = _backend.backend_namespace(name)
+    try:
+        xp = _backend.backend_namespace(name)  # "jax" turns on 64-bit mode
+    except ValueError as exc:  # library not installed
+        pytest.skip(f"{name}: {exc}")
     return Backend(name, xp, None)
 
 
@@ -84,6 +115,10 @@ def _apply_skip_markers(request, name: str) -> None:
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request) -> Backend:
     _apply_skip_markers(request, request.param)
+    if (request.param in EAGER_LIBRARIES and not _run_all_on_eager_libraries()
+            and request.node.get_closest_marker("eager_libraries") is None):
+        pytest.skip(f"{request.param}: outside the representative subset "
+                    "(REFBILEVEL_BACKENDS=all runs every test)")
     return _make_backend(request.param)
 
 

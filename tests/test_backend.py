@@ -7,6 +7,9 @@ from refbilevel import _backend
 from refbilevel._backend import array_namespace, from_host, host_rng, to_host
 from refbilevel.problems.quadratic import Quadratic
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 
 def test_array_namespace_matches_input(xp, device):
     a = xp.ones(3, dtype=xp.float64, device=device)
@@ -82,9 +85,72 @@ def test_asarray_like_keeps_namespace_device_dtype(xp, device):
     assert _backend.device(out) == _backend.device(like)
 
 
+@pytest.mark.skip_xp_backends("jax", reason="JAX arrays are immutable: no in-place copy")
 def test_copy_into_copies_values(xp, device):
     src = from_host(np.arange(5.0), xp, device=device)
     dst = xp.zeros_like(src)
     _backend.copy_into(dst, src)
     _backend.synchronize(xp)
     np.testing.assert_array_equal(to_host(dst), np.arange(5.0))
+
+
+def test_copy_into_refuses_immutable_jax_arrays():
+    jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed")
+    _backend.backend_namespace("jax")
+    with pytest.raises(TypeError, match="immutable"):
+        _backend.copy_into(jnp.zeros(3), jnp.ones(3))
+
+
+def test_materialize_returns_eager_states_unchanged(xp, device):
+    # oracle: identity (the same object) for every eager library
+    from refbilevel.solvers.base import OracleCalls
+
+    state = {"x": from_host(np.arange(3.0), xp, device=device), "calls": OracleCalls(),
+             "pair": (None, 1.0)}
+    assert _backend.materialize(state) is state
+
+
+def test_every_backend_name_resolves_or_says_why():
+    # oracle: each name either gives a namespace whose arrays report that name back, or a
+    # ValueError naming the backend (missing library or GPU)
+    for name in _backend.BACKEND_NAMES:
+        try:
+            xp = _backend.backend_namespace(name)
+        except ValueError as exc:
+            assert name in str(exc)
+            assert name not in _backend.available_backends() or name == "cupy"
+            continue
+        a = from_host(np.arange(4.0), xp, dtype="float64")
+        assert _backend.backend_name(array_namespace(a)) == name
+        assert str(a.dtype).endswith("float64")
+        np.testing.assert_array_equal(to_host(a), np.arange(4.0))
+
+
+def test_jax_float64_without_x64_is_refused():
+    # JAX's 64-bit switch is process-wide and the suite has turned it on: check the 32-bit
+    # behaviour in a fresh interpreter
+    pytest.importorskip("jax", reason="JAX is not installed")
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, jax.numpy as jnp\n"
+        "from refbilevel._backend import from_host, backend_namespace\n"
+        "assert str(from_host(np.ones(2), jnp, dtype='float32').dtype) == 'float32'\n"
+        "try:\n"
+        "    from_host(np.ones(2), jnp, dtype='float64')\n"
+        "except ValueError as exc:\n"
+        "    assert 'jax_enable_x64' in str(exc), exc\n"
+        "else:\n"
+        "    raise SystemExit('float64 was accepted in 32-bit mode')\n"
+        "xp = backend_namespace('jax')\n"
+        "assert str(from_host(np.ones(2), xp, dtype='float64').dtype) == 'float64'\n"
+    )
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                         env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

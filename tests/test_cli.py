@@ -351,3 +351,45 @@ def test_main_maps_refused_input_to_exit_2_and_keeps_bugs_traceback(tmp_path, mo
     with pytest.raises(TypeError, match="inside a step"):
         cli_mod.main(["run", "--problem", "quadratic", "--solver", "minimaxopt", "--iters", "2",
                       "--out", str(tmp_path / "s"), "--no-progress"])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch", "dask"])
+def test_run_on_other_backends_matches_numpy(tmp_path, backend):
+    # oracle: the NumPy run of the same configuration (same data, seed and schedule)
+    pytest.importorskip({"dask": "dask.array"}.get(backend, backend),
+                        reason=f"{backend} is not installed")
+    finals = {}
+    for b in ("numpy", backend):
+        proc = cli("run", "--problem", "quadratic", "--solver", "f2sa", "--iters", 5,
+                   "--backend", b, "--no-progress", "--out", b, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        finals[b] = np.load(tmp_path / b / "final.npz")
+        assert json.loads((tmp_path / b / "config.json").read_text())["backend"] == b
+    for key in ("x", "y"):
+        np.testing.assert_allclose(finals[backend][key], finals["numpy"][key],
+                                   rtol=1e-12, atol=1e-15)
+
+
+def test_export_on_jax_matches_numpy(tmp_path):
+    pytest.importorskip("jax", reason="JAX is not installed")
+    out = {}
+    for b in ("numpy", "jax"):
+        proc = cli("export", "--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=60",
+                   "--set", "problem.p=6", "--steps", 3, "--batch-size", 8, "--backend", b,
+                   "--out", f"{b}.npz", cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        out[b] = np.load(tmp_path / f"{b}.npz")
+    np.testing.assert_array_equal(out["jax"]["batch_inner"], out["numpy"]["batch_inner"])
+    np.testing.assert_allclose(out["jax"]["ref_x"], out["numpy"]["ref_x"], rtol=1e-12,
+                               atol=1e-15)
+
+
+def test_bench_backend_swap_table(tmp_path):
+    pytest.importorskip("jax", reason="JAX is not installed")
+    proc = cli("bench", "--backends", "numpy,jax", "--steps", 2, "--repeats", 1,
+               cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[2:4]]
+    assert [r[1] for r in rows] == ["numpy", "jax"]
+    assert rows[0][5] == "1.00x" and rows[1][5].endswith("x")
+    assert rows[1][6] == "-"  # no bandwidth columns for an immutable-array library

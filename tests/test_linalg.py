@@ -8,6 +8,9 @@ import pytest
 from refbilevel import linalg
 from refbilevel._backend import to_host
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 
 def _spd(rng, n, cond):
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))

@@ -8,6 +8,9 @@ from refbilevel.checks import relative_error
 from refbilevel.datasets import make_multitask_auc, multitask_auc_data
 from refbilevel.problems import Batch, MultiTaskAUC
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 EPS = 1e-6
 RTOL = 1e-7
 

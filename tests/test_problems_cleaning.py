@@ -9,6 +9,9 @@ from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_orac
 from refbilevel._backend import from_host, to_host
 from refbilevel.problems import Batch, DataCleaning
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
 MODELS = {
     "linear": dict(model="linear", reg=0.1),
@@ -109,7 +112,7 @@ def test_exact_oracles(kind, asxp, rng):
     ys, hg = assert_exact_oracles(P, x, rng)
     assert P.strongly_convex_inner == (kind == "linear")
     if kind == "linear":
-        # ALGORITHMS.md 5.3: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
+        # docs/theory/cleaning.rst: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
         A, xh, W = to_host(P.A_train), to_host(x), to_host(ys).reshape(d, C)
         Y = np.eye(C)[to_host(P.Y_train).argmax(1)]
         Z = A @ W

@@ -7,6 +7,9 @@ from refbilevel._backend import device as dev_of, to_host, to_host_scalar
 from refbilevel.datasets import make_meta_learning, meta_learning_data
 from refbilevel.problems import RankedMetaLearning
 
+#: Runs on JAX and PyTorch by default (tests/conftest.py).
+pytestmark = pytest.mark.eager_libraries
+
 EPS = 1e-6
 RTOL = 1e-7
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from .._backend import matvecs
 from .losses import BINARY_LOGISTIC, SOFTMAX_CE
 
 __all__ = ["LinearModel", "LinearModelAt"]
@@ -91,10 +92,9 @@ class LinearModel:
         """
         m, d = Ws.shape[0], self.n_features
         if self.n_classes is None:
-            # Ws Aᵀ, not (A Wsᵀ)ᵀ: the same product, but cuBLAS picks a kernel for this
-            # orientation that streams A at full bandwidth in float32 (2.8 -> 1.5 ms per
-            # product pair at 200,000 x 2,000 on an H100; docs/benchmarks.md)
-            return Ws @ A.T
+            # Ws Aᵀ in the backend's form: one product on cuBLAS (it streams A at full
+            # bandwidth in this orientation), matrix-vector products on OpenBLAS
+            return matvecs(A, Ws, xp=xp)
         C = self.n_classes
         cols = xp.reshape(xp.permute_dims(xp.reshape(Ws, (m, d, C)), (1, 0, 2)), (d, m * C))
         S = xp.reshape(A @ cols, (A.shape[0], m, C))
@@ -104,7 +104,7 @@ class LinearModel:
         """Flat ``A.T @ G_j`` for ``m`` stacked cotangents (one pass over ``A``): ``(m, size)``."""
         m, d = Gs.shape[0], self.n_features
         if self.n_classes is None:
-            return Gs @ A      # = (Aᵀ Gsᵀ)ᵀ, oriented as in forward_many
+            return matvecs(A, Gs, xp=xp, transpose=True)     # Gs A = (Aᵀ Gsᵀ)ᵀ
         C = self.n_classes
         cols = xp.reshape(xp.permute_dims(Gs, (1, 0, 2)), (A.shape[0], m * C))
         out = xp.reshape(A.T @ cols, (d, m, C))

@@ -68,9 +68,20 @@ def exp_limit(dtype, *, xp) -> float:
 
     :math:`e^c` is finite and :math:`1 / (1 + e^c)` is below the smallest normal number, so
     clamping an exponent at :math:`c` avoids overflow while changing a logistic value only
-    where it is smaller than that number.
+    where it is smaller than that number. Looked up once per (namespace, dtype): the
+    oracles call this on every evaluation.
     """
-    return float(math.floor(math.log(xp.finfo(dtype).max)))
+    key = (xp, dtype)
+    c = _EXP_LIMITS.get(key)
+    if c is None:
+        c = _EXP_LIMITS[key] = float(math.floor(math.log(xp.finfo(dtype).max)))
+    return c
+
+
+#: exp_limit's values by (namespace, dtype): keyed with the namespace so that dtype
+#: objects of two libraries (equal hashes, e.g. NumPy's and array-api-strict's float64)
+#: are never compared with each other
+_EXP_LIMITS: dict = {}
 
 
 def sigmoid(t, *, xp):
@@ -153,9 +164,15 @@ class BinaryLogistic:
 
     @staticmethod
     def score_grad(S, b, *, xp):
-        r""":math:`\partial \ell_i / \partial s_i = -b_i \sigma(-m_i) = -b_i / (1 + e^{m_i})`,
-        :math:`m_i = b_i s_i` (exponent clamped as in :func:`sigmoid`)."""
-        return -b / (1.0 + xp.exp(xp.minimum(b * S, exp_limit(S.dtype, xp=xp))))
+        r""":math:`\partial \ell_i / \partial s_i = -b_i \sigma(-m_i) = b_i / (-1 - e^{m_i})`,
+        :math:`m_i = b_i s_i`.
+
+        Five elementwise operations: the sign is folded into the denominator
+        (:math:`-b/(1+e) = b/(-1-e)` exactly, negation being exact), and the exponent is
+        clamped at :func:`exp_limit` as in :func:`sigmoid`. The clamp stays: without it
+        :math:`e^{m}` overflows for :math:`m > c` (the value would still be right, ``±0``),
+        and NumPy reports every such overflow as a ``RuntimeWarning``."""
+        return b / (-1.0 - xp.exp(xp.minimum(b * S, exp_limit(S.dtype, xp=xp))))
 
     @staticmethod
     def score_hvp(S, b, R, *, xp):

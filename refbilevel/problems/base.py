@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .._backend import array_namespace, device, eps, to_host_scalar
+from .._backend import array_namespace, device, eps, materialize, to_host_scalar
 from ..linalg import cg_solve
 
 __all__ = ["Batch", "BilevelProblem", "LinearizedG", "MinimaxBilevelProblem", "ORACLE_KINDS", "take_rows"]
@@ -240,6 +240,7 @@ class BilevelProblem(_ProblemData):
         for _ in range(max_iter):
             if gnorm <= target:
                 break
+            y, grad = materialize((y, grad))  # lazy libraries: one iteration's graph at a time
             cg_rtol = max(min(0.1, math.sqrt(gnorm)), 1e-14)
             d, _, _ = cg_solve(lambda v: self.hvp_g(x, y, v), -grad, rtol=cg_rtol,
                                max_iter=10 * self.dim_y + 10)

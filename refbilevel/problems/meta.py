@@ -1,6 +1,6 @@
 r"""Rank-based robust meta-learning (sum of ranked range of task losses) as minimax-bilevel.
 
-What is known and what is ours (ALGORITHMS.md 3.5):
+What is known and what is ours (``docs/theory/meta.rst``; tags as in ``docs/provenance.rst``):
 
 * **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) apply FOSL/MemCS to a "novel rank-based"
   robust meta-learning problem; a companion paper (Si, Hu, Ji, Lyu, arXiv 2410.18894)
@@ -55,7 +55,7 @@ References
 
 from __future__ import annotations
 
-from .._backend import to_host_scalar
+from .._backend import linalg_solve, to_host_scalar
 from ..linalg import block_newton
 from .._validation import check_array, check_choice, check_int, check_real
 from ..models.losses import sigmoid, sigmoid_prime, softplus
@@ -105,6 +105,21 @@ class RankedMetaLearning(MinimaxBilevelProblem):
        NeurIPS 2024.
     .. [2] S. Hu, Y. Ying, X. Wang, S. Lyu. Learning by Minimizing the Sum of Ranked Range.
        NeurIPS 2020.
+
+    Examples
+    --------
+    Built from :func:`refbilevel.datasets.make_meta_learning`; each task's adapted
+    parameters :math:`z_i^*(x)` make the lower-level gradient vanish:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_meta_learning
+    >>> problem = make_meta_learning(n_tasks=4, n_support=6, n_query=6, n_features=3, seed=0)
+    >>> z = problem.inner_solution(problem.init_x())
+    >>> z.shape
+    (4, 3)
+    >>> gx, gz = problem.grad_g(problem.init_x(), z, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     name = "ranked_meta_learning"
@@ -208,7 +223,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         xp, A = self.xp, self.A_train
         _, _, d2 = self._rows(A, self.b_train, z)
         eye = xp.eye(self.dim_z, dtype=self.dtype, device=self.device)
-        return (A * d2[..., None]).mT @ A / A.shape[1] + self.mu * eye
+        return xp.matrix_transpose(A * d2[..., None]) @ A / A.shape[1] + self.mu * eye
 
     def inner_solution(self, x):
         r"""``z*(x)`` for all blocks.
@@ -223,7 +238,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         w = x[None, :-1]
         if self.loss == "squared":
             rhs = xp.sum(A * self.b_train[..., None], axis=1) / A.shape[1] + self.mu * w
-            return xp.linalg.solve(self._hessians(self.init_z()), rhs[..., None])[..., 0]
+            return linalg_solve(self._hessians(self.init_z()), rhs[..., None])[..., 0]
 
         def per_block(z):
             val, _, _ = self._rows(A, self.b_train, z)
@@ -312,7 +327,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         blocks = self.all_blocks()
         z = self.inner_solution(x)
         gx, _, gz = self.grad_f(x, self.dual_solution(x, z), z, blocks)
-        V = xp.linalg.solve(self._hessians(z), gz[..., None])[..., 0]
+        V = linalg_solve(self._hessians(z), gz[..., None])[..., 0]
         return gx - self.cross_g(x, z, V, blocks)
 
     def describe(self) -> dict:

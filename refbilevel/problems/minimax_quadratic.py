@@ -5,7 +5,8 @@ Derivations: ``docs/theory/quadratic.rst`` (section "Multi-block minimax quadrat
 
 from __future__ import annotations
 
-from .._backend import default_namespace, from_host, host_namespace, host_rng, resolve_dtype
+from .._backend import (default_namespace, from_host, host_namespace, host_rng, linalg_solve,
+                        resolve_dtype)
 from .._validation import check_array, check_int, check_real
 from ._random import random_spd
 from .base import MinimaxBilevelProblem
@@ -65,7 +66,7 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     \begin{bmatrix} x \\ y\end{bmatrix} = -\begin{bmatrix} g_x \\ g_y\end{bmatrix}`, and
     :math:`\nabla\Phi(x) = G x + C y^*(x) + g_x` with :math:`y^*(x) = \bar Q^{-1}(C^\top x + g_y)`.
 
-    Penalty counterpart for a fixed λ (FOSL/MemCS; ALGORITHMS.md §3.2):
+    Penalty counterpart for a fixed λ (FOSL/MemCS; ``docs/algorithms/fosl_memcs.rst``):
     :math:`\min_x\max_y\frac1n\sum_i[\min_{z_i}(f_i + λ g_i) - λ\min_{v_i} g_i]`. With
     :math:`W_i = A_i + λ H_i`, :math:`z_i = W_i^{-1}(λ(B_i x + c_i) - a_i - E_i y)` and
     :math:`v_i = z_i^*(x)`; substituting gives a linear system in (x, y), solved in
@@ -76,6 +77,22 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     ----------
     .. [1] Y. Yang, P. Si, W. Lyu, K. Ji, "First-order minimax bilevel optimization",
        NeurIPS 2024 (problem (1) and its penalty reformulation).
+
+    Examples
+    --------
+    The closed-form saddle point is stationary: the gradient of
+    :math:`\Phi(x) = \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))` vanishes there, and every
+    block's lower-level gradient vanishes at :math:`z_i^*(x)`:
+
+    >>> import numpy as np
+    >>> from refbilevel import MinimaxQuadratic
+    >>> problem = MinimaxQuadratic.random(3, 2, 2, 2, seed=0)
+    >>> x_star, y_star, z_star = problem.saddle()
+    >>> bool(np.allclose(problem.saddle_gradient(x_star), 0.0, atol=1e-12))
+    True
+    >>> gx, gz = problem.grad_g(x_star, z_star, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-12))
+    True
     """
 
     name = "minimax_quadratic"
@@ -165,14 +182,14 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     # --------------------------------------------------------- closed forms
     def inner_solution(self, x):
         """``z_i*(x) = H_i⁻¹(B_i x + c_i)`` for all blocks, shape ``(n_blocks, dim_z)``."""
-        return self.xp.linalg.solve(self.H, (self.B @ x + self.c)[..., None])[..., 0]
+        return linalg_solve(self.H, (self.B @ x + self.c)[..., None])[..., 0]
 
     def _reduced(self):
         """``G, C, Q̄, g_x, g_y`` of the reduced quadratic ``F(x, y)`` (class Notes)."""
         xp = self.xp
         mT = xp.linalg.matrix_transpose
-        M = xp.linalg.solve(self.H, self.B)
-        m = xp.linalg.solve(self.H, self.c[..., None])[..., 0]
+        M = linalg_solve(self.H, self.B)
+        m = linalg_solve(self.H, self.c[..., None])[..., 0]
         G = self.R + xp.mean(mT(M) @ self.A @ M, axis=0)
         C = xp.mean(mT(M) @ self.E + self.P, axis=0)
         Qbar = xp.mean(self.Q, axis=0)
@@ -183,13 +200,13 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     def _solve_xy(self, Kxx, Kxy, Kyx, Kyy, bx, by):
         xp = self.xp
         K = xp.concat([xp.concat([Kxx, Kxy], axis=1), xp.concat([Kyx, Kyy], axis=1)], axis=0)
-        sol = xp.linalg.solve(K, -xp.concat([bx, by]))
+        sol = linalg_solve(K, -xp.concat([bx, by]))
         return sol[:self.dim_x], sol[self.dim_x:]
 
     def max_solution(self, x):
         """``y*(x) = argmax_y F(x, y) = Q̄⁻¹(Cᵀx + g_y)``."""
         _, C, Qbar, _, gy = self._reduced()
-        return self.xp.linalg.solve(Qbar, x @ C + gy)
+        return linalg_solve(Qbar, x @ C + gy)
 
     def saddle(self):
         """The saddle point ``(x*, y*, z*(x*))`` of ``min_x max_y F(x, y, z*(x))``."""
@@ -200,7 +217,7 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     def saddle_gradient(self, x):
         """``∇Φ(x) = G x + C y*(x) + g_x`` with ``Φ(x) = max_y F(x, y, z*(x))``."""
         G, C, Qbar, gx, gy = self._reduced()
-        y = self.xp.linalg.solve(Qbar, x @ C + gy)
+        y = linalg_solve(Qbar, x @ C + gy)
         return G @ x + C @ y + gx
 
     def value(self, x):
@@ -216,11 +233,11 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
         xp = self.xp
         mT = xp.linalg.matrix_transpose
         W = self.A + lam * self.H
-        M = xp.linalg.solve(self.H, self.B)
-        m = xp.linalg.solve(self.H, self.c[..., None])[..., 0]
-        WinvAM = xp.linalg.solve(W, self.A @ M)                      # W⁻¹ A M
-        WinvE = xp.linalg.solve(W, self.E)                            # W⁻¹ E
-        Winv_am = xp.linalg.solve(W, (_bmv(self.A, m) + self.a)[..., None])[..., 0]
+        M = linalg_solve(self.H, self.B)
+        m = linalg_solve(self.H, self.c[..., None])[..., 0]
+        WinvAM = linalg_solve(W, self.A @ M)                      # W⁻¹ A M
+        WinvE = linalg_solve(W, self.E)                            # W⁻¹ E
+        Winv_am = linalg_solve(W, (_bmv(self.A, m) + self.a)[..., None])[..., 0]
         Bt, Et = mT(self.B), mT(self.E)
         # z − v = −W⁻¹(A M x + A m + a + E y);  z = Zx x + Zy y + z0
         Zx = M - WinvAM

@@ -1,0 +1,102 @@
+"""The CPU peer benchmark (asv_benchmarks/benchmarks/cpu_peers.py) at tiny sizes.
+
+The hand-written steps are an independent implementation of five refbilevel solver steps
+(MinimaxOPT, F2SA, F2SA-Adam, AID-CG, ITD on binary logistic HPO), written from the
+closed-form gradients: they must agree with refbilevel's steps, which checks both. The
+data-pass counter is checked against hand counts. Times are never asserted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASV_DIR = os.path.join(ROOT, "asv_benchmarks")
+
+
+@pytest.fixture(scope="module")
+def cp():
+    sys.path.insert(0, ASV_DIR)
+    try:
+        import benchmarks.cpu_peers
+
+        yield benchmarks.cpu_peers
+    finally:
+        sys.path.remove(ASV_DIR)
+
+
+@pytest.mark.parametrize("solver", ["minimaxopt", "f2sa", "f2sa_adam", "aid_cg", "itd"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_hand_written_numpy_steps_equal_refbilevel(cp, solver, dtype):
+    data = cp.host_data(400, 12, dtype, seed=5)
+    cont = cp.Contenders(solver, data, dtype, peers=("numpy",))
+    err = cp.check_peers(cont)
+    # float64: rounding of different summation orders over <= 40 data passes; float32
+    # likewise at its precision (F2SA-Adam's sign-like first steps amplify it most)
+    tol = 1e-11 if dtype == "float64" else 1e-3
+    assert set(err) == {"numpy-stacked", "numpy-matvec"}
+    assert all(e <= tol for e in err.values()), err
+    assert set(cont.calls) == {"refbilevel", "numpy-stacked", "numpy-matvec"}
+
+
+def test_a_wrong_peer_is_left_out(cp, monkeypatch):
+    # the check can fail: a peer with a wrong step size is removed and reported
+    monkeypatch.setattr(cp, "MMO_LR", 0.2)
+    cont = cp.Contenders("minimaxopt", cp.host_data(200, 6, "float64"), "float64",
+                         peers=("numpy",))
+    err = cp.check_peers(cont)
+    assert min(err.values()) > 1e-3
+    assert list(cont.calls) == ["refbilevel"]
+    assert set(cont.unavailable) == {"numpy-stacked", "numpy-matvec"}
+
+
+def test_data_passes_match_hand_counts(cp):
+    # needed passes: a gradient reads its data twice (A y, then Aᵀ r), a stacked pair too;
+    # an HVP with the curvature weights kept reads A twice; the weights once per point
+    T, n_inner, n_cg = cp.F2SA_T, cp.AID_INNER, cp.AID_CG
+    needed = {"minimaxopt": 2 + 2,                     # stacked pair on train, grad f on val
+              "f2sa": T * (2 + 2), "f2sa_adam": T * (2 + 2),
+              "aid_cg": 2 * n_inner + 1 + 2 + 2 * n_cg,
+              "itd": 2 * cp.ITD_INNER + 2 + 2 * (cp.ITD_INNER - 1)}
+    for solver, k in needed.items():
+        got = cp.data_passes(solver)
+        assert got["needed"] == k, (solver, got)
+        assert got["refbilevel"] >= k, (solver, got)
+
+
+def test_compare_and_table(cp):
+    R = cp.compare(sizes=[(200, 6)], dtypes=("float64",), solvers=("minimaxopt",), rounds=2,
+                   rounds_tall=1, min_time=0.001, peers=("numpy",), copy_bytes=1 << 20,
+                   log=lambda row: None)
+    (row,) = R["rows"]
+    assert row["rounds"] == 2 and row["passes"] == {"refbilevel": 4, "needed": 4}
+    for key in ("t_refbilevel", "t_numpy", "ratio_numpy", "t_floor", "copy_bw"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["t_floor"] == pytest.approx(4 * 100 * 6 * 8 / row["copy_bw"])
+    blas = [p for p in R["env"]["threads"]["threadpools"] if p["user_api"] == "blas"]
+    assert blas and all(p["num_threads"] == 1 for p in blas)     # fixed during the run
+    text = cp.render_markdown(R, command="python -m benchmarks.cpu_peers")
+    assert "| minimaxopt | 200 × 6 | float64 |" in text
+    assert "python -m benchmarks.cpu_peers" in text and "BLAS:" in text
+
+
+def test_asv_classes_run(cp, monkeypatch):
+    monkeypatch.setattr(cp.CPUPeerRatios, "rounds", 2)
+    monkeypatch.setattr(cp.CPUPeerRatios, "min_time", 0.001)
+    b = cp.CPUPeerSteps()
+    for impl in ("refbilevel", "numpy-matvec"):
+        b.setup(impl, "small", "float64", "minimaxopt")
+        b.time_step(impl, "small", "float64", "minimaxopt")
+        b.teardown()
+    r = cp.CPUPeerRatios()
+    r.setup("numpy", "small", "float64", "minimaxopt")
+    try:
+        ratios = [r.track_ratio("numpy", "small", "float64", "minimaxopt"),
+                  r.track_cpu_ratio("numpy", "small", "float64", "minimaxopt")]
+    finally:
+        r.teardown()
+    assert all(math.isfinite(v) and v > 0 for v in ratios)

@@ -1,0 +1,113 @@
+"""The per-backend forms of the CPU hot path: stacked matrix-vector products, CG inner
+products, the cached exponent limit and the NumPy-only namespace lookup.
+
+Every result is compared with an independent reference: products and inner products with
+``math.fsum`` over the exact float64 terms (correctly rounded sums), the exponent limit
+with the closed form ``floor(log(largest finite))`` from the format's parameters, CG with
+a dense solve.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import array_api_compat
+import numpy as np
+import pytest
+
+from refbilevel import _backend
+from refbilevel._backend import array_namespace, matvecs, to_host
+from refbilevel.linalg import _vdot, conjugate_gradient
+from refbilevel.models.losses import exp_limit
+
+
+def _fsum_products(A, Xs, transpose):
+    """Row j: exact-sum ``A @ x_j`` (or ``A.T @ x_j``), each entry an fsum of float64 terms."""
+    M = A.T if transpose else A
+    return np.array([[math.fsum(M[i, k] * x[k] for k in range(M.shape[1]))
+                      for i in range(M.shape[0])] for x in Xs])
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 5])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_matvecs_equal_exact_sums(xp, asxp, rng, m, transpose):
+    # m = 1, 2 run as matrix-vector products on NumPy (A @ x), m = 3, 5 as one matrix
+    # product; both forms must give the rows of Xs Aᵀ (or Xs A) to rounding
+    n, d = 23, 7
+    A = rng.standard_normal((n, d))
+    Xs = rng.standard_normal((m, d if not transpose else n))
+    got = to_host(matvecs(asxp(A), asxp(Xs), xp=xp, transpose=transpose))
+    ref = _fsum_products(A, Xs, transpose)
+    assert got.shape == ref.shape
+    # each entry is an inner product of length <= 23: error <= 23 eps sum|terms|
+    bound = 23 * 2.0**-52 * _fsum_products(np.abs(A), np.abs(Xs), transpose)
+    assert np.all(np.abs(got - ref) <= bound)
+
+
+def test_matvecs_forms_agree_on_numpy(rng, monkeypatch):
+    # the table decides the form; forcing each form on NumPy gives the same rows
+    xp = _backend.backend_namespace("numpy")
+    A = rng.standard_normal((40, 6))
+    Xs = rng.standard_normal((2, 6))
+    Gs = rng.standard_normal((2, 40))
+    out = {}
+    for limit in (0, 2):
+        monkeypatch.setitem(_backend._ROWWISE_MAX, "numpy", {False: limit, True: limit})
+        _backend._rowwise_max.cache_clear()
+        out[limit] = (matvecs(A, Xs, xp=xp), matvecs(A, Gs, xp=xp, transpose=True))
+    _backend._rowwise_max.cache_clear()
+    for a, b in zip(out[0], out[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_vdot_is_the_euclidean_inner_product(xp, asxp, rng):
+    for shape in [(9,), (3, 4), (2, 3, 2)]:
+        u, v = rng.standard_normal(shape), rng.standard_normal(shape)
+        got = float(to_host(_vdot(xp, asxp(u), asxp(v))))
+        ref = math.fsum((u * v).ravel())
+        assert abs(got - ref) <= u.size * 2.0**-52 * math.fsum(np.abs(u * v).ravel())
+
+
+def test_cg_on_a_matrix_right_hand_side(xp, asxp, rng):
+    # b of shape (3, 4): CG's inner products run over all 12 entries; 12 steps solve the
+    # 12 x 12 SPD system exactly (in exact arithmetic), compared with a dense solve
+    Q = rng.standard_normal((12, 12))
+    H = Q @ Q.T + 12 * np.eye(12)
+    b = rng.standard_normal((3, 4))
+    Hx = asxp(H)
+    v = conjugate_gradient(lambda u: xp.reshape(Hx @ xp.reshape(u, (-1,)), (3, 4)), asxp(b),
+                           n_iter=12)
+    ref = np.linalg.solve(H, b.ravel()).reshape(3, 4)
+    assert np.max(np.abs(to_host(v) - ref)) <= 1e-10 * np.max(np.abs(ref))
+
+
+def test_exp_limit_matches_the_format(xp):
+    # largest finite: (2 - 2^(1-p)) 2^emax; p = 53, emax = 1023 (float64); 24, 127 (float32)
+    for dtype, p, emax in ((xp.float64, 53, 1023), (xp.float32, 24, 127)):
+        log_max = math.log(2.0 - 2.0 ** (1 - p)) + emax * math.log(2.0)
+        assert exp_limit(dtype, xp=xp) == math.floor(log_max)
+        assert exp_limit(dtype, xp=xp) == math.floor(log_max)     # cached value
+
+
+def test_exp_limit_keeps_libraries_apart():
+    # NumPy's and array-api-strict's float64 hash alike; a cache keyed by the dtype alone
+    # would compare them (array-api-strict warns on such comparisons)
+    strict = pytest.importorskip("array_api_strict")
+    np_xp = _backend.backend_namespace("numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            assert exp_limit(np_xp.float64, xp=np_xp) == 709.0
+            assert exp_limit(strict.float64, xp=strict) == 709.0
+            assert exp_limit(strict.float32, xp=strict) == 88.0
+
+
+def test_array_namespace_numpy_fast_path_gives_the_compat_namespace():
+    a, b = np.ones(3), np.zeros((2, 2))
+    assert array_namespace(a, b) is array_api_compat.array_namespace(a, b)
+    assert array_namespace(a) is array_api_compat.array_namespace(a)
+    # a subclass, a NumPy scalar and None still go through the full checks
+    assert array_namespace(a, np.float64(1.0), None) is array_api_compat.array_namespace(a)
+    with pytest.raises(TypeError, match="arg1 must be an array"):
+        array_namespace(a, [1.0, 2.0])
