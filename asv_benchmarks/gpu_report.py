@@ -469,7 +469,7 @@ def sec_memory(R, args):
     for T in MEMORY_BLOCKS:
         p = datasets.make_multitask_auc(n_tasks=T, n_train=50, n_val=50, n_features=100,
                                         xp=xp, rank=100)
-        for solver in (FOSL(n_sampled=S), MemCS(n_sampled=S, n_inner_steps=K)):
+        for solver in (FOSL(n_sampled=S), MemCS(n_sampled=S, n_inner=K)):
             st = solver.init(p, p.init_x(), p.init_y(), np.random.default_rng(0))
             st = solver.step(p, st)
             peak = measure.peak_step_memory(p, solver, st, xp)
@@ -482,8 +482,8 @@ def sec_memory(R, args):
         del p
         free_gpu()
     p = problem_at("logreg_binary", backend, 20_000, 500, dt)
-    for solver in [ITD(n_inner=k) for k in (5, 20, 80)] + [MinimaxOPT(), F2SA(n_inner_steps=5),
-                                                           F2SAAdam(n_inner_steps=5)]:
+    for solver in [ITD(n_inner=k) for k in (5, 20, 80)] + [MinimaxOPT(), F2SA(n_inner=5),
+                                                           F2SAAdam(n_inner=5)]:
         st = solver.init(p, p.init_x(), p.init_y(), np.random.default_rng(0))
         peak = measure.peak_step_memory(p, solver, st, xp)
         label = solver.name + (f" K={solver.n_reverse}" if solver.name == "itd" else "")

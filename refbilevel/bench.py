@@ -23,16 +23,15 @@ import time
 
 import numpy as np
 
-from ._backend import (backend_namespace, copy_into, device_name, host_rng, is_array,
-                       materialize, synchronize, to_host)
+from ._backend import (backend_namespace, copy_into, device_name, is_array, materialize,
+                       synchronize, to_host)
 from ._validation import check_int
+from .oracle import Oracle
 
 __all__ = ["bench", "copy_bandwidth", "format_table", "step_bytes"]
 
 #: Backends without in-place copies (JAX) or with lazy ones (Dask): no bandwidth columns.
 _IMMUTABLE = ("jax", "dask")
-_ORACLES = ("f", "g", "grad_f", "grad_g", "grad_f_x", "grad_f_y", "grad_g_x", "grad_g_y",
-            "grad_g_many", "grad_g_x_many", "grad_g_y_many", "hvp_g", "cross_g")
 
 
 def copy_bandwidth(xp, *, nbytes: int | None = None, repeats: int = 5) -> float:
@@ -69,25 +68,15 @@ def _has_nan(out, xp) -> bool:
 
 
 def step_bytes(problem, solver, state) -> int:
-    """Bytes of problem data one full-batch ``solver.step`` must read (see module docstring)."""
-    calls, depth = [], [0]
-    traced = copy.copy(problem)
-    for name in _ORACLES:
-        method = getattr(problem, name, None)
-        if method is None:
-            continue
+    """Bytes of problem data one full-batch ``solver.step`` must read (see module docstring).
 
-        def wrapper(*args, _name=name, _method=method, **kwargs):
-            if depth[0] == 0:
-                calls.append((_name, args, kwargs))
-            depth[0] += 1
-            try:
-                return getattr(type(problem), _name)(traced, *args, **kwargs)
-            finally:
-                depth[0] -= 1
+    The step's oracle calls come from the log of :class:`refbilevel.oracle.Oracle`.
+    """
+    from .oracle import Oracle
 
-        setattr(traced, name, wrapper)
-    solver.step(traced, state)
+    oracle = Oracle(problem, count=False, log=True, keep_args=True)
+    solver.step(oracle, state)
+    calls = [(name, args, kwargs) for _, name, _, args, kwargs in oracle.log]
     data = _data_arrays(problem)
     xp = problem.xp
     reads: dict[str, set] = {}
@@ -111,13 +100,8 @@ def _itemsize(a) -> int:
     return 8 if dtype_name(a.dtype) in ("float64", "int64") else 4
 
 
-def _full_batch(state) -> bool:
-    from .sampling import BatchSchedule
-
-    for v in vars(state).values():
-        if isinstance(v, BatchSchedule) and not v.is_full:
-            return False
-    return True
+def _full_batch(solver, problem) -> bool:
+    return all(s.full for s in solver.streams(problem))
 
 
 def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("numpy",),
@@ -166,15 +150,16 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
         for b in backends:
             xp = namespaces[b]
             prob = build_problem(problem, seed=seed, backend=b, dtype=dtype, params=params)
-            state = solv.init(prob, prob.init_x(), prob.init_y(), host_rng(seed))
+            state = solv.init(prob, prob.init_x(), prob.init_y(), seed)
+            oracle = Oracle(prob)
             for _ in range(warmup):
-                state = materialize(solv.step(prob, state))
+                state = materialize(solv.step(oracle, state))
             synchronize(xp, state)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 for _ in range(n_steps):
-                    state = materialize(solv.step(prob, state))
+                    state = materialize(solv.step(oracle, state))
                 synchronize(xp, state)
                 times.append((time.perf_counter() - t0) / n_steps)
             t = statistics.median(times)
@@ -182,7 +167,7 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
             row = {"size": size if size is not None else "default", "backend": b,
                    "device": device_name(xp), "time_per_step": t, "speedup": base / t,
                    "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None}
-            if _full_batch(state) and b not in _IMMUTABLE:
+            if _full_batch(solv, prob) and b not in _IMMUTABLE:
                 if b not in copy_bw:
                     copy_bw[b] = copy_bandwidth(xp)
                 nbytes = step_bytes(prob, solv, state)

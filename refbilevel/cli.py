@@ -283,24 +283,6 @@ def _check_kinds(problem: str, solver_cls) -> None:
                          f"({', '.join(fits)}); problem {problem!r} is not one")
 
 
-def build_from_config(config: dict):
-    """``(problem, solver, n_iter)`` from a run configuration (``config.json``)."""
-    from .registry import build_problem, build_solver, default_iters
-
-    problem = build_problem(config["problem"], seed=config["seed"], backend=config["backend"],
-                            dtype=config["dtype"], params=config.get("problem_params") or {},
-                            dataset=config.get("dataset"))
-    hyper = dict(config.get("hyperparameters") or {})
-    solver = build_solver(config["solver"], _tuples(hyper), problem=config["problem"])
-    n_iter = config.get("iters") or default_iters(solver)
-    return problem, solver, n_iter
-
-
-def _tuples(hyper: dict) -> dict:
-    """JSON turns tuples into lists; dataclass fields typed ``tuple`` want tuples back."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()}
-
-
 def _summary(result, config, out) -> str:
     h = result.history
     rows = [("problem", f"{config['problem']}" + (f" ({config['dataset']})" if config.get("dataset") else "")),
@@ -334,6 +316,8 @@ def _prepare(config: dict, args):
     backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
     if args.iters is not None:
         config["iters"] = args.iters
+    from .config import build_from_config
+
     problem, solver, n_iter = build_from_config(config)
     config["iters"] = n_iter
     config["hyperparameters"] = solver.hyperparameters()
@@ -774,12 +758,49 @@ def _oserror_line(exc: OSError) -> str:
     return f"{where}: {cause}" if where is not None else cause
 
 
+#: Where a TypeError/ValueError means "the input was refused": argument validation, the
+#: registry's lookups and coercions, configuration building, constructors' checks.
+_VALIDATION_FILES = ("_validation.py", "registry.py", "config.py", "cli.py", "results.py",
+                     "datasets.py")
+_VALIDATION_FUNCTIONS = ("__post_init__", "__init__", "_validate", "random", "synthetic",
+                         "run", "read", "_read", "_decode", "export", "trajectory", "compare",
+                         "reference_for", "backend_namespace", "resolve_dtype", "host_rng",
+                         "resolve_seed", "stream_spec", "load_candidate", "load_export")
+
+
+def _is_usage_error(exc) -> bool:
+    """Whether ``exc`` reports a refused input (exit 2, one line) rather than a bug.
+
+    :class:`UsageError`, results-file errors, missing files and imports always are. A
+    ``TypeError``/``ValueError`` is when the frame that raised it is a refbilevel
+    validation site (a ``check_*`` helper, the registry, configuration building, a
+    constructor's checks, the driver's own checks); raised anywhere else (inside a solver
+    step, an oracle, a metric, a library) it is a bug and keeps its traceback.
+    """
+    if isinstance(exc, (UsageError, FileNotFoundError, NotADirectoryError, ImportError)):
+        return True
+    from .results import ResultsError
+
+    if isinstance(exc, ResultsError):
+        return True
+    tb = exc.__traceback__
+    while tb.tb_next is not None:     # the frame that raised
+        tb = tb.tb_next
+    site = tb.tb_frame.f_code
+    if f"{os.sep}refbilevel{os.sep}" not in site.co_filename:
+        return False                  # raised in a library or in user code: not a refusal
+    return (os.path.basename(site.co_filename) in _VALIDATION_FILES
+            or site.co_name in _VALIDATION_FUNCTIONS or site.co_name.startswith("check"))
+
+
 def _dispatch(argv) -> tuple[str, int]:
     """Parse ``argv`` and run the subcommand; faults become one line and an exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.command, args.func(args)
     except (TypeError, ValueError, ImportError) as exc:
+        if not _is_usage_error(exc):
+            raise                     # a fault of the program: keep its traceback
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"refbilevel {args.command}: error: {msg}", file=sys.stderr)
         return args.command, EXIT_USAGE

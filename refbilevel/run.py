@@ -41,18 +41,19 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import (from_host, host_rng, is_array, materialize, synchronize, to_host,
-                       to_host_scalar)
+from ._backend import from_host, is_array, materialize, synchronize, to_host, to_host_scalar
 from ._validation import check_array, check_bool, check_int, check_real
+from .oracle import Oracle, OracleCalls
 from .problems.base import MinimaxBilevelProblem
-from .solvers.base import OracleCalls, Solver
+from .sampling import STREAM_FORMAT, resolve_seed
+from .solvers.base import Solver
 
 __all__ = ["METRICS", "Result", "run"]
 
 #: Metric names understood by :func:`run`.
 METRICS = ("value", "inner_residual", "hypergradient_norm")
 _CALL_COLUMNS = ("calls_grad_f", "calls_grad_g", "calls_hvp", "calls_cross")
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 
 
 @dataclass
@@ -77,7 +78,9 @@ class Result:
     wall_time : float
         Solver wall time in seconds (the last ``time`` entry).
     calls : OracleCalls
-        Oracle calls of the returned state.
+        Oracle calls measured by the oracle layer up to the returned state.
+    notes : list of str
+        Metrics that failed (recorded as NaN), one line each.
     """
 
     x: Any
@@ -89,6 +92,7 @@ class Result:
     n_iter: int = 0
     wall_time: float = 0.0
     calls: OracleCalls = field(default_factory=OracleCalls)
+    notes: list = field(default_factory=list)
 
     @property
     def success(self) -> bool:
@@ -126,33 +130,32 @@ def _norm(xp, a) -> float:
 
 
 class _Metrics:
-    """Evaluates the requested metrics at record points (synchronises)."""
+    """Evaluates the requested metrics at record points (synchronises).
 
-    def __init__(self, problem, metrics):
-        self.problem = problem
-        self.metrics = metrics
+    A metric that raises (e.g. ``LinAlgError`` from an exact oracle far from its domain)
+    records NaN and adds one note to :attr:`notes`; the run goes on.
+    """
+
+    def __init__(self, problem, solver, metrics):
+        self.problem, self.solver, self.metrics = problem, solver, metrics
         self.minimax = isinstance(problem, MinimaxBilevelProblem)
         self.exact_available = True
+        self.notes: list[str] = []
 
     def __call__(self, state) -> dict:
-        p, xp, out = self.problem, self.problem.xp, {}
-        x, y = state.x, state.y
-        if "value" in self.metrics:
-            out["value"] = self._value(x, y)
-        if "inner_residual" in self.metrics:
-            out["inner_residual"] = self._residual(state)
-        if "hypergradient_norm" in self.metrics:
-            out["hypergradient_norm"] = math.nan
-            if self.exact_available:
-                try:
-                    g = p.saddle_gradient(x) if self.minimax else p.hypergradient(x)
-                    out["hypergradient_norm"] = _norm(xp, g)
-                except NotImplementedError:
-                    self.exact_available = False
+        out = {}
+        for name in self.metrics:
+            try:
+                out[name] = getattr(self, "_" + name)(state)
+            except Exception as exc:  # noqa: BLE001  a metric never ends the run
+                out[name] = math.nan
+                note = f"metric {name!r} failed at iteration {state.iteration}: " \
+                       f"{type(exc).__name__}: {exc}"
+                self.notes.append(note)
         return out
 
-    def _value(self, x, y) -> float:
-        p = self.problem
+    def _value(self, state) -> float:
+        p, x, y = self.problem, state.x, state.y
         if not self.minimax:
             return to_host_scalar(p.f(x, y))
         try:
@@ -160,31 +163,77 @@ class _Metrics:
         except NotImplementedError:
             return math.nan
 
-    def _residual(self, state) -> float:
-        p, xp = self.problem, self.problem.xp
-        if not self.minimax:
-            return to_host_scalar(p.inner_residual(state.x, state.y))
-        z = getattr(state, "z", None)
-        if z is not None and z.shape[0] == p.n_blocks:
-            return _norm(xp, p.grad_g(state.x, z, p.all_blocks())[1])
-        last_z, last_b = getattr(state, "last_z", None), getattr(state, "last_blocks", None)
-        if last_z is not None and last_b is not None:
-            return _norm(xp, p.grad_g(state.x, last_z, last_b)[1])
-        return math.nan
+    def _inner_residual(self, state) -> float:
+        return self.solver.inner_residual(self.problem, state)
+
+    def _hypergradient_norm(self, state) -> float:
+        if not self.exact_available:
+            return math.nan
+        p = self.problem
+        try:
+            g = p.saddle_gradient(state.x) if self.minimax else p.hypergradient(state.x)
+        except NotImplementedError:
+            self.exact_available = False
+            return math.nan
+        return _norm(p.xp, g)
+
+
+def _state_arrays(obj, path="state", out=None) -> dict:
+    """Every array of a state by field path (dataclass fields, named tuples, lists)."""
+    out = {} if out is None else out
+    if is_array(obj):
+        out[path] = obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _state_arrays(getattr(obj, f.name), f"{path}.{f.name}", out)
+    elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        for k in obj._fields:
+            _state_arrays(getattr(obj, k), f"{path}.{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _state_arrays(v, f"{path}[{i}]", out)
+    return out
 
 
 def _finite(xp, state) -> bool:
-    ok = xp.all(xp.isfinite(state.x)) & xp.all(xp.isfinite(state.y))
-    return bool(to_host_scalar(xp.astype(ok, xp.float64)))
+    """Whether every floating array of the state is finite (one synchronisation)."""
+    ok = None
+    for a in _state_arrays(state).values():
+        if not xp.isdtype(a.dtype, "real floating"):
+            continue
+        part = xp.all(xp.isfinite(a))
+        ok = part if ok is None else ok & part
+    return True if ok is None else bool(to_host_scalar(xp.astype(ok, xp.float64)))
 
 
-# ------------------------------------------------------------- state (de)serialising
+# ------------------------------------------------------------------------- history
+class _History:
+    """The record rows of a run: host lists per column, NumPy arrays on demand."""
+
+    def __init__(self, columns):
+        self.columns = tuple(columns)
+        self.rows = {c: [] for c in self.columns}
+
+    def __len__(self):
+        return len(self.rows["iteration"])
+
+    def append(self, row: dict) -> None:
+        for c in self.columns:
+            self.rows[c].append(row[c])
+
+    def last_iteration(self):
+        return self.rows["iteration"][-1] if len(self) else None
+
+    def arrays(self) -> dict:
+        return {c: np.asarray(v, dtype=np.int64 if c == "iteration" or c.startswith("calls_")
+                              else np.float64) for c, v in self.rows.items()}
+
+
+# --------------------------------------------------------------------- checkpoints
 def _encode(obj, path: str, arrays: dict):
     """JSON tree of a state; arrays go to ``arrays[path]`` (host copies)."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
-    if hasattr(obj, "get_state") and hasattr(obj, "set_state"):
-        return {"__sampler__": obj.get_state()}
     if is_array(obj):
         arrays[path] = np.array(to_host(obj), copy=True)
         return {"__array__": path}
@@ -199,77 +248,163 @@ def _encode(obj, path: str, arrays: dict):
     raise TypeError(f"cannot checkpoint state field {path} of type {type(obj).__name__}")
 
 
-def _decode(template, tree, arrays, problem):
-    """Rebuild a state from ``tree`` into the structure of ``template`` (a fresh init)."""
+class _CheckpointError(ValueError):
+    pass
+
+
+def _decode(template, tree, arrays, problem, path="state"):
+    """Rebuild a state from ``tree`` into the structure of ``template`` (a fresh init),
+    checking every array's shape and dtype against the template's."""
     if isinstance(tree, dict) and len(tree) == 1:
         (tag, val), = tree.items()
-        if tag == "__sampler__":
-            template.set_state(val)
-            return template
         if tag == "__array__":
-            return from_host(arrays[val], problem.xp, device=problem.device)
+            if val not in arrays:
+                raise _CheckpointError(f"entry 'array:{val}' is missing")
+            host = arrays[val]
+            if is_array(template):
+                want = to_host(template)
+                if host.shape != want.shape or host.dtype != want.dtype:
+                    raise _CheckpointError(
+                        f"{path} has shape {host.shape} and dtype {host.dtype}; this run "
+                        f"needs shape {want.shape} and dtype {want.dtype}")
+            return from_host(host, problem.xp, device=problem.device)
         if tag == "__dataclass__":
+            if not (dataclasses.is_dataclass(template) and isinstance(val, dict)):
+                raise _CheckpointError(f"{path} is not a {type(template).__name__}")
+            names = {f.name for f in dataclasses.fields(template)}
+            if set(val) != names:
+                raise _CheckpointError(f"{path} has fields {sorted(val)}; this run's "
+                                       f"{type(template).__name__} has {sorted(names)}")
             return dataclasses.replace(template, **{
-                k: _decode(getattr(template, k), v, arrays, problem) for k, v in val.items()})
+                k: _decode(getattr(template, k), v, arrays, problem, f"{path}.{k}")
+                for k, v in val.items()})
         if tag == "__namedtuple__":
+            if not hasattr(template, "_fields") or set(val) != set(template._fields):
+                raise _CheckpointError(f"{path} does not match this run's optimiser state")
             return template._replace(**{
-                k: _decode(getattr(template, k), v, arrays, problem) for k, v in val.items()})
+                k: _decode(getattr(template, k), v, arrays, problem, f"{path}.{k}")
+                for k, v in val.items()})
         if tag == "__list__":
-            items = [_decode(t, v, arrays, problem) for t, v in zip(template, val)]
+            if not isinstance(template, (list, tuple)) or len(template) != len(val):
+                raise _CheckpointError(f"{path} does not match this run's state")
+            items = [_decode(t, v, arrays, problem, f"{path}[{i}]")
+                     for i, (t, v) in enumerate(zip(template, val))]
             return type(template)(items)
+    if is_array(template):
+        # a 0-d result of NumPy arithmetic is a NumPy scalar (a float), stored as a number
+        if isinstance(tree, (int, float)) and not isinstance(tree, bool) \
+                and tuple(template.shape) == ():
+            want = to_host(template)
+            return from_host(np.asarray(tree, dtype=want.dtype), problem.xp,
+                             device=problem.device)
+        raise _CheckpointError(f"{path} should be an array; got {tree!r}")
+    if type(tree) is not type(template) and not (template is None or tree is None):
+        if not (isinstance(template, float) and isinstance(tree, int)):
+            raise _CheckpointError(f"{path} has type {type(tree).__name__}; this run's is "
+                                   f"{type(template).__name__}")
     return tree
-
-
-def _samplers(obj, out=None):
-    """The host-side sampler objects reachable from a state (for snapshots)."""
-    out = [] if out is None else out
-    if hasattr(obj, "get_state") and hasattr(obj, "set_state"):
-        out.append(obj)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            _samplers(getattr(obj, f.name), out)
-    return out
 
 
 def _identity(problem, solver, seed) -> dict:
     ident = {"solver": type(solver).__name__, "hyperparameters": solver.hyperparameters(),
-             "problem": problem.describe(),
-             "seed": seed if isinstance(seed, int) else None}
+             "problem": problem.describe(), "seed": seed, "streams": STREAM_FORMAT}
     return json.loads(json.dumps(ident, default=repr))
 
 
-def _write_checkpoint(path, ident, state, history, elapsed, record_every):
-    arrays: dict = {}
-    tree = _encode(state, "state", arrays)
-    meta = {"format": _CHECKPOINT_FORMAT, "identity": ident, "state": tree, "time": elapsed,
-            "record_every": record_every, "history_columns": list(history)}
-    payload = {f"array:{k}": v for k, v in arrays.items()}
-    payload.update({f"history:{k}": np.asarray(v) for k, v in history.items()})
-    payload["meta"] = np.array(json.dumps(meta))
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **payload)
-        os.replace(tmp, path)            # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+class _Checkpoint:
+    """One ``.npz`` file holding a state, the history so far, the wall time and the calls."""
+
+    def __init__(self, path, ident, record_every):
+        self.path = os.fspath(path)
+        self.ident, self.record_every = ident, record_every
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def write(self, state, history: _History, elapsed: float, calls: OracleCalls) -> None:
+        arrays: dict = {}
+        tree = _encode(state, "state", arrays)
+        meta = {"format": _CHECKPOINT_FORMAT, "identity": self.ident, "state": tree,
+                "time": elapsed, "record_every": self.record_every,
+                "history_columns": list(history.columns), "calls": calls.as_dict()}
+        payload = {f"array:{k}": v for k, v in arrays.items()}
+        payload.update({f"history:{k}": v for k, v in history.arrays().items()})
+        payload["meta"] = np.array(json.dumps(meta))
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".npz", dir=directory)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())     # mkstemp makes 0600; honour the umask
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **payload)
+            os.replace(tmp, self.path)           # atomic on POSIX and Windows
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    def read(self, template, problem):
+        """``(state, history rows, elapsed, calls)``; one ``ValueError`` line on any fault."""
+        try:
+            return self._read(template, problem)
+        except _CheckpointError as exc:
+            raise ValueError(f"checkpoint {self.path!r} is unusable: {exc}") from None
+
+    def _read(self, template, problem):
+        import zipfile
+
+        if os.path.getsize(self.path) == 0:
+            raise _CheckpointError("the file is empty")
+        if not zipfile.is_zipfile(self.path):
+            raise _CheckpointError("not an .npz archive (truncated or overwritten?)")
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                files = {k: data[k] for k in data.files}
+        except Exception as exc:  # noqa: BLE001  BadZipFile, EOFError, ValueError, CRC ...
+            raise _CheckpointError(f"cannot read the archive ({type(exc).__name__}: {exc})") \
+                from None
+        if "meta" not in files:
+            raise _CheckpointError("entry 'meta' is missing")
+        try:
+            meta = json.loads(str(files["meta"]))
+        except (json.JSONDecodeError, ValueError) as exc:
+            raise _CheckpointError(f"entry 'meta' is not JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
+            got = meta.get("format") if isinstance(meta, dict) else None
+            raise _CheckpointError(f"unknown format {got!r} (this version writes "
+                                   f"{_CHECKPOINT_FORMAT})")
+        for key in ("identity", "state", "time", "history_columns", "calls"):
+            if key not in meta:
+                raise _CheckpointError(f"'meta' lacks {key!r}")
+        if meta["identity"] != self.ident:
+            raise ValueError(f"checkpoint {self.path!r} was written by another run (solver, "
+                             f"hyperparameters, problem or seed differ): "
+                             f"{meta['identity']} vs {self.ident}")
+        arrays = {k[len("array:"):]: v for k, v in files.items() if k.startswith("array:")}
+        history = {}
+        for c in meta["history_columns"]:
+            if f"history:{c}" not in files:
+                raise _CheckpointError(f"entry 'history:{c}' is missing")
+            history[c] = files[f"history:{c}"]
+        state = _decode(template, meta["state"], arrays, problem)
+        lengths = {len(v) for v in history.values()}
+        if len(lengths) != 1:
+            raise _CheckpointError(f"history columns have different lengths {sorted(lengths)}")
+        its = history.get("iteration")
+        if its is None or not len(its) or int(its[-1]) != state.iteration:
+            last = None if its is None or not len(its) else int(its[-1])
+            raise _CheckpointError(f"history ends at iteration {last} but the state is at "
+                                   f"iteration {state.iteration}")
+        try:
+            calls = OracleCalls(**{k: int(v) for k, v in meta["calls"].items()})
+        except (TypeError, ValueError) as exc:
+            raise _CheckpointError(f"'calls' is malformed ({exc})") from None
+        return state, history, float(meta["time"]), calls
 
 
-def _read_checkpoint(path, ident, template, problem):
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        arrays = {k[len("array:"):]: data[k] for k in data.files if k.startswith("array:")}
-        history = {c: data[f"history:{c}"] for c in meta["history_columns"]}
-    if meta.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path!r} has an unknown format {meta.get('format')!r}")
-    if meta["identity"] != ident:
-        raise ValueError(f"checkpoint {path!r} was written by another run (solver, "
-                         f"hyperparameters, problem or seed differ): {meta['identity']} vs {ident}")
-    state = _decode(template, meta["state"], arrays, problem)
-    return state, history, float(meta["time"])
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------- progress
@@ -368,8 +503,9 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
     n_iter : int
         Outer iterations (``>= 0``).
     seed : int, numpy.random.Generator or None
-        Seed of the host generator passed to ``solver.init`` (minibatch and block
-        schedules).
+        Key of the counter-based minibatch and block streams (:mod:`refbilevel.sampling`),
+        an int in ``[0, 2**64)``; ``None`` draws one from OS entropy, a generator gives
+        one draw (the key used is ``result.state.seed``).
     x0, y0 : array, optional
         Start point (default ``problem.init_x()``, ``problem.init_y()``); must match the
         problem's namespace, device, dtype and sizes.
@@ -406,76 +542,70 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
     ref_x, ref_y = problem.init_x(), problem.init_y()
     x0 = ref_x if x0 is None else check_array(x0, "x0", shape=(problem.dim_x,), like=ref_x)
     y0 = ref_y if y0 is None else check_array(y0, "y0", shape=(problem.dim_y,), like=ref_y)
-    state = solver.init(problem, x0, y0, host_rng(seed))
-    measure = _Metrics(problem, tuple(metrics))
-    columns = ("iteration", "time", *_CALL_COLUMNS, *[m for m in METRICS if m in metrics],
-               "multiplier")
-    history: dict[str, list] = {c: [] for c in columns}
-    ident = _identity(problem, solver, seed)
+    seed = resolve_seed(seed)
+    state = solver.init(problem, x0, y0, seed)
+    oracle = Oracle(problem)
+    measure = _Metrics(problem, solver, tuple(metrics))
+    history = _History(("iteration", "time", *_CALL_COLUMNS,
+                        *[m for m in METRICS if m in metrics], "multiplier"))
+    ckpt = None if checkpoint is None else _Checkpoint(checkpoint, _identity(problem, solver,
+                                                                               seed), record_every)
     elapsed = 0.0
 
-    def record(st, k, t):
-        row = {"iteration": k, "time": t}
-        for col, kind in zip(_CALL_COLUMNS, ("grad_f", "grad_g", "hvp", "cross")):
-            row[col] = getattr(st.calls, kind)
+    def record(st, t):
+        row = {"iteration": st.iteration, "time": t}
+        row.update(zip(_CALL_COLUMNS, (oracle.calls.grad_f, oracle.calls.grad_g,
+                                       oracle.calls.hvp, oracle.calls.cross)))
         row.update(measure(st))
         row["multiplier"] = math.nan if st.multiplier is None else float(st.multiplier)
-        for c in columns:
-            history[c].append(row[c])
+        history.append(row)
         return row
 
-    def hist_arrays():
-        return {c: np.asarray(v, dtype=np.int64 if c == "iteration" or c.startswith("calls_")
-                              else np.float64) for c, v in history.items()}
-
-    resumed = checkpoint is not None and os.path.exists(checkpoint)
+    resumed = ckpt is not None and ckpt.exists()
     if resumed:
-        state, saved, elapsed = _read_checkpoint(checkpoint, ident, state, problem)
+        state, saved, elapsed, calls = ckpt.read(state, problem)
+        oracle.reset_calls(calls)
         if state.iteration > n_iter:
             raise ValueError(f"checkpoint {checkpoint!r} is at iteration {state.iteration} > "
                              f"n_iter = {n_iter}")
-        if list(saved) != list(columns):
+        if list(saved) != list(history.columns):
             raise ValueError(f"checkpoint {checkpoint!r} has history columns {list(saved)}; "
-                             f"this run records {list(columns)}")
+                             f"this run records {list(history.columns)}")
         # keep the regular record points; an end-of-run row of the interrupted run is
         # dropped unless this run ends there too (then the history matches a fresh run)
         for i, it in enumerate(saved["iteration"]):
             if it % record_every == 0 or it == state.iteration == n_iter:
-                for c in columns:
-                    history[c].append(saved[c][i].item())
-        if state.iteration == n_iter and history["iteration"][-1] != n_iter:
-            record(state, state.iteration, elapsed)
+                history.append({c: saved[c][i].item() for c in history.columns})
+        if state.iteration == n_iter and history.last_iteration() != n_iter:
+            record(state, elapsed)
     else:
-        record(state, 0, 0.0)
+        record(state, 0.0)
         if not _finite(xp, state):
             raise ValueError("the start point is not finite")
 
     status, message = "max_iter", f"reached n_iter = {n_iter}"
-    last_good = (state, [s.get_state() for s in _samplers(state)])
+    last_good = (state, oracle.calls.copy())
     last_ckpt = state.iteration
     bar = _Progress(progress, n_iter, state.iteration)
-    k = state.iteration
-    synchronize(xp)
+    synchronize(xp, state)
     t0 = time.perf_counter()
     try:
-        while k < n_iter:
-            state = materialize(solver.step(problem, state))
-            k += 1
+        while state.iteration < n_iter:
+            state = materialize(solver.step(oracle, state))
+            k = state.iteration
             if k % record_every and k != n_iter:
                 continue
-            synchronize(xp)
+            synchronize(xp, state)
             elapsed += time.perf_counter() - t0
             if not _finite(xp, state):
-                good, snaps = last_good
-                for sampler, snap in zip(_samplers(good), snaps):
-                    sampler.set_state(snap)
-                state = good
+                state, calls = last_good
+                oracle.reset_calls(calls)
                 status = "diverged"
-                message = (f"non-finite iterate at iteration {k}; returning the last finite "
-                           f"record point (iteration {good.iteration})")
+                message = (f"non-finite state at iteration {k}; returning the last finite "
+                           f"record point (iteration {state.iteration})")
                 break
-            row = record(state, k, elapsed)
-            last_good = (state, [s.get_state() for s in _samplers(state)])
+            row = record(state, elapsed)
+            last_good = (state, oracle.calls.copy())
             stop = False
             if callback is not None:
                 try:
@@ -488,23 +618,28 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
             elif stop:
                 status, message = "stopped", f"stopped by the callback at iteration {k}"
             done = status != "max_iter" or k == n_iter
-            if checkpoint is not None and (done or checkpoint_every is None
-                                           or k - last_ckpt >= checkpoint_every):
-                _write_checkpoint(checkpoint, ident, state, hist_arrays(), elapsed, record_every)
+            if ckpt is not None and (done or checkpoint_every is None
+                                     or k - last_ckpt >= checkpoint_every):
+                ckpt.write(state, history, elapsed, oracle.calls)
                 last_ckpt = k
             bar.update(k, row)
             if status != "max_iter":
                 break
-            synchronize(xp)
+            synchronize(xp, state)
             t0 = time.perf_counter()
-        if checkpoint is not None and status != "diverged" and last_ckpt != state.iteration:
-            _write_checkpoint(checkpoint, ident, state, hist_arrays(), elapsed, record_every)
-        elif checkpoint is not None and not resumed and n_iter == 0:
-            _write_checkpoint(checkpoint, ident, state, hist_arrays(), elapsed, record_every)
+        if ckpt is not None and status != "diverged" and last_ckpt != state.iteration:
+            ckpt.write(state, history, elapsed, oracle.calls)
+        elif ckpt is not None and not resumed and n_iter == 0:
+            ckpt.write(state, history, elapsed, oracle.calls)
     finally:
         bar.close()
-    hist = hist_arrays()
+    hist = history.arrays()
+    end = solver.horizon()
+    if end is not None and n_iter > end:
+        message += f"; {solver.horizon_note()}"
+    if measure.notes:
+        message += "; " + "; ".join(dict.fromkeys(measure.notes))
     return Result(x=state.x, y=state.y, state=state, status=status, message=message,
                   history=hist, n_iter=state.iteration,
                   wall_time=float(hist["time"][-1]) if len(hist["time"]) else 0.0,
-                  calls=state.calls)
+                  calls=oracle.calls.copy(), notes=list(dict.fromkeys(measure.notes)))

@@ -1,253 +1,191 @@
-"""Seeded host-side minibatch and block schedules.
+r"""Counter-based minibatch and block streams: every index set is a pure function of counters.
 
-All sampling happens on the host with :class:`numpy.random.Generator` (design rule 5): the
-same seed gives the same indices on every backend. Indices are drawn as NumPy int64 arrays
-and moved to the device **once per call** of :meth:`BatchSchedule.draw` (all the batches of
-one solver step concatenated into one transfer, then sliced on the device with Python
-ints), so a step never makes more than one host-to-device transfer.
+A solver step never owns a random generator. The indices of batch ``j`` of stream ``s`` at
+step ``k`` are a function of ``(seed, s, k, j)`` alone, so any step can be replayed on its
+own, a checkpoint is arrays and integers, and an exported schedule can be regenerated
+by a foreign implementation from the definition below. Indices are computed on the host
+(NumPy) and moved to the device once per step (:meth:`refbilevel.oracle.Oracle.draw`).
 
-Modes of :class:`MinibatchSampler`:
+Stream definition (format ``"counter-philox/1"``)
+-------------------------------------------------
+Raw words.
+    ``words(seed, s, tag, index, m)`` are the first ``m`` 64-bit outputs of the
+    Philox4x64-10 block cipher (Salmon et al. 2011) with the 128-bit key
+    ``(k0, k1) = (seed, s)`` and the 256-bit counter ``(c0, c1, c2, c3)``: block
+    ``b = 0, 1, ...`` encrypts the counter ``(b + 1, index, tag, 0)`` and contributes its
+    four output words in order (word ``4b + i`` is output word ``i`` of block ``b``).
+    This is what ``numpy.random.Philox(key=[seed, s], counter=[0, index, tag, 0])``
+    returns from ``random_raw(m)`` (NumPy increments the counter before each block).
+Streams.
+    ``s = 0``: the outer data (rows of the data of ``f``); ``s = 1``: the inner data
+    (rows of the data of ``g``); ``s = 2``: the blocks of a minimax-bilevel problem.
+    ``seed`` is an integer in ``[0, 2**64)``.
+Batch counter.
+    A solver declares how many batches ``c_s`` of stream ``s`` one step consumes (a
+    constant of its hyperparameters). Batch ``j`` (``0 <= j < c_s``) of step ``k`` (the
+    state's ``iteration``, starting at 0) is global batch ``q = k * c_s + j`` of the stream.
+``"iid"`` mode (``B`` indices out of ``n``, with replacement).
+    ``idx[i] = words(seed, s, 0, q, B)[i] mod n``.
+``"epoch"`` mode (``B`` indices out of ``n``, without replacement within an epoch).
+    An epoch holds ``m = n // B`` batches (a remainder shorter than a batch is never
+    used, so every batch has ``B`` rows). Global batch ``q`` belongs to epoch
+    ``e = q // m`` at slot ``r = q mod m``. The permutation of epoch ``e`` is the stable
+    ascending argsort of ``words(seed, s, 1, e, n)`` (ties, of probability about
+    ``n**2 / 2**65``, keep the smaller index first); the batch is its entries
+    ``r*B .. r*B + B - 1``.
+Blocks (``S`` distinct blocks out of ``n``, one draw per step).
+    At step ``k`` the blocks are the first ``S`` entries of the stable ascending argsort of
+    ``words(seed, 2, 2, k, n)``, sorted ascending.
+Full data.
+    A batch size ``None`` or ``>= n`` means full data (no indices; the oracle reads every
+    row) and ``S`` = ``None`` or ``n`` means every block in order; neither reads words.
 
-* ``"epoch"`` — a fresh random permutation of ``0..n-1`` per epoch, consumed in contiguous
-  slices of ``batch_size``; a remainder shorter than a batch is dropped (every batch has
-  the same size, so stacked oracles see fixed shapes). This is the structure of
-  benchmark_bilevel's ``MinibatchSampler`` (permutation of the batch order per epoch).
-* ``"iid"`` — ``batch_size`` indices drawn uniformly with replacement at every call.
-
-``batch_size=None`` or ``batch_size >= n`` means full batch: :meth:`MinibatchSampler.next_indices`
-returns ``None`` (oracles then read all the data) and consumes no randomness.
-
-Checkpoints: every sampler has ``get_state() -> dict`` (JSON-able) and ``set_state(dict)``;
-restoring a state reproduces the following draws exactly.
+References
+----------
+.. [1] J. K. Salmon, M. A. Moraes, R. O. Dror and D. E. Shaw (2011). Parallel random
+       numbers: as easy as 1, 2, 3. SC '11. (Philox4x64-10)
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
 import numpy as np
 
-from ._backend import from_host
 from ._validation import check_choice, check_int
-from .problems.base import Batch
 
-__all__ = ["BatchSchedule", "BlockSampler", "MinibatchSampler"]
+__all__ = ["STREAM_FORMAT", "STREAM_IDS", "Stream", "batch_indices", "block_indices",
+           "check_seed", "definition", "epoch_permutation", "resolve_seed", "stream_spec",
+           "words"]
+
+#: Version tag of the stream definition above (written into exports and checkpoints).
+STREAM_FORMAT = "counter-philox/1"
+#: Stream name -> the integer ``s`` of the definition.
+STREAM_IDS = {"outer": 0, "inner": 1, "blocks": 2}
+_TAG_IID, _TAG_EPOCH, _TAG_BLOCKS = 0, 1, 2
+_U64 = 2 ** 64
 
 
-def _check_rng(rng, name="rng") -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{name} must be a numpy.random.Generator; got {type(rng).__name__}")
-    return rng
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed as a Python int in ``[0, 2**64)`` (``TypeError``/``ValueError`` naming it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [0, 2**64); got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < _U64:
+        raise ValueError(f"{name} must be in [0, 2**64); got {seed}")
+    return seed
 
 
-class MinibatchSampler:
-    """Index stream over ``n`` samples (one data set).
+def definition() -> str:
+    """The stream definition above as plain text (written into exports)."""
+    import inspect
+    import sys
 
-    Parameters
+    doc = inspect.cleandoc(sys.modules[__name__].__doc__)
+    start = doc.index("Stream definition")
+    return doc[start:doc.index("References\n")].strip()
+
+
+def resolve_seed(seed) -> int:
+    """The stream key of ``seed``: an int in ``[0, 2**64)`` as is; ``None`` draws one from
+    fresh OS entropy; a :class:`numpy.random.Generator` gives one draw of it."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0])
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, _U64, dtype=np.uint64))
+    return check_seed(seed)
+
+
+def words(seed: int, stream: int, tag: int, index: int, m: int) -> np.ndarray:
+    """The first ``m`` raw 64-bit words of ``(seed, stream, tag, index)`` (uint64 array)."""
+    bg = np.random.Philox(key=np.array([seed, stream], dtype=np.uint64),
+                          counter=np.array([0, index, tag, 0], dtype=np.uint64))
+    return bg.random_raw(m)
+
+
+def epoch_permutation(seed: int, stream: int, epoch: int, n: int) -> np.ndarray:
+    """The permutation of ``0..n-1`` of epoch ``epoch`` (int64)."""
+    return np.argsort(words(seed, stream, _TAG_EPOCH, epoch, n), kind="stable").astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What one step draws from one stream.
+
+    Attributes
     ----------
+    name : {"outer", "inner", "blocks"}
+        The stream (its id in :data:`STREAM_IDS`).
     n : int
-        Number of samples (>= 1).
-    batch_size : int or None
-        Minibatch size; ``None`` or ``>= n`` means full batch.
-    rng : numpy.random.Generator
-        Host generator owned by this sampler from now on.
+        Rows (or blocks) to draw from.
+    size : int or None
+        Batch size ``B`` (blocks: ``S``); ``None`` or ``>= n`` is full data.
+    count : int
+        Draws per step ``c_s`` (blocks: 1).
     mode : {"epoch", "iid"}
-        Epoch permutations (without replacement within an epoch) or i.i.d. draws with
-        replacement.
+        Sampling mode of a data stream (ignored for blocks).
     """
 
-    def __init__(self, n: int, batch_size: int | None, *, rng: np.random.Generator,
-                 mode: str = "epoch"):
-        self.n = check_int(n, "n", minimum=1)
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1, allow_none=True)
-        self.mode = check_choice(mode, "mode", ("epoch", "iid"))
-        self._rng = _check_rng(rng)
-        self._perm = None          # current epoch's permutation (epoch mode)
-        self._perm_rng_state = None  # generator state before that permutation was drawn
-        self._pos = 0              # next unread position in the permutation
-        self.epoch = 0             # completed epochs (epoch mode)
+    name: str
+    n: int
+    size: int | None
+    count: int = 1
+    mode: str = "epoch"
 
     @property
-    def is_full(self) -> bool:
-        """Whether every call returns the full data (``None``)."""
-        return self.batch_size is None or self.batch_size >= self.n
+    def full(self) -> bool:
+        """Whether every draw is the full data (no indices)."""
+        return self.size is None or self.size >= self.n
 
-    def next_indices(self) -> np.ndarray | None:
-        """The next minibatch's indices (host int64 array), or ``None`` for full batch."""
-        if self.is_full:
-            return None
-        bs = self.batch_size
-        if self.mode == "iid":
-            return self._rng.integers(0, self.n, size=bs, dtype=np.int64)
-        if self._perm is None or self._pos + bs > self.n:
-            if self._perm is not None:
-                self.epoch += 1
-            self._new_epoch()
-        out = self._perm[self._pos:self._pos + bs]
-        self._pos += bs
-        return out
+    def describe(self) -> dict:
+        """JSON-able description (for exports): name, id ``s``, ``n``, size, count, mode."""
+        return {"stream": self.name, "s": STREAM_IDS[self.name], "n": self.n,
+                "size": self.size, "count_per_step": self.count,
+                "mode": "blocks" if self.name == "blocks" else self.mode, "full": self.full}
 
-    def _new_epoch(self) -> None:
-        self._perm_rng_state = copy.deepcopy(self._rng.bit_generator.state)
-        self._perm = self._rng.permutation(self.n).astype(np.int64)
-        self._pos = 0
-
-    def get_state(self) -> dict:
-        """JSON-able state: generator state and position (the permutation is redrawn)."""
-        return {
-            "n": self.n, "batch_size": self.batch_size, "mode": self.mode,
-            "rng": _jsonable(self._rng.bit_generator.state),
-            "perm_rng": None if self._perm is None else _jsonable(self._perm_rng_state),
-            "pos": self._pos, "epoch": self.epoch,
-        }
-
-    def set_state(self, state: dict) -> None:
-        """Restore a state from :meth:`get_state` (sizes and mode must match)."""
-        for key in ("n", "batch_size", "mode"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler "
-                                 f"has {key}={getattr(self, key)!r}")
-        if state["perm_rng"] is None:
-            self._perm = self._perm_rng_state = None
-        else:
-            self._rng.bit_generator.state = state["perm_rng"]
-            self._new_epoch()
-        self._rng.bit_generator.state = state["rng"]
-        self._pos = int(state["pos"])
-        self.epoch = int(state["epoch"])
+    def draw(self, seed: int, step: int, cache: dict | None = None) -> list:
+        """The ``count`` host index arrays of ``step`` (``[None] * count`` when full)."""
+        if self.full:
+            return [None] * self.count
+        if self.name == "blocks":
+            return [block_indices(seed, step, self.n, self.size)]
+        s = STREAM_IDS[self.name]
+        return [batch_indices(seed, s, self.n, self.size, self.mode, step * self.count + j,
+                              cache=cache) for j in range(self.count)]
 
 
-def _jsonable(obj):
-    """Bit-generator states hold NumPy ints/arrays in some generators; make them plain."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+def stream_spec(name: str, n: int, size, count: int = 1, mode: str = "epoch") -> Stream:
+    """A validated :class:`Stream` (``ValueError`` naming the bad field)."""
+    check_choice(name, "stream", tuple(STREAM_IDS))
+    check_int(n, "n", minimum=1)
+    check_int(size, "batch size", minimum=1, allow_none=True)
+    check_int(count, "count", minimum=1)
+    check_choice(mode, "sampling", ("epoch", "iid"))
+    return Stream(name, n, size, count, mode)
 
 
-class BatchSchedule:
-    """Independent minibatch streams for the outer (``f``) and inner (``g``) data.
+def batch_indices(seed: int, stream: int, n: int, batch_size: int, mode: str, q: int,
+                  cache: dict | None = None) -> np.ndarray:
+    """Global batch ``q`` of data stream ``stream`` (host int64 array of ``batch_size``).
 
-    Parameters
-    ----------
-    n_outer, n_inner : int
-        Sample counts of the outer and inner data (``problem.n_outer``, ``problem.n_inner``).
-    batch_size_outer, batch_size_inner : int or None
-        Minibatch sizes; ``None`` means full batch for that level.
-    rng : numpy.random.Generator
-        Parent generator; two independent child generators are spawned from it
-        (``rng.spawn(2)``: outer first, inner second).
-    mode : {"epoch", "iid"}
-        See :class:`MinibatchSampler`.
+    ``cache`` (a dict, optional) keeps the last epoch permutation per stream; it changes
+    nothing but the time (a pure function of its key).
     """
-
-    def __init__(self, n_outer: int, n_inner: int, *, batch_size_outer=None,
-                 batch_size_inner=None, rng: np.random.Generator, mode: str = "epoch"):
-        rng = _check_rng(rng)
-        r_outer, r_inner = rng.spawn(2)
-        self.outer = MinibatchSampler(n_outer, batch_size_outer, rng=r_outer, mode=mode)
-        self.inner = MinibatchSampler(n_inner, batch_size_inner, rng=r_inner, mode=mode)
-
-    @property
-    def is_full(self) -> bool:
-        """Whether both levels are full batch (every batch is ``Batch(None, None)``)."""
-        return self.outer.is_full and self.inner.is_full
-
-    def draw_streams(self, xp, device, n_outer: int, n_inner: int):
-        """``n_outer`` outer and ``n_inner`` inner index arrays in one host->device transfer.
-
-        Returns
-        -------
-        (list, list)
-            Device int64 index arrays (or ``None`` entries for a full-batch level).
-        """
-        outs = [self.outer.next_indices() for _ in range(n_outer)]
-        ins = [self.inner.next_indices() for _ in range(n_inner)]
-        host = [a for a in outs + ins if a is not None]
-        if not host:
-            return outs, ins
-        flat = from_host(np.concatenate(host), xp, device=device)
-        pieces, start = [], 0
-        for a in host:
-            pieces.append(flat[start:start + a.shape[0]])
-            start += a.shape[0]
-        it = iter(pieces)
-        outs = [None if a is None else next(it) for a in outs]
-        ins = [None if a is None else next(it) for a in ins]
-        return outs, ins
-
-    def draw(self, xp, device, k: int = 1) -> list[Batch]:
-        """``k`` batches, each with its own outer and inner indices (one transfer in all)."""
-        outs, ins = self.draw_streams(xp, device, k, k)
-        return [Batch(outer=o, inner=i) for o, i in zip(outs, ins)]
-
-    def get_state(self) -> dict:
-        return {"outer": self.outer.get_state(), "inner": self.inner.get_state()}
-
-    def set_state(self, state: dict) -> None:
-        self.outer.set_state(state["outer"])
-        self.inner.set_state(state["inner"])
+    if mode == "iid":
+        return (words(seed, stream, _TAG_IID, q, batch_size) % np.uint64(n)).astype(np.int64)
+    per_epoch = n // batch_size
+    epoch, slot = divmod(q, per_epoch)
+    key = (seed, stream, epoch, n)
+    perm = None if cache is None else cache.get(("perm", stream))
+    if perm is None or perm[0] != key:
+        perm = (key, epoch_permutation(seed, stream, epoch, n))
+        if cache is not None:
+            cache[("perm", stream)] = perm
+    return perm[1][slot * batch_size:(slot + 1) * batch_size]
 
 
-class BlockSampler:
-    """Block participation for minimax-bilevel solvers: ``S`` of ``n`` blocks per step.
-
-    Parameters
-    ----------
-    n_blocks : int
-        Number of blocks ``n``.
-    n_sampled : int or None
-        Blocks per step ``S`` (``1 <= S <= n``); ``None`` or ``S == n`` is full
-        participation (all blocks, in order, no randomness consumed).
-    rng : numpy.random.Generator
-        Host generator owned by the sampler.
-
-    Notes
-    -----
-    Partial participation draws ``S`` distinct blocks uniformly without replacement at
-    every step (``rng.choice(n, S, replace=False)``), returned sorted.
-    """
-
-    def __init__(self, n_blocks: int, n_sampled: int | None, *, rng: np.random.Generator):
-        self.n_blocks = check_int(n_blocks, "n_blocks", minimum=1)
-        n_sampled = check_int(n_sampled, "n_sampled", minimum=1, allow_none=True)
-        if n_sampled is None:
-            n_sampled = self.n_blocks
-        if n_sampled > self.n_blocks:
-            raise ValueError(f"n_sampled must be <= n_blocks = {self.n_blocks}; got {n_sampled}")
-        self.n_sampled = n_sampled
-        self._rng = _check_rng(rng)
-        self._full = None  # cached device arange for full participation
-
-    @property
-    def is_full(self) -> bool:
-        return self.n_sampled == self.n_blocks
-
-    def next_indices(self) -> np.ndarray:
-        """Host int64 array of the next step's blocks."""
-        if self.is_full:
-            return np.arange(self.n_blocks, dtype=np.int64)
-        return np.sort(self._rng.choice(self.n_blocks, size=self.n_sampled, replace=False)
-                       ).astype(np.int64)
-
-    def draw(self, xp, device):
-        """The next step's block indices on the device (one transfer; none when full)."""
-        if self.is_full:
-            if self._full is None or self._full[0] is not xp or self._full[1] != device:
-                self._full = (xp, device, from_host(self.next_indices(), xp, device=device))
-            return self._full[2]
-        return from_host(self.next_indices(), xp, device=device)
-
-    def get_state(self) -> dict:
-        return {"n_blocks": self.n_blocks, "n_sampled": self.n_sampled,
-                "rng": _jsonable(self._rng.bit_generator.state)}
-
-    def set_state(self, state: dict) -> None:
-        for key in ("n_blocks", "n_sampled"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler "
-                                 f"has {key}={getattr(self, key)!r}")
-        self._rng.bit_generator.state = state["rng"]
+def block_indices(seed: int, step: int, n_blocks: int, n_sampled: int) -> np.ndarray:
+    """The ``n_sampled`` blocks of ``step`` (sorted host int64 array)."""
+    order = np.argsort(words(seed, STREAM_IDS["blocks"], _TAG_BLOCKS, step, n_blocks),
+                       kind="stable")
+    return np.sort(order[:n_sampled]).astype(np.int64)

@@ -39,19 +39,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._backend import host_rng, is_array, materialize, to_host
+from ._backend import is_array, materialize, to_host
 from .results import ResultsError, atomic_write_text, save_npz
+from .sampling import STREAM_FORMAT, resolve_seed
+from .sampling import definition as stream_definition
 
 __all__ = ["CompareReport", "compare", "export", "load_candidate", "load_export",
            "recorded_settings", "reference_for", "trajectory"]
 
-FORMAT = "refbilevel-export/1"
+FORMAT = "refbilevel-export/2"
 ORACLE_KEYS = ("f", "g", "grad_f_x", "grad_f_y", "grad_g_x", "grad_g_y", "value",
                "hypergradient", "inner_solution")
 
 #: How each solver consumes its batch draws within one step (for the description).
 _CONSUMPTION = {
-    "f2sa": ("per outer step k, with T = n_inner_steps: batch_outer[k] has T+1 rows and "
+    "f2sa": ("per outer step k, with T = n_inner: batch_outer[k] has T+1 rows and "
              "batch_inner[k] has 2T+2 rows. Inner step t = 0..T-1: grad_y g(x, z) on "
              "batch_inner[k, 2t]; grad_y f(x, y) on batch_outer[k, t]; grad_y g(x, y) on "
              "batch_inner[k, 2t+1]; z <- z - gamma_k grad_y g(x,z); y <- y - alpha_k "
@@ -91,27 +93,15 @@ def _build(problem, *, seed, dtype="float64", params=None, dataset=None, backend
     return problem
 
 
-def _solver(solver, hyperparameters=None):
+def _solver(solver, hyperparameters=None, problem=None):
+    """A solver instance; a name gets the registry's settings for ``problem`` (a registry
+    name) under ``hyperparameters``, exactly as ``refbilevel run`` builds it."""
     if isinstance(solver, str):
-        from .registry import build_solver
+        from .config import solver_for
 
-        return build_solver(solver, hyperparameters or {})
+        return solver_for(solver, problem if isinstance(problem, str) else None,
+                          hyperparameters)
     return solver
-
-
-def _schedules(obj, out=None):
-    """The host samplers reachable from a state: ``(level, sampler)`` pairs."""
-    from .sampling import BatchSchedule, BlockSampler
-
-    out = [] if out is None else out
-    if isinstance(obj, BatchSchedule):
-        out += [("outer", obj.outer), ("inner", obj.inner)]
-    elif isinstance(obj, BlockSampler):
-        out.append(("blocks", obj))
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            _schedules(getattr(obj, f.name), out)
-    return out
 
 
 def _top_arrays(state) -> dict:
@@ -120,32 +110,26 @@ def _top_arrays(state) -> dict:
             for f in dataclasses.fields(state) if is_array(getattr(state, f.name))}
 
 
-def _trace(problem, solver, n_steps, seed, x0=None, y0=None, record_batches=False):
+def _trace(problem, solver, n_steps, seed, x0=None, y0=None):
+    """Reference iterates and the oracle's log of the draws (by level, one list per step)."""
+    from .oracle import Oracle
+
     state = solver.init(problem, problem.init_x() if x0 is None else x0,
-                        problem.init_y() if y0 is None else y0, host_rng(seed))
-    log = {"outer": [], "inner": [], "blocks": []}
-    if record_batches:
-        for level, sampler in _schedules(state):
-            original = sampler.next_indices
-
-            def recording(original=original, level=level, sampler=sampler):
-                idx = original()
-                if idx is not None and not sampler.is_full:  # full: all rows / all blocks
-                    log[level][-1].append(np.array(idx, copy=True))
-                return idx
-
-            sampler.next_indices = recording  # instance attribute: this trace only
+                        problem.init_y() if y0 is None else y0, seed)
+    oracle = Oracle(problem, log=True)
     iters = {k: [v] for k, v in _top_arrays(state).items()}
     mult = []
     for _ in range(n_steps):
-        for lst in log.values():
-            lst.append([])
         mult.append(np.nan if state.multiplier is None else float(state.multiplier))
-        state = materialize(solver.step(problem, state))
+        state = materialize(solver.step(oracle, state))
         for k, v in _top_arrays(state).items():
             iters.setdefault(k, []).append(v)
     out = {k: np.stack(v) for k, v in iters.items() if len(v) == n_steps + 1}
     out["multiplier"] = np.asarray(mult, dtype=np.float64)
+    log = {"outer": [[] for _ in range(n_steps)], "inner": [[] for _ in range(n_steps)],
+           "blocks": [[] for _ in range(n_steps)]}
+    for k, name, arrays in oracle.draws:     # full data / all blocks: no indices logged
+        log[name][k] += [a for a in arrays if a is not None]
     return out, log
 
 
@@ -161,7 +145,7 @@ def trajectory(problem, solver, n_steps, seed=0, *, x0=None, y0=None, hyperparam
     n_steps : int
         Number of solver steps (>= 0).
     seed : int
-        Seed of the solver's host generator (as in :func:`refbilevel.run`).
+        Key of the solver's batch streams (as in :func:`refbilevel.run.run`).
 
     Returns
     -------
@@ -172,8 +156,8 @@ def trajectory(problem, solver, n_steps, seed=0, *, x0=None, y0=None, hyperparam
     from ._validation import check_int
 
     n_steps = check_int(n_steps, "n_steps", minimum=0)
+    solver = _solver(solver, hyperparameters, problem)
     problem = _build(problem, seed=seed)
-    solver = _solver(solver, hyperparameters)
     return _trace(problem, solver, n_steps, seed, x0, y0)[0]
 
 
@@ -240,14 +224,14 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
     prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset,
                   backend=backend)
     hyper = dict(hyperparameters or {})
-    solver_obj = _solver(solver, hyper) if isinstance(solver, str) else solver
+    solver_obj = _solver(solver, hyper, problem)
     if batch_size is not None:
         fields = {f.name for f in dataclasses.fields(solver_obj)}
         if "batch_size_outer" not in fields:
             raise ValueError(f"solver {solver_obj.name!r} takes no minibatches; omit batch_size")
         solver_obj = dataclasses.replace(solver_obj, batch_size_outer=batch_size,
                                          batch_size_inner=batch_size)
-    ref, log = _trace(prob, solver_obj, steps, seed, record_batches=True)
+    ref, log = _trace(prob, solver_obj, steps, seed)
     arrays = _data_arrays(prob)
     arrays["x0"], arrays["y0"] = to_host(prob.init_x()), to_host(prob.init_y())
     per_step = {}
@@ -285,6 +269,12 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
                                               "requests them (see the solver's step)")},
         "indexing": "0-based row indices; f reads batch_outer rows of the outer data, g reads "
                     "batch_inner rows of the inner data; a missing batch array means full data",
+        "streams": {"format": STREAM_FORMAT, "seed": resolve_seed(seed),
+                    "step_index": "k = 0 for the first step (row 1 of ref_x)",
+                    "per_step": [st.describe() for st in solver_obj.streams(prob)],
+                    "definition": stream_definition()},
+        "settings": "the registry's suggested settings for the problem under the given "
+                    "hyperparameters, as refbilevel run uses them",
     }
     text = json.dumps(desc, indent=2, default=repr)
     arrays["description"] = np.array(text)
@@ -443,7 +433,7 @@ def reference_for(candidate: dict, *, reference=None, solver=None, problem=None,
     """
     n_steps = candidate["x"].shape[0] - 1 if "x" in candidate else 0
     if reference is not None and os.path.isdir(reference):
-        from .cli import build_from_config
+        from .config import build_from_config
         from .results import load_config
 
         config = load_config(reference)
@@ -470,7 +460,7 @@ def reference_for(candidate: dict, *, reference=None, solver=None, problem=None,
 
         s_kw, p_kw = parse_settings(settings, get_solver(solver), problem or "logreg")
         prob = _build(problem or "logreg", seed=seed or 0, params=p_kw)
-        solv = _solver(solver, s_kw)
+        solv = _solver(solver, s_kw, problem or "logreg")
         record = _settings_of(problem or "logreg", prob, solv, seed or 0, "float64")
         if "points_x" in candidate:
             out = _oracles_at(prob, candidate)

@@ -83,12 +83,12 @@ def test_run_default_matches_python_api(default_run):
 
 def test_run_with_options(tmp_path):
     proc = cli("run", "--problem", "quadratic", "--solver", "f2sa", "--iters", 30,
-               "--set", "n_inner_steps=3", "--set", "lr_y=0.05", "--set", "problem.dim_y=6",
+               "--set", "n_inner=3", "--set", "lr_y=0.05", "--set", "problem.dim_y=6",
                "--seed", 3, "--dtype", "float32", "--record-every", 10, "--no-progress",
                "--out", "res", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     config = json.loads((tmp_path / "res" / "config.json").read_text())
-    assert config["hyperparameters"]["n_inner_steps"] == 3
+    assert config["hyperparameters"]["n_inner"] == 3
     assert config["hyperparameters"]["lr_y"] == 0.05
     assert config["problem_params"]["dim_y"] == 6
     assert (config["seed"], config["dtype"], config["iters"]) == (3, "float32", 30)
@@ -102,7 +102,7 @@ def test_run_with_options(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_resume_after_sigkill_gives_identical_result(tmp_path):
     args = ["run", "--problem", "logreg", "--solver", "f2sa", "--iters", 4000,
-            "--set", "problem.n=200", "--set", "problem.p=20", "--set", "n_inner_steps=2",
+            "--set", "problem.n=200", "--set", "problem.p=20", "--set", "n_inner=2",
             "--set", "batch_size_outer=16", "--set", "batch_size_inner=16",
             "--metrics", "value", "--record-every", 5, "--checkpoint-every", 5,
             "--no-progress"]
@@ -145,21 +145,26 @@ def _logistic_grad(w, A, b):
 
 
 def f2sa_numpy(path):
-    """F2SA (benchopt schedule) on an exported binary logistic HPO instance, plain NumPy."""
+    """F2SA (benchopt or constant schedule) on an exported binary logistic HPO instance."""
     d = np.load(path)
     desc = json.loads(str(d["description"]))
     h = desc["solver"]["hyperparameters"]
     assert desc["problem"]["describe"]["parametrization"] == "exp"
     assert desc["problem"]["describe"]["reduction"] == "sum"
-    T, lr_y, xi, lam, delta = h["n_inner_steps"], h["lr_y"], h["xi"], h["lam0"], h["delta"]
+    T, lr_y, xi, lam, delta = h["n_inner"], h["lr_y"], h["xi"], h["lam0"], h["delta"]
     lr_z = lr_y if h["lr_z"] is None else h["lr_z"]
     At, bt, Av, bv = d["A_train"], d["T_train"], d["A_val"], d["T_val"]
     x, y = d["x0"].copy(), d["y0"].copy()
     z = y.copy()
     xs, ys, zs = [x], [y], [z]
+    schedule = h["schedule"]          # the run's settings: the registry's for logreg
+    assert schedule in ("benchopt", "constant") and h["exponents"] is None
     for k in range(desc["steps"]):
-        alpha, gamma = lr_y / (k + 1) ** (5 / 7), lr_z / (k + 1) ** (4 / 7)
-        eta = xi * lr_y / (k + 1) ** (4 / 7)
+        if schedule == "benchopt":
+            alpha, gamma = lr_y / (k + 1) ** (5 / 7), lr_z / (k + 1) ** (4 / 7)
+            eta = xi * lr_y / (k + 1) ** (4 / 7)
+        else:
+            alpha, gamma, eta = lr_y, lr_z, xi * lr_y
         bo, bi = d["batch_outer"][k], d["batch_inner"][k]
 
         def gy_g(x, w, rows):
@@ -171,14 +176,14 @@ def f2sa_numpy(path):
             z, y = z - gamma * dz, y - alpha * dy
         dx = lam * (0.5 * np.exp(x) * y * y - 0.5 * np.exp(x) * z * z)  # grad_x f = 0
         x = x - eta * dx
-        lam = lam + delta / (k + 1) ** (1 / 7)
+        lam = lam + (delta / (k + 1) ** (1 / 7) if schedule == "benchopt" else delta)
         xs.append(x), ys.append(y), zs.append(z)
     return {"x": np.stack(xs), "y": np.stack(ys), "z": np.stack(zs)}
 
 
 def test_export_independent_f2sa_compare(tmp_path):
     proc = cli("export", "--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=60",
-               "--set", "problem.p=6", "--set", "n_inner_steps=3", "--set", "lr_y=0.05",
+               "--set", "problem.p=6", "--set", "n_inner=3", "--set", "lr_y=0.05",
                "--steps", 8, "--batch-size", 8, "--seed", 2, "--out", "inst.npz", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     d = np.load(tmp_path / "inst.npz")
@@ -243,7 +248,7 @@ def test_plot_writes_png(default_run, tmp_path):
     cwd, out, _ = default_run
     other = tmp_path / "f2sa"
     assert cli("run", "--solver", "f2sa", "--iters", 20, "--no-progress", "--out", other,
-               "--metrics", "value,hypergradient_norm", "--set", "n_inner_steps=2",
+               "--metrics", "value,hypergradient_norm", "--set", "n_inner=2",
                cwd=tmp_path).returncode == 0
     png = tmp_path / "p.png"
     proc = cli("plot", out, other, "--x", "oracle_calls", "--out", png, cwd=tmp_path)
@@ -328,6 +333,28 @@ def test_cupy_without_gpu_is_a_user_error(tmp_path):
     proc = cli("run", "--backend", "cupy", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "GPU" in proc.stderr
+
+
+# ------------------------------------------------------- usage errors versus bugs
+def test_main_maps_refused_input_to_exit_2_and_keeps_bugs_traceback(tmp_path, monkeypatch, capsys):
+    """A refused value is one line and exit 2; an exception raised inside a solver step is a
+    bug of the program and keeps its traceback."""
+    from refbilevel import cli as cli_mod
+    from refbilevel.solvers.minimaxopt import MinimaxOPT
+
+    out = str(tmp_path / "r")
+    code = cli_mod.main(["run", "--problem", "quadratic", "--solver", "minimaxopt",
+                         "--set", "lr=-1", "--iters", "2", "--out", out, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr must be > 0" in err and len(err.strip().splitlines()) == 1
+
+    def broken_step(self, oracle, state):
+        raise TypeError("unsupported operand type(s) inside a step")
+
+    monkeypatch.setattr(MinimaxOPT, "step", broken_step)
+    with pytest.raises(TypeError, match="inside a step"):
+        cli_mod.main(["run", "--problem", "quadratic", "--solver", "minimaxopt", "--iters", "2",
+                      "--out", str(tmp_path / "s"), "--no-progress"])
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch", "dask"])

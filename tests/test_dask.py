@@ -81,11 +81,11 @@ BILEVEL_SOLVERS = {
     "minimaxopt": lambda: minimaxopt.MinimaxOPT(lr=0.1, steps_per_stage=2, n_stages=2),
     "minimaxopt_minibatch": lambda: minimaxopt.MinimaxOPTStochastic(
         lr=0.05, steps_per_stage=2, n_stages=2, batch_size_outer=30, batch_size_inner=30),
-    "f2sa": lambda: f2sa.F2SA(n_inner_steps=2, lr_y=0.01, lam0=10.0),
-    "f2sa_minibatch_iid": lambda: f2sa.F2SA(n_inner_steps=2, lr_y=0.01, lam0=10.0,
+    "f2sa": lambda: f2sa.F2SA(n_inner=2, lr_y=0.01, lam0=10.0),
+    "f2sa_minibatch_iid": lambda: f2sa.F2SA(n_inner=2, lr_y=0.01, lam0=10.0,
                                             batch_size_outer=30, batch_size_inner=30,
                                             sampling="iid"),
-    "f2sa_adam": lambda: f2sa.F2SAAdam(n_inner_steps=2),
+    "f2sa_adam": lambda: f2sa.F2SAAdam(n_inner=2),
     "bome": lambda: bome.BOME(n_inner=2),
     "vpbgd": lambda: penalty.VPBGD(n_inner=2),
     "f2ba": lambda: penalty.F2BA(n_inner=2),
@@ -93,7 +93,7 @@ BILEVEL_SOLVERS = {
 MINIMAX_SOLVERS = {
     "fosl": lambda: fosl.FOSL(),
     "fosl_partial_minibatch": lambda: fosl.FOSL(n_sampled=2, batch_size_inner=30),
-    "memcs": lambda: memcs.MemCS(n_inner_steps=2),
+    "memcs": lambda: memcs.MemCS(n_inner=2),
 }
 
 

@@ -1,148 +1,182 @@
-"""Host-side minibatch and block schedules (refbilevel.sampling)."""
+"""Counter-based batch streams against an independent generator written from the definition.
 
-import json
+The definition in the :mod:`refbilevel.sampling` docstring (and in an export's
+description) must be enough to regenerate every index set. ``_philox4x64_10`` below is
+written from the Random123 specification (Salmon et al. 2011: two 64x64->128 multiplies
+per round with M0 = 0xD2E7470EE14C6C93, M1 = 0xCA5A826395121157, Weyl key increments
+0x9E3779B97F4A7C15 and 0xBB67AE8584CAA73B, ten rounds) in plain Python integers, and the
+index rules (mod n; stable argsort of the words; epoch = global batch // batches per epoch)
+from the docstring, without calling NumPy's Philox.
+"""
+
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from refbilevel import sampling
-from refbilevel._backend import backend_namespace, to_host
-from refbilevel.sampling import BatchSchedule, BlockSampler, MinibatchSampler
+from refbilevel.sampling import (STREAM_IDS, batch_indices, block_indices, epoch_permutation,
+                                 resolve_seed, stream_spec, words)
+
+M64 = 2 ** 64 - 1
 
 
-def test_epoch_mode_covers_each_index_once_per_epoch():
-    s = MinibatchSampler(12, 4, rng=np.random.default_rng(0))
-    for _ in range(3):
-        epoch = np.concatenate([s.next_indices() for _ in range(3)])
-        np.testing.assert_array_equal(np.sort(epoch), np.arange(12))
-    assert s.next_indices().dtype == np.int64
+def _mulhilo(a, b):
+    p = a * b
+    return p >> 64, p & M64
 
 
-def test_epoch_mode_drops_the_remainder():
-    s = MinibatchSampler(10, 4, rng=np.random.default_rng(1))
-    first = [s.next_indices() for _ in range(2)]
-    perm = np.random.default_rng(1).permutation(10)          # independent replica
-    np.testing.assert_array_equal(np.concatenate(first), perm[:8])
-    nxt = s.next_indices()                                    # new epoch, not perm[8:]
-    assert nxt.shape == (4,) and s.epoch == 1
-    replica = np.random.default_rng(1)
-    replica.permutation(10)
-    np.testing.assert_array_equal(nxt, replica.permutation(10)[:4])
+def _philox4x64_10(ctr, key):
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B97F4A7C15) & M64, (k1 + 0xBB67AE8584CAA73B) & M64
+        hi0, lo0 = _mulhilo(0xD2E7470EE14C6C93, c0)
+        hi1, lo1 = _mulhilo(0xCA5A826395121157, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
 
 
-def test_iid_mode_matches_generator():
-    s = MinibatchSampler(7, 5, rng=np.random.default_rng(3), mode="iid")
-    ref = np.random.default_rng(3)
-    for _ in range(4):
-        np.testing.assert_array_equal(s.next_indices(), ref.integers(0, 7, size=5))
+def spec_words(seed, s, tag, index, m):
+    out = []
+    b = 0
+    while len(out) < m:
+        out += _philox4x64_10((b + 1, index, tag, 0), (seed, s))
+        b += 1
+    return out[:m]
 
 
-@pytest.mark.parametrize("bs", [None, 10, 50])
-def test_full_batch_returns_none(bs):
-    s = MinibatchSampler(10, bs, rng=np.random.default_rng(0))
-    assert s.is_full and s.next_indices() is None
+def spec_argsort(w):
+    return sorted(range(len(w)), key=lambda i: (w[i], i))
+
+
+def spec_batch(seed, s, n, B, mode, k, count, j):
+    q = k * count + j
+    if mode == "iid":
+        return [w % n for w in spec_words(seed, s, 0, q, B)]
+    e, r = divmod(q, n // B)
+    perm = spec_argsort(spec_words(seed, s, 1, e, n))
+    return perm[r * B:(r + 1) * B]
+
+
+def spec_blocks(seed, k, n, S):
+    return sorted(spec_argsort(spec_words(seed, 2, 2, k, n))[:S])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2 ** 64 - 1, 123456789])
+def test_words_equal_the_spec(seed):
+    for s, tag, index in [(0, 0, 0), (1, 1, 5), (2, 2, 2 ** 40)]:
+        assert words(seed, s, tag, index, 11).tolist() == spec_words(seed, s, tag, index, 11)
 
 
 @pytest.mark.parametrize("mode", ["epoch", "iid"])
-def test_state_roundtrip_reproduces_following_draws(mode):
-    s = MinibatchSampler(9, 4, rng=np.random.default_rng(5), mode=mode)
-    for _ in range(3):
-        s.next_indices()
-    state = json.loads(json.dumps(s.get_state()))           # JSON-able
-    expected = [s.next_indices() for _ in range(6)]
-    t = MinibatchSampler(9, 4, rng=np.random.default_rng(99), mode=mode)
-    t.set_state(state)
-    for e in expected:
-        np.testing.assert_array_equal(t.next_indices(), e)
-    with pytest.raises(ValueError, match="batch_size"):
-        MinibatchSampler(9, 3, rng=np.random.default_rng(0), mode=mode).set_state(state)
+@pytest.mark.parametrize("n,B,count", [(10, 3, 1), (12, 4, 3), (7, 7, 2), (50, 8, 5)])
+def test_batches_equal_the_spec(mode, n, B, count):
+    seed = 42
+    for name in ("outer", "inner"):
+        stream = stream_spec(name, n, B, count, mode)
+        cache = {}
+        for k in range(7):
+            got = stream.draw(seed, k, cache)
+            assert len(got) == count
+            for j, idx in enumerate(got):
+                if stream.full:
+                    assert idx is None
+                    continue
+                assert idx.dtype == np.int64
+                want = spec_batch(seed, STREAM_IDS[name], n, B, mode, k, count, j)
+                assert idx.tolist() == want, (name, k, j)
 
 
-def test_batch_schedule_same_indices_on_every_backend(xp, device):
-    sched = BatchSchedule(20, 30, batch_size_outer=4, batch_size_inner=6,
-                          rng=np.random.default_rng(7))
-    # independent replica of the streams: spawn(2) -> outer, inner
-    r_out, r_in = np.random.default_rng(7).spawn(2)
-    ref_out = MinibatchSampler(20, 4, rng=r_out)
-    ref_in = MinibatchSampler(30, 6, rng=r_in)
-    batches = sched.draw(xp, device, 3)
-    assert len(batches) == 3
-    for b in batches:
-        np.testing.assert_array_equal(to_host(b.outer), ref_out.next_indices())
-        np.testing.assert_array_equal(to_host(b.inner), ref_in.next_indices())
-    # outer and inner streams are independent (different sequences)
-    assert not np.array_equal(to_host(batches[0].outer)[:4], to_host(batches[0].inner)[:4])
+def test_epoch_mode_is_a_permutation_per_epoch_and_changes_between_epochs():
+    n, B = 12, 4
+    got = [batch_indices(3, 0, n, B, "epoch", q) for q in range(6)]
+    first, second = np.concatenate(got[:3]), np.concatenate(got[3:])
+    assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, epoch_permutation(3, 0, 0, n))
+    # the remainder of n // B is never used: every batch has B rows
+    assert all(b.shape == (3,) for b in (batch_indices(3, 1, 10, 3, "epoch", q)
+                                         for q in range(9)))
 
 
-def test_batch_schedule_one_transfer_per_draw(monkeypatch, xp, device):
-    calls = []
-    real = sampling.from_host
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sampling, "from_host", counting)
-    sched = BatchSchedule(20, 30, batch_size_outer=4, batch_size_inner=6,
-                          rng=np.random.default_rng(0))
-    sched.draw(xp, device, 5)
-    assert len(calls) == 1
-    outs, ins = sched.draw_streams(xp, device, 2, 7)
-    assert len(calls) == 2 and len(outs) == 2 and len(ins) == 7
+def test_blocks_equal_the_spec_and_are_distinct_sorted():
+    for k in range(6):
+        b = block_indices(9, k, 8, 3)
+        assert b.tolist() == spec_blocks(9, k, 8, 3)
+        assert len(set(b.tolist())) == 3 and b.tolist() == sorted(b.tolist())
+    assert stream_spec("blocks", 5, None).draw(9, 0) == [None]
+    assert stream_spec("blocks", 5, 5).draw(9, 0) == [None]
 
 
-def test_batch_schedule_full_and_mixed(xp, device):
-    full = BatchSchedule(5, 5, rng=np.random.default_rng(0))
-    assert full.is_full
-    (b,) = full.draw(xp, device)
-    assert b.outer is None and b.inner is None
-    mixed = BatchSchedule(5, 8, batch_size_inner=3, rng=np.random.default_rng(0))
-    assert not mixed.is_full
-    (b,) = mixed.draw(xp, device)
-    assert b.outer is None and tuple(b.inner.shape) == (3,)
+def test_a_batch_depends_on_its_counters_only():
+    a = batch_indices(1, 0, 40, 5, "epoch", 17)
+    b = batch_indices(1, 0, 40, 5, "epoch", 17, cache={})
+    c = batch_indices(1, 1, 40, 5, "epoch", 17)        # another stream
+    d = batch_indices(2, 0, 40, 5, "epoch", 17)        # another seed
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
 
 
-def test_batch_schedule_state_roundtrip():
-    a = BatchSchedule(11, 13, batch_size_outer=3, batch_size_inner=5,
-                      rng=np.random.default_rng(2))
-    xp = backend_namespace("numpy")
-    a.draw_streams(xp, None, 2, 3)
-    state = json.loads(json.dumps(a.get_state()))
-    expected = a.draw(xp, None, 4)
-    b = BatchSchedule(11, 13, batch_size_outer=3, batch_size_inner=5,
-                      rng=np.random.default_rng(123))
-    b.set_state(state)
-    for e, got in zip(expected, b.draw(xp, None, 4)):
-        np.testing.assert_array_equal(got.outer, e.outer)
-        np.testing.assert_array_equal(got.inner, e.inner)
+def test_seed_resolution():
+    assert resolve_seed(5) == 5 and resolve_seed(np.int64(7)) == 7
+    g1, g2 = np.random.default_rng(0), np.random.default_rng(0)
+    assert resolve_seed(g1) == resolve_seed(g2)
+    assert 0 <= resolve_seed(None) < 2 ** 64
 
 
-def test_block_sampler(xp, device):
-    s = BlockSampler(6, 3, rng=np.random.default_rng(4))
-    ref = np.random.default_rng(4)
-    for _ in range(5):
-        idx = to_host(s.draw(xp, device))
-        np.testing.assert_array_equal(idx, np.sort(ref.choice(6, size=3, replace=False)))
-        assert len(set(idx.tolist())) == 3
-    full = BlockSampler(4, None, rng=np.random.default_rng(0))
-    assert full.is_full
-    np.testing.assert_array_equal(to_host(full.draw(xp, device)), np.arange(4))
-    state = json.loads(json.dumps(s.get_state()))
-    nxt = s.next_indices()
-    t = BlockSampler(6, 3, rng=np.random.default_rng(0))
-    t.set_state(state)
-    np.testing.assert_array_equal(t.next_indices(), nxt)
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (2 ** 64, ValueError), (1.5, TypeError),
+                                     (True, TypeError), ("1", TypeError)])
+def test_bad_seed(bad, exc):
+    with pytest.raises(exc, match="seed"):
+        resolve_seed(bad)
 
 
-@pytest.mark.parametrize("call, exc", [
-    (lambda: MinibatchSampler(0, 1, rng=np.random.default_rng(0)), ValueError),
-    (lambda: MinibatchSampler(5, 0, rng=np.random.default_rng(0)), ValueError),
-    (lambda: MinibatchSampler(5, 2.0, rng=np.random.default_rng(0)), TypeError),
-    (lambda: MinibatchSampler(5, 2, rng=0), TypeError),
-    (lambda: MinibatchSampler(5, 2, rng=np.random.default_rng(0), mode="cyclic"), ValueError),
-    (lambda: BlockSampler(3, 4, rng=np.random.default_rng(0)), ValueError),
-    (lambda: BlockSampler(3, 0, rng=np.random.default_rng(0)), ValueError),
+@pytest.mark.parametrize("args,exc", [
+    (("outer", 0, 1), ValueError), (("outer", 5, 0), ValueError),
+    (("outer", 5, 2.0), TypeError), (("sideways", 5, 2), ValueError),
+    (("outer", 5, 2, 1, "cyclic"), ValueError), (("outer", 5, 2, 0), ValueError),
 ])
-def test_validation(call, exc):
+def test_bad_stream(args, exc):
     with pytest.raises(exc):
-        call()
+        stream_spec(*args)
+
+
+@pytest.mark.parametrize("solver,sampling", [("f2sa", "epoch"), ("f2sa", "iid"),
+                                              ("stocbio", "epoch")])
+def test_export_indices_regenerate_from_the_description(tmp_path, solver, sampling):
+    """A foreign implementation reading only instance.json regenerates every index set."""
+    import json
+
+    from refbilevel.verify import export
+
+    path = export("logreg", solver=solver, steps=4, batch_size=16, seed=77,
+                  path=str(tmp_path / "inst.npz"), problem_params={"n": 120, "p": 5},
+                  hyperparameters={"sampling": sampling} if solver == "f2sa" else None)
+    desc = json.loads((tmp_path / "inst.json").read_text())
+    arrays = np.load(path)
+    streams = desc["streams"]
+    assert streams["format"] == "counter-philox/1" and "Philox4x64-10" in streams["definition"]
+    for st in streams["per_step"]:
+        got = arrays[f"batch_{st['stream']}"]          # (steps, count, B)
+        assert got.shape == (4, st["count_per_step"], st["size"])
+        for k in range(4):
+            for j in range(st["count_per_step"]):
+                want = spec_batch(streams["seed"], st["s"], st["n"], st["size"], st["mode"],
+                                  k, st["count_per_step"], j)
+                assert got[k, j].tolist() == want, (st["stream"], k, j)
+
+
+def test_export_blocks_regenerate_from_the_description(tmp_path):
+    import json
+
+    from refbilevel.verify import export
+
+    path = export("minimax_quadratic", solver="fosl", steps=3, seed=5,
+                  path=str(tmp_path / "inst.npz"), hyperparameters={"n_sampled": 2})
+    desc = json.loads((tmp_path / "inst.json").read_text())
+    (st,) = desc["streams"]["per_step"]
+    blocks = np.load(path)["blocks"]
+    assert blocks.shape == (3, 1, 2)
+    for k in range(3):
+        assert blocks[k, 0].tolist() == spec_blocks(desc["streams"]["seed"], k, st["n"], 2)

@@ -15,7 +15,9 @@ import functools
 import numpy as np
 import pytest
 
+from _documented_calls import documented_calls
 from refbilevel._backend import backend_namespace, to_host, to_host_scalar
+from refbilevel.oracle import Oracle
 from refbilevel.problems.logreg import LogRegHPO
 from refbilevel.problems.quadratic import Quadratic
 from refbilevel.solvers import (AID, BOME, F2BA, ITD, SOBA, VPBGD, ImplicitGD, OracleCalls,
@@ -75,10 +77,12 @@ def quad_unrolled_solution(eta, T):
     return np.linalg.solve(R + G.T @ A @ G, -(r + G.T @ (A @ (N @ c) + a)))
 
 
-def run_steps(solver, problem, n, *, x0=None, y0=None, seed=0):
-    state = solver.init(problem, x0, y0, np.random.default_rng(seed))
+def run_steps(solver, problem, n, *, x0=None, y0=None, seed=0, oracle=None):
+    """``n`` steps through ``oracle`` (a counting :class:`Oracle`, new unless given)."""
+    oracle = Oracle(problem) if oracle is None else oracle
+    state = solver.init(problem, x0, y0, seed)
     for _ in range(n):
-        state = solver.step(problem, state)
+        state = solver.step(oracle, state)
     return state
 
 
@@ -189,13 +193,14 @@ def test_itd_step_matches_reverse_hypergradient(xp, device, asxp):
 def test_stocbio_full_batch_equals_aid_neumann(xp, device):
     P = logreg(xp, device)
     D, Q, eta = 5, 4, 0.3
+    o_sb, o_aid = Oracle(P), Oracle(P)
     s_sb = run_steps(StocBiO(lr_outer=2.0, lr_inner=0.4, n_inner=D, n_neumann=Q, eta=eta,
-                             batch_size_outer=None, batch_size_inner=None), P, 4)
+                             batch_size_outer=None, batch_size_inner=None), P, 4, oracle=o_sb)
     s_aid = run_steps(AID(lr_outer=2.0, lr_inner=0.4, n_inner=D, n_linear=Q, eta=eta,
-                          method="neumann"), P, 4)
+                          method="neumann"), P, 4, oracle=o_aid)
     np.testing.assert_allclose(to_host(s_sb.x), to_host(s_aid.x), rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(to_host(s_sb.y), to_host(s_aid.y), rtol=1e-13, atol=1e-15)
-    assert s_sb.calls == s_aid.calls
+    assert o_sb.calls == o_aid.calls
     # a different Q changes the trajectory (the comparison can fail)
     s_q = run_steps(StocBiO(lr_outer=2.0, lr_inner=0.4, n_inner=D, n_neumann=Q + 1, eta=eta,
                             batch_size_outer=None, batch_size_inner=None), P, 4)
@@ -245,10 +250,10 @@ def _quad_cases():
         ("soba", lambda m: SOBA(lr_inner=1 / m["L_g"], lr_outer=0.2 * m["lr_F"],
                                 batch_size_outer=None, batch_size_inner=None),
          1600, xstar, 1e-7),
-        ("vpbgd", lambda m: VPBGD(gamma=10.0, lr_outer=0.25 * m["lr_F"],
+        ("vpbgd", lambda m: VPBGD(lam=10.0, lr_outer=0.25 * m["lr_F"],
                                   lr_inner=0.1 / m["L_g"], lr_hat=1 / m["L_g"], n_inner=2,
                                   yhat_start="previous"), 550, "penalty10", 1e-7),
-        ("vpbgd-normalized", lambda m: VPBGD(gamma=10.0, lr_outer=0.25 * m["lr_F"],
+        ("vpbgd-normalized", lambda m: VPBGD(lam=10.0, lr_outer=0.25 * m["lr_F"],
                                              lr_inner=1 / m["L_g"], lr_hat=1 / m["L_g"],
                                              n_inner=2, yhat_start="previous",
                                              y_direction="normalized"),
@@ -326,7 +331,7 @@ LOGREG_CASES = [
     ("soba", SOBA(lr_outer=2.0, lr_inner=0.5, batch_size_outer=10, batch_size_inner=10), 150),
     ("bome", BOME(lr_outer=5.0, lr_inner=0.5, n_inner=10), 40),
     ("bome-value-gap", BOME(lr_outer=5.0, lr_inner=0.5, n_inner=10, phi="value_gap"), 40),
-    ("vpbgd", VPBGD(gamma=10.0, lr_outer=2.0, lr_inner=0.05, lr_hat=0.5, n_inner=10), 150),
+    ("vpbgd", VPBGD(lam=10.0, lr_outer=2.0, lr_inner=0.05, lr_hat=0.5, n_inner=10), 150),
     ("f2ba", F2BA(lam=10.0, lr_outer=2.0, lr_inner=0.5, n_inner=10), 60),
 ]
 
@@ -346,78 +351,6 @@ def test_lowers_exact_hypergradient_norm_on_logreg(case, xp, device):
 
 
 # ------------------------------------------------------------------ oracle counting
-
-class CountingProblem:
-    """Wraps a problem and counts the oracle calls actually made, by kind.
-
-    A function value counts as one call of its gradient kind (see the solvers' docs); a
-    stacked call at ``m`` points counts ``m``.
-    """
-
-    def __init__(self, problem):
-        self._p = problem
-        self.counts = {"grad_f": 0, "grad_g": 0, "hvp": 0, "cross": 0}
-
-    def __getattr__(self, name):          # data, sizes, xp, device, init_x ...
-        if name in {"inner_solution", "hypergradient", "value"}:
-            raise AssertionError(f"a solver step called the exact oracle {name}")
-        return getattr(self._p, name)
-
-    def _count(self, kind, m=1):
-        self.counts[kind] += m
-
-    def f(self, x, y, batch=None):
-        self._count("grad_f")
-        return self._p.f(x, y, batch)
-
-    def g(self, x, y, batch=None):
-        self._count("grad_g")
-        return self._p.g(x, y, batch)
-
-    def grad_f(self, x, y, batch=None):
-        self._count("grad_f")
-        return self._p.grad_f(x, y, batch)
-
-    def grad_f_x(self, x, y, batch=None):
-        self._count("grad_f")
-        return self._p.grad_f_x(x, y, batch)
-
-    def grad_f_y(self, x, y, batch=None):
-        self._count("grad_f")
-        return self._p.grad_f_y(x, y, batch)
-
-    def grad_g(self, x, y, batch=None):
-        self._count("grad_g")
-        return self._p.grad_g(x, y, batch)
-
-    def grad_g_x(self, x, y, batch=None):
-        self._count("grad_g")
-        return self._p.grad_g_x(x, y, batch)
-
-    def grad_g_y(self, x, y, batch=None):
-        self._count("grad_g")
-        return self._p.grad_g_y(x, y, batch)
-
-    def grad_g_many(self, x, Ys, batch=None):
-        self._count("grad_g", Ys.shape[0])
-        return self._p.grad_g_many(x, Ys, batch)
-
-    def grad_g_x_many(self, x, Ys, batch=None):
-        self._count("grad_g", Ys.shape[0])
-        return self._p.grad_g_x_many(x, Ys, batch)
-
-    def grad_g_y_many(self, x, Ys, batch=None):
-        self._count("grad_g", Ys.shape[0])
-        return self._p.grad_g_y_many(x, Ys, batch)
-
-    def hvp_g(self, x, y, v, batch=None):
-        self._count("hvp")
-        return self._p.hvp_g(x, y, v, batch)
-
-    def cross_g(self, x, y, v, batch=None):
-        self._count("cross")
-        return self._p.cross_g(x, y, v, batch)
-
 
 COUNT_CASES = [
     ("aid-cg", AID(n_inner=3, n_linear=2, lr_inner=0.2, lr_outer=0.1)),
@@ -441,22 +374,19 @@ COUNT_CASES = [
 @pytest.mark.parametrize("case", COUNT_CASES, ids=[c[0] for c in COUNT_CASES])
 def test_oracle_counts_documented_and_actual(case, make, xp, device):
     name, solver = case
-    proxy = CountingProblem(make(xp, device))
+    P = make(xp, device)
+    oracle = Oracle(P)
     n = 3
-    state = solver.init(proxy, None, None, np.random.default_rng(0))
-    assert proxy.counts == dict.fromkeys(proxy.counts, 0), "init must not call oracles"
-    for _ in range(n):
-        state = solver.step(proxy, state)
-    per_step = solver.calls_per_step(proxy)
-    assert state.calls == OracleCalls(**{k: n * v for k, v in per_step.as_dict().items()})
-    assert state.calls.as_dict() == proxy.counts, name
+    state = run_steps(solver, P, n, oracle=oracle)
+    assert oracle.calls == n * documented_calls(solver, P), name
     assert state.iteration == n
 
 
 def test_implicit_counts_nothing_and_keeps_y_at_ystar(xp, device):
     P = quadratic(xp, device)
-    state = run_steps(ImplicitGD(lr=0.1), P, 2)
-    assert state.calls == OracleCalls() == ImplicitGD().calls_per_step(P)
+    oracle = Oracle(P)
+    state = run_steps(ImplicitGD(lr=0.1), P, 2, oracle=oracle)
+    assert oracle.calls == OracleCalls() == documented_calls(ImplicitGD(), P)
     np.testing.assert_allclose(to_host(state.y), to_host(P.inner_solution(state.x)),
                                rtol=1e-12, atol=1e-14)
 
@@ -510,7 +440,7 @@ def test_float32_in_float32_out(solver, xp, device):
     (SOBA, {"lr_inner": float("nan")}, ValueError, "lr_inner"),
     (BOME, {"phi": "other"}, ValueError, "phi"),
     (BOME, {"eps": -1.0}, ValueError, "eps"),
-    (VPBGD, {"gamma": 0.0}, ValueError, "gamma"),
+    (VPBGD, {"lam": 0.0}, ValueError, "lam"),
     (VPBGD, {"y_direction": "x"}, ValueError, "y_direction"),
     (VPBGD, {"yhat_start": "zero"}, ValueError, "yhat_start"),
     (F2BA, {"lam": "10"}, TypeError, "lam"),
@@ -573,17 +503,19 @@ def test_minimaxopt_reaches_baselines_validation_loss_with_fewer_calls(xp, devic
     }
     final, budget = {}, {}
     for name, solver in baselines.items():
-        state = run_steps(solver, P, n_outer)
+        oracle = Oracle(P)
+        state = run_steps(solver, P, n_outer, oracle=oracle)
         final[name] = to_host_scalar(P.value(state.x))
-        budget[name] = state.calls.total
+        budget[name] = oracle.calls.total
         assert final[name] < f0 - 0.01, name           # the baselines do make progress
     from refbilevel.solvers.minimaxopt import MinimaxOPT
 
-    mmo = MinimaxOPT(lr=0.5, alpha0=1.0, tau=2.0, steps_per_stage=300, n_stages=20)
-    per_step = mmo.calls_per_step(P).total
+    mmo = MinimaxOPT(lr=0.5, lam0=1.0, tau=2.0, steps_per_stage=300, n_stages=20)
+    per_step = documented_calls(mmo, P).total
     n_mmo = min(budget.values()) // (4 * per_step)
-    state = run_steps(mmo, P, n_mmo)
-    assert state.calls.total <= min(budget.values()) / 4
+    oracle = Oracle(P)
+    state = run_steps(mmo, P, n_mmo, oracle=oracle)
+    assert oracle.calls.total <= min(budget.values()) / 4
     f_mmo = to_host_scalar(P.value(state.x))
     for name in baselines:
         assert f_mmo <= final[name], (name, f_mmo, final[name])
@@ -598,8 +530,7 @@ def test_run_history_and_checkpoint_resume(solver, xp, device, tmp_path):
 
     P = logreg(xp, device)
     full = run(P, solver, n_iter=8, seed=5, record_every=4, metrics=("value",))
-    per_step = solver.calls_per_step(P)
-    assert full.state.calls == OracleCalls(**{k: 8 * v for k, v in per_step.as_dict().items()})
+    assert full.calls == 8 * documented_calls(solver, P)
     np.testing.assert_array_equal(full.history["iteration"], [0, 4, 8])
     path = str(tmp_path / "ckpt.npz")
     run(P, solver, n_iter=3, seed=5, record_every=4, metrics=("value",), checkpoint=path)
@@ -607,4 +538,4 @@ def test_run_history_and_checkpoint_resume(solver, xp, device, tmp_path):
                   checkpoint=path)
     np.testing.assert_allclose(to_host(resumed.x), to_host(full.x), rtol=1e-14, atol=0)
     np.testing.assert_allclose(to_host(resumed.y), to_host(full.y), rtol=1e-14, atol=0)
-    assert resumed.state.calls == full.state.calls
+    assert resumed.calls == full.calls

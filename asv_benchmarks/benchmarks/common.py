@@ -261,12 +261,12 @@ def solver_factories():
 
     return {
         "minimaxopt": ("logreg_binary", lambda: MinimaxOPT()),
-        "f2sa": ("logreg_binary", lambda: F2SA(n_inner_steps=5)),
-        "f2sa_adam": ("logreg_binary", lambda: F2SAAdam(n_inner_steps=5)),
+        "f2sa": ("logreg_binary", lambda: F2SA(n_inner=5)),
+        "f2sa_adam": ("logreg_binary", lambda: F2SAAdam(n_inner=5)),
         "aid_cg": ("logreg_binary", lambda: AID(n_inner=20, n_linear=10, method="cg")),
         "itd": ("logreg_binary", lambda: ITD(n_inner=20)),
         "fosl": ("auc", lambda: FOSL()),
-        "memcs": ("auc", lambda: MemCS(n_inner_steps=5)),
+        "memcs": ("auc", lambda: MemCS(n_inner=5)),
     }
 
 

@@ -65,9 +65,9 @@ PEER_FORMS = {"numpy": (True, False), "jax": (True, False), "torch": (True, Fals
 CHECK_RTOL = {"float64": 1e-9, "float32": 2e-3}
 
 # the settings of refbilevel's solvers at their first step (iteration 0)
-MMO_ALPHA, MMO_LR = 2.0, 0.1              # MinimaxOPT(): alpha0 * tau ("pre"), lr
-F2SA_T, F2SA_LR, F2SA_LAM = 5, 0.01, 1.0  # F2SA(n_inner_steps=5): alpha = gamma = eta
-ADAM_LR, ADAM_B1, ADAM_B2, ADAM_EPS = 1e-3, 0.9, 0.99, 1e-8   # F2SAAdam(n_inner_steps=5)
+MMO_ALPHA, MMO_LR = 2.0, 0.1              # MinimaxOPT(): lam0 * tau ("pre"), lr
+F2SA_T, F2SA_LR, F2SA_LAM = 5, 0.01, 1.0  # F2SA(n_inner=5): alpha = gamma = eta
+ADAM_LR, ADAM_B1, ADAM_B2, ADAM_EPS = 1e-3, 0.9, 0.99, 1e-8   # F2SAAdam(n_inner=5)
 AID_INNER, AID_CG = 20, 10                # AID(n_inner=20, n_linear=10, method="cg"), lr 1
 ITD_INNER = 20                            # ITD(n_inner=20), lr 1, full reverse
 
@@ -77,8 +77,8 @@ def refbilevel_solver(name: str):
     from refbilevel.solvers import AID, F2SA, ITD, F2SAAdam, MinimaxOPT
 
     return {"minimaxopt": lambda: MinimaxOPT(),
-            "f2sa": lambda: F2SA(n_inner_steps=F2SA_T),
-            "f2sa_adam": lambda: F2SAAdam(n_inner_steps=F2SA_T),
+            "f2sa": lambda: F2SA(n_inner=F2SA_T),
+            "f2sa_adam": lambda: F2SAAdam(n_inner=F2SA_T),
             "aid_cg": lambda: AID(n_inner=AID_INNER, n_linear=AID_CG, method="cg"),
             "itd": lambda: ITD(n_inner=ITD_INNER)}[name]()
 

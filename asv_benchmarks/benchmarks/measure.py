@@ -4,8 +4,9 @@
   one synchronisation at the end (what a run loop between record points sees), median of
   ``repeat`` such batches;
 * :func:`copy_bandwidth` — the device's measured copy bandwidth (bytes read + written / s);
-* :class:`OracleRecorder` — a proxy problem that records the oracle calls a solver step
-  makes, so that each can be replayed and timed alone (the "sum of the step's oracles");
+* :func:`record_step_oracles` — the oracle calls a solver step makes (the log of
+  :class:`refbilevel.oracle.Oracle`), so that each can be replayed and timed alone (the
+  "sum of the step's oracles");
 * :func:`peak_step_memory` — peak extra memory of one step (CuPy pool / tracemalloc);
 * :func:`count_step_syncs` — implicit host-device synchronisations inside one step
   (CuPy only, through ``cupyx.allow_synchronize(False)``);
@@ -30,8 +31,6 @@ MIN_TIME = 0.05
 #: bytes of the copy used for the CPU copy bandwidth
 COPY_BYTES_CPU = 1 << 28
 
-ORACLE_NAMES = ("f", "g", "grad_f", "grad_g", "grad_f_x", "grad_f_y", "grad_g_x", "grad_g_y",
-                "hvp_g", "cross_g", "grad_g_many", "grad_g_y_many", "grad_g_x_many")
 
 
 def throughput_time(f, xp, *, min_time: float | None = None, repeat: int = 3,
@@ -89,28 +88,14 @@ def copy_bandwidth(xp, *, nbytes: int = 1 << 30, device=None, method: str = "mem
     return 2 * nbytes / t
 
 
-class OracleRecorder:
-    """Proxy of a problem that records ``(name, args, kwargs)`` of every oracle call."""
-
-    def __init__(self, problem):
-        object.__setattr__(self, "_problem", problem)
-        object.__setattr__(self, "calls", [])
-
-    def __getattr__(self, name):
-        attr = getattr(self._problem, name)
-        if name in ORACLE_NAMES and callable(attr):
-            def wrapper(*args, **kwargs):
-                self.calls.append((name, args, kwargs))
-                return attr(*args, **kwargs)
-            return wrapper
-        return attr
-
-
 def record_step_oracles(problem, solver, state):
-    """The oracle calls one ``solver.step`` makes, as ``[(name, args, kwargs), ...]``."""
-    rec = OracleRecorder(problem)
-    solver.step(rec, state)
-    return rec.calls
+    """The oracle calls one ``solver.step`` makes, as ``[(name, args, kwargs), ...]``
+    (from the log of :class:`refbilevel.oracle.Oracle`)."""
+    from refbilevel.oracle import Oracle
+
+    oracle = Oracle(problem, count=False, log=True, keep_args=True)
+    solver.step(oracle, state)
+    return [(name, args, kwargs) for _, name, _, args, kwargs in oracle.log]
 
 
 def oracle_sum_time(problem, calls, xp, **kw) -> tuple[float, dict]:

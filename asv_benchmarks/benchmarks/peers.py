@@ -7,7 +7,7 @@ LogRegHPO binary (``reduction="sum"``, ``parametrization="exp"``), written
 * and refbilevel itself, on numpy / cupy / torch tensors (through array-api-compat).
 
 Every implementation computes the same update as refbilevel's default
-``MinimaxOPT()`` (stage 0: α = α₀τ = 2, step 0.1, plain GDA) and ``F2SA(n_inner_steps=5)``
+``MinimaxOPT()`` (stage 0: α = α₀τ = 2, step 0.1, plain GDA) and ``F2SA(n_inner=5)``
 at outer step 0 (α = γ = η = 0.01, λ = 1), with the two gradient evaluations at the same
 parameter point read in one pass over the data (``A @ [y z]``). ``check_peers`` compares
 each peer's output with refbilevel's.
@@ -30,7 +30,7 @@ from .common import SIZE_NAMES, XPBenchmark, get_xp, make_problem
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-MMO_ALPHA = 2.0     # MinimaxOPT(): alpha0 * tau at stage 0 ("pre")
+MMO_ALPHA = 2.0     # MinimaxOPT(): lam0 * tau at stage 0 ("pre")
 MMO_LR = 0.1
 F2SA_T = 5
 F2SA_STEPS = (0.01, 0.01, 0.01)   # F2SA(): (alpha, gamma, eta) at k = 0
@@ -137,7 +137,7 @@ def refbilevel_step(step: str):
     """``(solver, make_state)`` of the refbilevel step the peers reproduce."""
     from refbilevel.solvers import F2SA, MinimaxOPT
 
-    solver = MinimaxOPT() if step == "minimaxopt" else F2SA(n_inner_steps=F2SA_T)
+    solver = MinimaxOPT() if step == "minimaxopt" else F2SA(n_inner=F2SA_T)
     return solver
 
 

@@ -2,14 +2,13 @@ r"""BOME: value-function gap with a dynamic barrier multiplier."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_choice, check_int, check_real
-from ._common import project_x, start_point
-from .aid import inner_gd
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import (COUNT, NONNEGATIVE, POSITIVE, choice, inner_gd, project_x, resolve_seed,
+                      start_point, validate_fields)
+from .base import Solver, SolverState, evolve
 
 __all__ = ["BOME", "BOMEState"]
 
@@ -49,12 +48,12 @@ class BOME(Solver):
     eta : float
         η of the barrier (default 0.5, benchopt [CODE]).
     eps : float
-        Added to :math:`\|\nabla q\|^2` in the denominator of λ (default 1e-8; ALGORITHMS.md
-        §4 — benchopt divides without it; ours). Must be >= 0.
+        Added to :math:`\|\nabla q\|^2` in the denominator of λ (default 1e-8, this
+        project's guard against a zero gradient of q; benchopt divides without it). Must be >= 0.
 
     Notes
     -----
-    With :math:`q(x, y) = g(x, y) - g(x, \hat y)` (ALGORITHMS.md §4):
+    With :math:`q(x, y) = g(x, y) - g(x, \hat y)` (:doc:`/algorithms/baselines`):
 
     .. math::
 
@@ -85,6 +84,20 @@ class BOME(Solver):
     ----------
     .. [1] B. Liu, M. Ye, S. Wright, P. Stone, Q. Liu, "BOME! Bilevel optimization made
        easy: a simple first-order approach", NeurIPS 2022.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import BOME
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, BOME(lr_inner=0.05, n_inner=100), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=5100, hvp=0, cross=0)
     """
 
     name: ClassVar[str] = "bome"
@@ -97,20 +110,16 @@ class BOME(Solver):
     eps: float = 1e-8
 
     def __post_init__(self):
-        set_ = object.__setattr__
-        set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
-        set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
-        set_(self, "n_inner", check_int(self.n_inner, "n_inner", minimum=0))
-        check_choice(self.phi, "phi", ("grad_norm", "value_gap"))
-        set_(self, "eta", check_real(self.eta, "eta", positive=True))
-        set_(self, "eps", check_real(self.eps, "eps", nonnegative=True))
+        validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE, n_inner=COUNT,
+                        phi=choice("grad_norm", "value_gap"), eta=POSITIVE, eps=NONNEGATIVE)
 
-    def init(self, problem, x0=None, y0=None, rng=None) -> BOMEState:
+    def init(self, problem, x0=None, y0=None, seed=0) -> BOMEState:
         x, y = start_point(problem, x0, y0)
         lam = problem.xp.zeros((), dtype=y.dtype, device=problem.device)
-        return BOMEState(x=project_x(problem, x), y=y, lam=lam)
+        return BOMEState(x=project_x(problem, x), y=y, lam=lam, seed=resolve_seed(seed))
 
-    def step(self, problem, state: BOMEState) -> BOMEState:
+    def step(self, oracle, state: BOMEState) -> BOMEState:
+        problem = as_oracle(oracle)
         xp = problem.xp
         x, y = state.x, state.y
         y_hat = inner_gd(problem, x, y, lr=self.lr_inner, n_steps=self.n_inner)  # line 1
@@ -126,10 +135,5 @@ class BOME(Solver):
         lam = xp.maximum(phi - dot, 0.0) / (sq_norm + self.eps)                  # line 4
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * qx))          # line 5
         y_new = y - self.lr_inner * (fy + lam * qy)
-        return dataclasses.replace(state, x=x_new, y=y_new, lam=lam,
-                                   iteration=state.iteration + 1,
-                                   calls=state.calls + self.calls_per_step(problem))
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        extra = 2 if self.phi == "value_gap" else 0
-        return OracleCalls(grad_f=1, grad_g=self.n_inner + 2 + extra)
+        return evolve(state, x=x_new, y=y_new, lam=lam,
+                                   iteration=state.iteration + 1)

@@ -2,22 +2,25 @@ r"""F2SA (Kwon, Kwon, Wright and Nowak, 2023) and F2SA with Adam.
 
 Fully first-order stochastic approximation of the penalty problem
 :math:`\min_x L^*_\lambda(x)`, :math:`L_\lambda = f + \lambda(g - g^*)`, with an increasing
-multiplier (ALGORITHMS.md §0, §2): ``y`` tracks :math:`\arg\min_y f + \lambda g`, ``z``
+multiplier (:doc:`/theory/penalty`, :doc:`/algorithms/f2sa`): ``y`` tracks :math:`\arg\min_y f + \lambda g`, ``z``
 tracks :math:`y^*(x)`, and ``x`` follows
 :math:`\nabla_x f(x, y) + \lambda(\nabla_x g(x, y) - \nabla_x g(x, z))`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from .._validation import check_bool, check_choice, check_int, check_real
-from ..optim import adam
+from .._validation import check_real
+from ..optim import adam, inverse_power, sgd
+from ..oracle import as_oracle
 from ..problems.base import Batch
-from ..sampling import BatchSchedule
-from ._common import project_x, start_point
-from .base import OracleCalls, Solver, SolverState
+from ._common import (COUNT1, COUNT1_OR_NONE, FLAG, FRACTION, NONNEGATIVE, POSITIVE,
+                      POSITIVE_OR_NONE, SAMPLING, choice, data_streams, project_x, resolve_seed,
+                      start_point, validate_fields)
+from .base import Solver, SolverState, evolve
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
 
@@ -37,15 +40,13 @@ class F2SAState(SolverState):
         Tracks :math:`y^*(x)` (warm-started across outer steps).
     multiplier : float
         :math:`\\lambda_k`, the multiplier the next outer step uses.
-    opt_x : NamedTuple or None
-        Persistent Adam state of x (:class:`F2SAAdam` only).
-    batches : BatchSchedule or None
-        Host-side minibatch schedule (None when full batch).
+    opt_x : NamedTuple
+        Persistent optimiser state of x (an SGD step count for :class:`F2SA`, Adam's
+        moments for :class:`F2SAAdam`).
     """
 
     z: Any = None
     opt_x: Any = None
-    batches: Any = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class F2SA(Solver):
 
     Parameters
     ----------
-    n_inner_steps : int
+    n_inner : int
         T, inner steps on y and z per outer step. Default 10 [CODE: benchopt].
     lr_y : float
         Scale of :math:`\alpha_k` (y step). Default 0.01 [CODE: benchopt ``step``].
@@ -81,7 +82,7 @@ class F2SA(Solver):
 
     Notes
     -----
-    Outer step k (ALGORITHMS.md §2.1), with warm starts :math:`y_{k,0} = y_k`,
+    Outer step k (:doc:`/algorithms/f2sa`), with warm starts :math:`y_{k,0} = y_k`,
     :math:`z_{k,0} = z_k`:
 
     .. math::
@@ -105,7 +106,9 @@ class F2SA(Solver):
     * ``"benchopt"`` [CODE: benchmark_bilevel ``solvers/f2sa.py``]:
       :math:`\alpha_k = \text{lr}_y/(k+1)^{5/7}`, :math:`\gamma_k = \text{lr}_z/(k+1)^{4/7}`,
       :math:`\eta_k = \xi\,\text{lr}_y/(k+1)^{4/7}`, :math:`\delta_k = \delta/(k+1)^{1/7}`.
-    * ``"paper"`` [UNVERIFIED, from memory of Thm 3.1 of arXiv:2301.10945]: same
+    * ``"paper"`` [RECONSTRUCTED: the ratio rule :math:`\lambda_k \propto \gamma_k/\alpha_k`
+      of the step-size conditions of arXiv:2301.10945, Thm 3.1, with this project's
+      constants; select ``exponents`` to change them]: same
       :math:`\alpha_k, \gamma_k`, :math:`\eta_k = \xi\alpha_k`, and
       :math:`\lambda_k = \lambda_0 (\gamma_k/\alpha_k)/(\gamma_0/\alpha_0) = \lambda_0 (k+1)^{e_\alpha - e_\gamma}`,
       i.e. :math:`\delta_k = \lambda_{k+1} - \lambda_k` (``delta`` unused).
@@ -123,11 +126,25 @@ class F2SA(Solver):
     .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
            for stochastic bilevel optimization. ICML. arXiv:2301.10945.
     .. [2] Dagréou, M. et al. benchmark_bilevel (benchopt), ``solvers/f2sa.py``.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import F2SA
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> solver = F2SA(schedule='constant', lam0=1.0, delta=0.01, lr_y=0.01, lr_z=0.1, xi=20.0)
+    >>> result = run(problem, solver, n_iter=50, metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=550, grad_g=1100, hvp=0, cross=0)
     """
 
     name = "f2sa"
 
-    n_inner_steps: int = 10
+    n_inner: int = 10
     lr_y: float = 0.01
     lr_z: float | None = None
     xi: float = 1.0
@@ -140,69 +157,67 @@ class F2SA(Solver):
     sampling: str = "epoch"
 
     def __post_init__(self):
-        check_int(self.n_inner_steps, "n_inner_steps", minimum=1)
-        check_real(self.lr_y, "lr_y", positive=True)
-        check_real(self.lr_z, "lr_z", positive=True, allow_none=True)
-        check_real(self.xi, "xi", positive=True)
-        check_real(self.lam0, "lam0", positive=True)
-        check_real(self.delta, "delta", nonnegative=True)
-        check_choice(self.schedule, "schedule", _SCHEDULES)
+        validate_fields(self, n_inner=COUNT1, lr_y=POSITIVE, lr_z=POSITIVE_OR_NONE, xi=POSITIVE,
+                        lam0=POSITIVE, delta=NONNEGATIVE, schedule=choice(*_SCHEDULES),
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
+                        sampling=SAMPLING)
         if self.exponents is not None:
             if not isinstance(self.exponents, tuple) or len(self.exponents) != 4:
                 raise TypeError("exponents must be a tuple (e_alpha, e_gamma, e_x, e_delta); "
                                 f"got {self.exponents!r}")
             for i, e in enumerate(self.exponents):
                 check_real(e, f"exponents[{i}]", nonnegative=True)
-        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
-        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-        check_choice(self.sampling, "sampling", ("epoch", "iid"))
 
     # ---------------------------------------------------------------- schedules
     def _exponents(self):
         return self.exponents if self.exponents is not None else _DEFAULT_EXPONENTS[self.schedule]
 
+    @cached_property
+    def _schedules(self):
+        r""":math:`\alpha_k, \gamma_k, \eta_k, \delta_k` as :func:`refbilevel.optim.inverse_power`
+        schedules :math:`c/(k+1)^e` (built once per solver)."""
+        e_a, e_g, e_x, e_d = self._exponents()
+        lr_z = self.lr_y if self.lr_z is None else self.lr_z
+        return (inverse_power(self.lr_y, e_a), inverse_power(lr_z, e_g),
+                inverse_power(self.xi * self.lr_y, e_x), inverse_power(self.delta, e_d))
+
     def steps(self, k: int) -> tuple[float, float, float]:
         r"""Host step sizes :math:`(\alpha_k, \gamma_k, \eta_k)` of outer step ``k``."""
-        e_a, e_g, e_x, _ = self._exponents()
-        lr_z = self.lr_y if self.lr_z is None else self.lr_z
-        alpha = self.lr_y / (k + 1) ** e_a
-        gamma = lr_z / (k + 1) ** e_g
-        if self.schedule == "paper":
-            eta = self.xi * alpha
-        else:
-            eta = self.xi * self.lr_y / (k + 1) ** e_x
-        return alpha, gamma, eta
+        alpha_k, gamma_k, eta_k, _ = self._schedules
+        alpha = alpha_k(k)
+        eta = self.xi * alpha if self.schedule == "paper" else eta_k(k)
+        return alpha, gamma_k(k), eta
 
     def next_multiplier(self, lam: float, k: int) -> float:
         r""":math:`\lambda_{k+1} = \lambda_k + \delta_k` (host float)."""
-        e_a, e_g, _, e_d = self._exponents()
         if self.schedule == "paper":
+            e_a, e_g, _, _ = self._exponents()
             ratio = lambda j: (j + 1) ** (e_a - e_g)  # noqa: E731  γ_j/α_j up to a constant
             return lam + self.lam0 * (ratio(k + 1) - ratio(k))
-        return lam + self.delta / (k + 1) ** e_d
+        return lam + self._schedules[3](k)
 
     # ---------------------------------------------------------------- protocol
-    def _batches(self, problem, rng):
-        if self.batch_size_outer is None and self.batch_size_inner is None:
-            return None
-        return BatchSchedule(problem.n_outer, problem.n_inner,
-                             batch_size_outer=self.batch_size_outer,
-                             batch_size_inner=self.batch_size_inner, rng=rng, mode=self.sampling)
+    def streams(self, problem) -> tuple:
+        """T+1 outer and 2T+2 inner batches per step, one per stochastic oracle."""
+        T = self.n_inner
+        return data_streams(problem, self, T + 1, 2 * T + 2)
 
-    def init(self, problem, x0, y0, rng) -> F2SAState:
+    def init(self, problem, x0, y0, seed=0) -> F2SAState:
         """Start at ``(x0, y0, z0 = y0)``, :math:`\\lambda = \\lambda_0`."""
         x0, y0 = start_point(problem, x0, y0)
         return F2SAState(x=x0, y=y0, z=problem.xp.asarray(y0, copy=True), iteration=0,
-                         calls=OracleCalls(), multiplier=self.lam0,
-                         batches=self._batches(problem, rng))
+                         multiplier=self.lam0, seed=resolve_seed(seed),
+                         opt_x=self.optimizer.init(x0))
 
     def _draw(self, problem, state):
         """Per-oracle batches: (outer list of T+1, inner list of 2T+2), or None (stacked)."""
-        b = state.batches
-        if b is None or b.is_full:
+        draws = problem.draw(state, self.streams(problem))
+        T = self.n_inner
+        outs = draws.get("outer", [None] * (T + 1))
+        ins = draws.get("inner", [None] * (2 * T + 2))
+        if all(o is None for o in outs) and all(i is None for i in ins):
             return None
-        T = self.n_inner_steps
-        return b.draw_streams(problem.xp, problem.device, T + 1, 2 * T + 2)
+        return outs, ins
 
     def _directions_inner(self, problem, x, y, z, lam, draws, t):
         """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
@@ -221,7 +236,7 @@ class F2SA(Solver):
     def _direction_outer(self, problem, x, y, z, lam, draws):
         """Raw x direction ``h_fx + λ (h_gxy − h_gxz)``."""
         xp = problem.xp
-        T = self.n_inner_steps
+        T = self.n_inner
         if draws is None:
             gxs = problem.grad_g_x_many(x, xp.stack([y, z]))
             h_gxy, h_gxz = gxs[0, ...], gxs[1, ...]
@@ -233,29 +248,35 @@ class F2SA(Solver):
             h_gxz = problem.grad_g_x(x, z, Batch(inner=ins[2 * T + 1]))   # φ'''
         return h_fx + lam * (h_gxy - h_gxz)
 
-    def step(self, problem, state: F2SAState) -> F2SAState:
+    @cached_property
+    def optimizer(self):
+        """The optimiser each raw direction goes through: :func:`refbilevel.optim.sgd`
+        (plain steps, F2SA) or Adam (:class:`F2SAAdam`); built once per solver."""
+        return sgd()
+
+    def step(self, oracle, state: F2SAState) -> F2SAState:
+        problem = as_oracle(oracle)
         x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier
         alpha, gamma, eta = self.steps(k)
+        opt = self.optimizer
         draws = self._draw(problem, state)
-        for t in range(self.n_inner_steps):          # warm start: z_{k,0} = z_k, y_{k,0} = y_k
+        opt_y, opt_z = opt.init(y), opt.init(z)          # inner states restart every step
+        for t in range(self.n_inner):          # warm start: z_{k,0} = z_k, y_{k,0} = y_k
             d_z, d_y = self._directions_inner(problem, x, y, z, lam, draws, t)
-            z = z - gamma * d_z                        # z_{k,t+1} = z_{k,t} − γ_k h_gz
-            y = y - alpha * d_y                        # y_{k,t+1} = y_{k,t} − α_k (h_fy + λ_k h_gy)
+            step_z, opt_z = opt.update(d_z, opt_z, gamma)
+            step_y, opt_y = opt.update(d_y, opt_y, alpha)
+            z = z + step_z                             # z_{k,t+1} = z_{k,t} − γ_k h_gz
+            y = y + step_y                             # y_{k,t+1} = y_{k,t} − α_k (h_fy + λ_k h_gy)
         d_x = self._direction_outer(problem, x, y, z, lam, draws)
-        x = project_x(problem, x - eta * d_x)          # x_{k+1} = x_k − ξα_k (h_fx + λ_k(h_gxy − h_gxz))
-        return replace(state, x=x, y=y, z=z, iteration=k + 1,
-                       calls=state.calls + self.calls_per_step(problem),
+        step_x, opt_x = opt.update(d_x, state.opt_x, eta)    # x state persists across steps
+        x = project_x(problem, x + step_x)             # x_{k+1} = x_k − η_k (h_fx + λ_k(h_gxy − h_gxz))
+        return evolve(state, x=x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
                        multiplier=self.next_multiplier(lam, k))   # λ_{k+1} = λ_k + δ_k
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        """``T+1`` ``grad_f`` and ``2T+2`` ``grad_g`` calls (3T + 3 first-order calls)."""
-        T = self.n_inner_steps
-        return OracleCalls(grad_f=T + 1, grad_g=2 * T + 2)
 
 
 @dataclass(frozen=True)
 class F2SAAdam(F2SA):
-    r"""F2SA with Adam on each direction (slides of Kwon et al.; ALGORITHMS.md §2.2).
+    r"""F2SA with Adam on each direction (:doc:`/algorithms/f2sa`).
 
     Parameters
     ----------
@@ -268,8 +289,9 @@ class F2SAAdam(F2SA):
     eps : float
         Adam ε. Default 1e-8 [ours].
     bias_correction : bool
-        Use :math:`\hat m, \hat v`. Default True [UNVERIFIED: the slide computes the
-        corrected moments but writes the raw ones in the update].
+        Use :math:`\hat m, \hat v`. Default True: the slide computes the corrected
+        moments but writes the raw ones in its update line; this project uses the corrected
+        ones (``bias_correction=False`` gives the raw ones).
     schedule : {"constant", "paper", "benchopt"}
         Default "constant" [PAPER: the slides select constant {γ, α} and δ = 0.1].
     Other parameters as in :class:`F2SA`.
@@ -285,7 +307,25 @@ class F2SAAdam(F2SA):
     References
     ----------
     .. [1] Kwon, J., Kwon, D., Wright, S. and Nowak, R. (2023). A fully first-order method
-           for stochastic bilevel optimization. ICML. (slides: F2SA with Adam)
+           for stochastic bilevel optimization. ICML. (F2SA)
+    .. [2] Yang, D., Jiang, L., Tatli, M. and Xiao, Q. (2023). Enhancing bilevel
+           optimization with single-level learning techniques. Course project slides,
+           CS 6962, Rensselaer Polytechnic Institute, December 2023. (F2SA with Adam; the
+           "[PAPER]" tags of the parameters above refer to these slides)
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import F2SAAdam
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, F2SAAdam(lam0=10.0, delta=0.0, lr_y=0.01, lr_z=0.01), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=550, grad_g=1100, hvp=0, cross=0)
     """
 
     name = "f2sa_adam"
@@ -299,35 +339,10 @@ class F2SAAdam(F2SA):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("beta1", "beta2"):
-            b = check_real(getattr(self, name), name, nonnegative=True)
-            if not b < 1:
-                raise ValueError(f"{name} must be < 1; got {b}")
-        check_real(self.eps, "eps", positive=True)
-        check_bool(self.bias_correction, "bias_correction")
+        validate_fields(self, beta1=FRACTION, beta2=FRACTION, eps=POSITIVE,
+                        bias_correction=FLAG)
 
-    def _adam(self):
+    @cached_property
+    def optimizer(self):
+        """Adam (:func:`refbilevel.optim.adam`) with this solver's β₁, β₂, ε."""
         return adam(self.beta1, self.beta2, self.eps, bias_correction=self.bias_correction)
-
-    def init(self, problem, x0, y0, rng) -> F2SAState:
-        state = super().init(problem, x0, y0, rng)
-        return replace(state, opt_x=self._adam().init(state.x))
-
-    def step(self, problem, state: F2SAState) -> F2SAState:
-        x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier
-        alpha, gamma, eta = self.steps(k)
-        opt = self._adam()
-        draws = self._draw(problem, state)
-        opt_y, opt_z = opt.init(y), opt.init(z)       # m_{y,−1} = v_{y,−1} = m_{z,−1} = v_{z,−1} = 0
-        for t in range(self.n_inner_steps):
-            d_z, d_y = self._directions_inner(problem, x, y, z, lam, draws, t)
-            step_z, opt_z = opt.update(d_z, opt_z, gamma)   # AdamGrad(m_z, v_z, h_gz, t+1)
-            step_y, opt_y = opt.update(d_y, opt_y, alpha)   # AdamGrad(m_y, v_y, h_fy + λ h_gy, t+1)
-            z = z + step_z                                  # z −= γ_k m̂_z/(√v̂_z + ε)
-            y = y + step_y                                  # y −= α_k m̂_y/(√v̂_y + ε)
-        d_x = self._direction_outer(problem, x, y, z, lam, draws)
-        step_x, opt_x = opt.update(d_x, state.opt_x, eta)   # persistent x state, counter k+1
-        return replace(state, x=project_x(problem, x + step_x), y=y, z=z, iteration=k + 1,
-                       opt_x=opt_x,
-                       calls=state.calls + self.calls_per_step(problem),
-                       multiplier=self.next_multiplier(lam, k))

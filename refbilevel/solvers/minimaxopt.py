@@ -8,21 +8,24 @@ Wang, Pan, Pi and Zhang (2023) replace the bilevel problem by
 
 and run simultaneous gradient descent (x, y) / ascent (z) in stages, multiplying
 :math:`\alpha` by :math:`\tau` per stage and the step sizes by :math:`\tau^{-1}`
-(ALGORITHMS.md §1.2). :class:`MinimaxOPT` is Algorithm 1 (deterministic, full batch);
+(:doc:`/algorithms/minimaxopt`). :class:`MinimaxOPT` is Algorithm 1 (deterministic, full batch);
 :class:`MinimaxOPTStochastic` is the same class with the defaults of Algorithm 2
 (Appendix D.2: minibatches, heavy-ball momentum, cosine schedule).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any
 
-from .._validation import check_bounds, check_choice, check_int, check_real
+from .._validation import check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier
-from ..sampling import BatchSchedule
-from ._common import draw_batches, project_x, start_point
-from .base import OracleCalls, Solver, SolverState
+from ..oracle import as_oracle
+from ._common import (BOUNDS, COUNT1, COUNT1_OR_NONE, FRACTION, NONNEGATIVE, POSITIVE,
+                      POSITIVE_OR_NONE, SAMPLING, choice, data_streams, paired_batches, project_x,
+                      resolve_seed, start_point, validate_fields)
+from .base import Solver, SolverState, evolve
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
 
@@ -37,8 +40,6 @@ class MinimaxOPTState(SolverState):
         Auxiliary copy of ``y`` (ascent variable, tracks :math:`y^*(x)`).
     opt_x, opt_y, opt_z : NamedTuple
         Optimiser states (:func:`refbilevel.optim.sgd` or :func:`~refbilevel.optim.momentum`).
-    batches : BatchSchedule or None
-        Host-side minibatch schedule (None when full batch).
     multiplier : float
         The α the next step uses.
     """
@@ -47,7 +48,6 @@ class MinimaxOPTState(SolverState):
     opt_x: Any = None
     opt_y: Any = None
     opt_z: Any = None
-    batches: Any = None
 
 
 @dataclass(frozen=True)
@@ -57,19 +57,20 @@ class MinimaxOPT(Solver):
     Parameters
     ----------
     lr : float
-        Base step size η shared by x, y, z. Default 0.1 [ours; the paper's grid values were
-        lost in extraction, UNVERIFIED]. The paper finally uses one rate for all three
+        Base step size η shared by x, y, z. Default 0.1 (this project's choice; the
+        registry's suggested settings give tuned values per problem). The paper finally uses one rate for all three
         variables [PAPER, App. D.1].
     lr_x, lr_y, lr_z : float or None
         Separate base step sizes (``None``: use ``lr``) [CODE: ScaleBiO's
         ``minmax_init_lr_{w,u,lambda}``].
-    alpha0 : float
-        Initial multiplier α₀. Default 1.0 [ours; the ScaleBiO CLI default is 0.03, CODE].
+    lam0 : float
+        Initial multiplier, the paper's α₀ (named ``lam0`` as in every solver). Default 1.0
+        [ours; the ScaleBiO CLI default is 0.03, CODE].
     tau : float
         Stage factor τ > 1: α ← τα per stage, steps × τ⁻¹ per stage. Default 2.0 [CODE:
         ScaleBiO CLI].
     steps_per_stage : int
-        K, steps per stage. Default 100 [ours; UNVERIFIED].
+        K, steps per stage. Default 100 (this project's choice).
     n_stages : int
         N, number of stages; sets the cosine horizon N·K. ``run(n_iter=N*K)`` runs the
         algorithm exactly; further steps continue with further stages. Default 10 [ours].
@@ -78,7 +79,8 @@ class MinimaxOPT(Solver):
         after it (the paper's wording; α₀τ^i). Default "pre" [CODE; RECONSTRUCTED].
     momentum : float
         Heavy-ball coefficient μ (torch convention ``buf ← μ buf + g``); 0 gives plain GDA.
-        Default 0.0 here, 0.9 in :class:`MinimaxOPTStochastic` [UNVERIFIED].
+        Default 0.0 here, 0.9 in :class:`MinimaxOPTStochastic` (this project's value; the
+        paper uses momentum without stating it).
     lr_schedule : {"constant", "cosine"}
         Base schedule multiplied by τ⁻ⁱ; cosine over all N·K steps from ``lr`` to
         ``lr_min`` [CODE: ScaleBiO ``get_cosine_decay_scheduler``].
@@ -91,7 +93,7 @@ class MinimaxOPT(Solver):
         Minibatch sizes for f and for g; ``None`` is full batch (Algorithm 1).
         :class:`MinimaxOPTStochastic` defaults to 256 for both [PAPER, CIFAR-10].
     sampling : {"epoch", "iid"}
-        Minibatch mode (:class:`refbilevel.sampling.MinibatchSampler`).
+        Minibatch mode (:mod:`refbilevel.sampling`: per-epoch permutations or i.i.d. draws).
     x_bounds : tuple of float or None
         Box ``(lower, upper)`` for ``Proj_X``. ``None`` uses the problem's ``x_lower`` /
         ``x_upper`` attributes if it has them (e.g. :func:`~refbilevel.toy_1d`), else no
@@ -123,6 +125,20 @@ class MinimaxOPT(Solver):
     ----------
     .. [1] Wang, J., Pan, R., Pi, R. and Zhang, T. (2023). Effective bilevel optimization via
            minimax reformulation. arXiv:2305.13153. Algorithm 1, Appendix D.2.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import MinimaxOPT
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, MinimaxOPT(lr=0.05), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=100, hvp=0, cross=0)
     """
 
     name = "minimaxopt"
@@ -131,7 +147,7 @@ class MinimaxOPT(Solver):
     lr_x: float | None = None
     lr_y: float | None = None
     lr_z: float | None = None
-    alpha0: float = 1.0
+    lam0: float = 1.0
     tau: float = 2.0
     steps_per_stage: int = 100
     n_stages: int = 10
@@ -146,68 +162,75 @@ class MinimaxOPT(Solver):
     x_bounds: tuple | None = None
 
     def __post_init__(self):
-        check_real(self.lr, "lr", positive=True)
-        for name in ("lr_x", "lr_y", "lr_z"):
-            check_real(getattr(self, name), name, positive=True, allow_none=True)
-        check_real(self.alpha0, "alpha0", positive=True)
-        check_real(self.tau, "tau", low=1.0)
-        check_int(self.steps_per_stage, "steps_per_stage", minimum=1)
-        check_int(self.n_stages, "n_stages", minimum=1)
-        check_choice(self.alpha_update, "alpha_update", ("pre", "post"))
-        mu = check_real(self.momentum, "momentum", nonnegative=True)
-        if not mu < 1:
-            raise ValueError(f"momentum must be < 1; got {mu}")
-        check_choice(self.lr_schedule, "lr_schedule", ("constant", "cosine"))
-        check_real(self.lr_min, "lr_min", nonnegative=True)
-        check_real(self.weight_decay_y, "weight_decay_y", nonnegative=True)
-        check_int(self.batch_size_outer, "batch_size_outer", minimum=1, allow_none=True)
-        check_int(self.batch_size_inner, "batch_size_inner", minimum=1, allow_none=True)
-        check_choice(self.sampling, "sampling", ("epoch", "iid"))
-        check_bounds(self.x_bounds, "x_bounds")
+        validate_fields(self, lr=POSITIVE, lr_x=POSITIVE_OR_NONE, lr_y=POSITIVE_OR_NONE,
+                        lr_z=POSITIVE_OR_NONE, lam0=POSITIVE,
+                        tau=partial(check_real, low=1.0), steps_per_stage=COUNT1,
+                        n_stages=COUNT1, alpha_update=choice("pre", "post"),
+                        momentum=FRACTION, lr_schedule=choice("constant", "cosine"),
+                        lr_min=NONNEGATIVE, weight_decay_y=NONNEGATIVE,
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
+                        sampling=SAMPLING, x_bounds=BOUNDS)
 
     # ---------------------------------------------------------------- schedules
+    @cached_property
     def _optimizer(self):
+        """SGD or heavy ball (built once per solver, not per step)."""
         return sgd() if self.momentum == 0.0 else momentum(self.momentum)
+
+    @cached_property
+    def _alpha_schedule(self):
+        return stage_multiplier(self.lam0, self.tau, update=self.alpha_update)
+
+    @cached_property
+    def _cosine(self):
+        return cosine(1.0, self.n_stages * self.steps_per_stage, floor=self.lr_min / self.lr)
 
     def alpha(self, stage: int) -> float:
         """Multiplier of stage ``stage`` (:func:`refbilevel.optim.stage_multiplier`)."""
-        return stage_multiplier(self.alpha0, self.tau, update=self.alpha_update)(stage)
+        return self._alpha_schedule(stage)
 
     def step_scale(self, t: int) -> float:
         r"""Host factor :math:`\tau^{-i}\eta(t)/\eta` of global step ``t`` (η(t) constant or cosine)."""
         stage = t // self.steps_per_stage
         base = 1.0
         if self.lr_schedule == "cosine":
-            base = cosine(1.0, self.n_stages * self.steps_per_stage,
-                          floor=self.lr_min / self.lr)(t)
+            base = self._cosine(t)
         return self.tau ** (-stage) * base
 
+    def horizon(self) -> int:
+        """N·K: the steps of Algorithm 1/2 (``n_stages * steps_per_stage``)."""
+        return self.n_stages * self.steps_per_stage
+
+    def horizon_note(self) -> str:
+        return (f"past N*K = {self.horizon()} steps MinimaxOPT runs further stages, multiplying "
+                f"alpha by tau = {self.tau} per stage, so alpha and the iterates grow without "
+                f"bound; raise n_stages to run longer")
+
     # ---------------------------------------------------------------- protocol
-    def init(self, problem, x0, y0, rng) -> MinimaxOPTState:
+    def streams(self, problem) -> tuple:
+        """One outer and one inner batch per step (none when full batch)."""
+        return data_streams(problem, self, 1, 1)
+
+    def init(self, problem, x0, y0, seed=0) -> MinimaxOPTState:
         """Start at ``(x0, y0, z0 = y0)`` [CODE: both copies load the same model]."""
         x0, y0 = start_point(problem, x0, y0)
-        opt = self._optimizer()
-        batches = None
-        if self.batch_size_outer is not None or self.batch_size_inner is not None:
-            batches = BatchSchedule(problem.n_outer, problem.n_inner,
-                                    batch_size_outer=self.batch_size_outer,
-                                    batch_size_inner=self.batch_size_inner, rng=rng,
-                                    mode=self.sampling)
+        opt = self._optimizer
         z0 = problem.xp.asarray(y0, copy=True)
-        return MinimaxOPTState(x=x0, y=y0, z=z0, iteration=0, calls=OracleCalls(),
+        return MinimaxOPTState(x=x0, y=y0, z=z0, iteration=0, seed=resolve_seed(seed),
                                multiplier=self.alpha(0), opt_x=opt.init(x0), opt_y=opt.init(y0),
-                               opt_z=opt.init(z0), batches=batches)
+                               opt_z=opt.init(z0))
 
-    def step(self, problem, state: MinimaxOPTState) -> MinimaxOPTState:
+    def step(self, oracle, state: MinimaxOPTState) -> MinimaxOPTState:
+        problem = as_oracle(oracle)
         xp = problem.xp
         x, y, z, t = state.x, state.y, state.z, state.iteration
         K = self.steps_per_stage
-        alpha = self.alpha(t // K)              # Alg. 1: α ← τα at each stage ("pre"/"post")
+        alpha = state.multiplier                # α of stage ⌊t/K⌋ (Alg. 1: α ← τα per stage)
         s = self.step_scale(t)                  # s = τ^{-i} (× cosine, Alg. 2)
         eta_x = s * (self.lr if self.lr_x is None else self.lr_x)
         eta_y = s * (self.lr if self.lr_y is None else self.lr_y)
         eta_z = s * (self.lr if self.lr_z is None else self.lr_z)
-        (batch,) = draw_batches(problem, state.batches, 1)
+        (batch,) = paired_batches(problem.draw(state, self.streams(problem)), 1)
         # gradients at the same (x, y, z); one inner batch for g(x, y) and g(x, z)
         fx, fy = problem.grad_f(x, y, batch)
         gxs, gys = problem.grad_g_many(x, xp.stack([y, z]), batch)
@@ -216,7 +239,7 @@ class MinimaxOPT(Solver):
         gz = alpha * gys[1, ...]                          # −∇_z L_α (ascent on z)
         if self.weight_decay_y:
             gy = gy + self.weight_decay_y * y
-        opt = self._optimizer()
+        opt = self._optimizer
         dz, opt_z = opt.update(gz, state.opt_z, eta_z)
         dy, opt_y = opt.update(gy, state.opt_y, eta_y)
         dx, opt_x = opt.update(gx, state.opt_x, eta_x)
@@ -224,22 +247,18 @@ class MinimaxOPT(Solver):
         y_new = y + dy                                    # y ← y − s η_y g_y
         x_new = x + dx                                    # x ← Proj_X(x − s η_x g_x)
         x_new = project_x(problem, x_new, self.x_bounds)
-        calls = state.calls + self.calls_per_step(problem)
-        return replace(state, x=x_new, y=y_new, z=z_new, iteration=t + 1, calls=calls,
-                       multiplier=self.alpha((t + 1) // K), opt_x=opt_x, opt_y=opt_y,
+        return evolve(state, x=x_new, y=y_new, z=z_new, iteration=t + 1,
+                       multiplier=alpha if (t + 1) % K else self.alpha((t + 1) // K),
+                       opt_x=opt_x, opt_y=opt_y,
                        opt_z=opt_z)
-
-    def calls_per_step(self, problem) -> OracleCalls:
-        """1 ``grad_f`` + 2 ``grad_g`` (one stacked call at (x, y) and (x, z))."""
-        return OracleCalls(grad_f=1, grad_g=2)
 
 
 @dataclass(frozen=True)
 class MinimaxOPTStochastic(MinimaxOPT):
     r"""MinimaxOPT Algorithm 2 (Appendix D.2): :class:`MinimaxOPT` with stochastic defaults.
 
-    Minibatches of 256 for f and g [PAPER, CIFAR-10], heavy-ball momentum 0.9 [UNVERIFIED:
-    the value was not stated], cosine schedule over all N·K steps to ``lr_min = 0`` [CODE].
+    Minibatches of 256 for f and g [PAPER, CIFAR-10], heavy-ball momentum 0.9 (this
+    project's value: the paper does not state one), cosine schedule over all N·K steps to ``lr_min = 0`` [CODE].
     Weight decay on y stays off (the reference code's 5e-4 is available as
     ``weight_decay_y``). All other parameters as in :class:`MinimaxOPT`.
 
@@ -255,6 +274,20 @@ class MinimaxOPTStochastic(MinimaxOPT):
     ----------
     .. [1] Wang, J., Pan, R., Pi, R. and Zhang, T. (2023). Effective bilevel optimization via
            minimax reformulation. arXiv:2305.13153. Appendix D.2.
+
+    Examples
+    --------
+    >>> from refbilevel import Quadratic
+    >>> from refbilevel.run import run
+    >>> from refbilevel.solvers import MinimaxOPTStochastic
+    >>> problem = Quadratic.random(3, 4, seed=0)
+    >>> result = run(problem, MinimaxOPTStochastic(lr=0.01), n_iter=50,
+    ...              metrics=("hypergradient_norm",))
+    >>> h = result.history["hypergradient_norm"]
+    >>> bool(h[-1] < h[0])                # the exact hypergradient norm decreased
+    True
+    >>> result.calls                      # measured by the oracle layer
+    OracleCalls(grad_f=50, grad_g=100, hvp=0, cross=0)
     """
 
     name = "minimaxopt_stochastic"
