@@ -25,7 +25,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=40", "--set",
-         "problem.p=4", "--set", "n_inner_steps=2", "--metrics", "value", "--no-progress"]
+         "problem.p=4", "--set", "n_inner=2", "--metrics", "value", "--no-progress"]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
 
