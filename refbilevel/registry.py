@@ -236,6 +236,7 @@ _SOLVER_PATHS = {
     "itd": "refbilevel.solvers.itd:ITD",
     "stocbio": "refbilevel.solvers.stocbio:StocBiO",
     "soba": "refbilevel.solvers.soba:SOBA",
+    "saba": "refbilevel.solvers.saba:SABA",
     "bome": "refbilevel.solvers.bome:BOME",
     "vpbgd": "refbilevel.solvers.penalty:VPBGD",
     "f2ba": "refbilevel.solvers.penalty:F2BA",

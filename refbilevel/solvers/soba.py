@@ -6,12 +6,20 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._validation import check_int, check_real
+from .._validation import check_choice, check_int, check_real
 from ..oracle import as_oracle
 from ._common import data_streams, paired_batches, project_x, resolve_seed, start_point
 from .base import Solver, SolverState
 
-__all__ = ["SOBA", "SOBAState"]
+__all__ = ["SOBA", "SOBAState", "STEP_DECAYS", "decayed"]
+
+#: Step-size schedules of SOBA and SABA.
+STEP_DECAYS = ("constant", "sqrt")
+
+
+def decayed(lr: float, decay: str, k: int) -> float:
+    """The step of iteration ``k`` (a host float): ``lr`` or ``lr / sqrt(k + 1)``."""
+    return lr if decay == "constant" else lr / (k + 1) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,17 @@ class SOBA(Solver):
         ``outer_ratio = 1`` [CODE]).
     batch_size_outer, batch_size_inner : int or None
         Minibatch sizes; ``None`` means full batches (default 64 each, benchopt [CODE]).
+    step_decay : {"constant", "sqrt"}
+        ``"constant"`` (default): ρ and γ at every step. ``"sqrt"``: the steps of step
+        :math:`k` are :math:`\rho/\sqrt{k+1}` and :math:`\gamma/\sqrt{k+1}` on both
+        levels, benchopt's decreasing schedule [CODE].
 
     Notes
     -----
-    Constant step sizes, this project's choice: benchopt's SOBA uses only decreasing steps
-    :math:`c/(t+1)^a`. With constant steps and full batches the fixed point is exactly
-    :math:`(x^*, y^*(x^*), -H^{-1}\nabla_y f)` for a stationary :math:`x^*`; a decreasing
-    schedule is obtained by stepping with a new ``SOBA`` (other ``lr_inner``/``lr_outer``)
-    from the state. One inner batch :math:`\mathcal B` and one
+    Constant step sizes by default, this project's choice: benchopt's SOBA uses decreasing
+    steps :math:`c/(t+1)^a` (``step_decay="sqrt"`` is its :math:`a = 1/2` on both levels).
+    With constant steps and full batches the fixed point is exactly
+    :math:`(x^*, y^*(x^*), -H^{-1}\nabla_y f)` for a stationary :math:`x^*`. One inner batch :math:`\mathcal B` and one
     outer batch :math:`\mathcal D` per step, as in benchopt:
 
     .. math::
@@ -77,9 +88,11 @@ class SOBA(Solver):
     lr_outer: float = 0.1
     batch_size_outer: int | None = 64
     batch_size_inner: int | None = 64
+    step_decay: str = "constant"
 
     def __post_init__(self):
         set_ = object.__setattr__
+        check_choice(self.step_decay, "step_decay", STEP_DECAYS)
         set_(self, "lr_inner", check_real(self.lr_inner, "lr_inner", positive=True))
         set_(self, "lr_outer", check_real(self.lr_outer, "lr_outer", positive=True))
         set_(self, "batch_size_outer",
@@ -105,6 +118,8 @@ class SOBA(Solver):
         lin = problem.linearize_g(x, y, batch)                   # H and J share one pass
         d_v = lin.hvp(v) + fy
         d_x = lin.cross(v) + fx                                  # line 2
+        rho = decayed(self.lr_inner, self.step_decay, state.iteration)
+        gamma = decayed(self.lr_outer, self.step_decay, state.iteration)
         return dataclasses.replace(                              # line 3
-            state, y=y - self.lr_inner * d_y, v=v - self.lr_inner * d_v,
-            x=project_x(problem, x - self.lr_outer * d_x), iteration=state.iteration + 1)
+            state, y=y - rho * d_y, v=v - rho * d_v,
+            x=project_x(problem, x - gamma * d_x), iteration=state.iteration + 1)
