@@ -59,7 +59,7 @@ CASES = [
     SOBA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=None),
     SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4, step_decay="sqrt"),
     SABA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
-    SABA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=2, sampling="iid"),
+    SABA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=1, sampling="iid"),
     BOME(n_inner=3, lr_inner=0.2), BOME(n_inner=3, lr_inner=0.2, phi="value_gap"),
     VPBGD(n_inner=3), F2BA(n_inner=3, lr_inner=0.2),
 ]
