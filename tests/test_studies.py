@@ -66,3 +66,10 @@ def test_cli_study_errors_and_list(capsys):
         run_study("hpo_logreg", "medium")
     with pytest.raises(ValueError, match="seeds"):
         run_study("hpo_logreg", seeds=0)
+
+
+def test_cleaning_f2sa_quick_cleaning_beats_uniform_weights(tmp_path):
+    res = run_study("cleaning_f2sa", "quick", out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    # four methods at two corruption rates, each row with a uniform-weights reference
+    assert len(res.table) == 8
