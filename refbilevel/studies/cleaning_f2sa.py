@@ -23,7 +23,7 @@ from ._core import Method, StudyResult, curves, run_methods, spread
 NAME = "cleaning_f2sa"
 TITLE = "Data hyper-cleaning on digits (F2SA slides): test accuracy vs iterations"
 
-SETTINGS = {"quick": dict(n_train=300, n_val=100, n_test=300, iters=150, record=50, seeds=1,
+SETTINGS = {"quick": dict(n_train=300, n_val=100, n_test=300, iters=100, record=50, seeds=1,
                           batch=50),
             "full": dict(n_train=1000, n_val=300, n_test=350, iters=800, record=50,
                          seeds=2, batch=50)}

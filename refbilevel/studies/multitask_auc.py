@@ -35,6 +35,9 @@ SETTINGS = {"quick": dict(tasks=4, n_train=40, n_val=40, n_test=100, d=6, iters=
             "full": dict(tasks=8, n_train=200, n_val=200, n_test=1000, d=10, iters=1000,
                          record=250, seeds=3, memory_tasks=32)}
 LAMBDAS = (1.0, 10.0, 100.0, 1000.0)
+#: Tolerance of the robustness check: the largest spread of final test AUC over λ that
+#: counts as "robust" (an AUC point).
+ROBUST_AUC = 0.01
 #: x and α steps of both solvers (ours, from a four-point sweep on the quick problem: with
 #: the defaults 0.05 / 0.1 the objective is still above its start after 150 iterations).
 STEPS = {"lr_x": 0.5, "lr_y": 1.0}
@@ -119,15 +122,12 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
                           r.history["calls_grad_f"][-1] + r.history["calls_grad_g"][-1]
                           for r in rs),
                       "wall time [s]": spread(r.history["time"][-1] for r in rs)})
-    # claim 2 per seed: the spread of FOSL's final test AUC over λ is smaller than what
-    # FOSL (λ = 10) gained over the start
+    # claim 2 per seed: FOSL's final test AUC moves by less than ROBUST_AUC over λ
     robust = []
     for s in seeds:
         final = [r.history["test_auc"][-1] for r in runs
                  if r.seed == s and r.key.startswith("fosl_lam")]
-        ref = next(r for r in runs if r.seed == s and r.key == "fosl_lam10")
-        gain = ref.history["test_auc"][-1] - ref.history["test_auc"][0]
-        robust.append(gain > 0 and max(final) - min(final) < gain)
+        robust.append(max(final) - min(final) < ROBUST_AUC)
     decrease = all(r.history["value"][-1] < r.history["value"][0] for r in runs
                    if r.key.startswith("fosl"))
     mem = memory_rows(cfg)
@@ -137,8 +137,8 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     linear = all(b * Ss[0] == memcs[0] * S for b, S in zip(memcs, Ss))
     checks = {
         "FOSL lowers the AUC-M objective for every λ": bool(decrease),
-        "FOSL's final test AUC varies across λ ∈ {1, 10, 100, 1000} by less than what it "
-        "gains during the run": bool(all(robust)),
+        f"FOSL's final test AUC varies by less than {ROBUST_AUC} across "
+        "λ ∈ {1, 10, 100, 1000} (every seed)": bool(all(robust)),
         "MemCS's block memory is proportional to S, below FOSL's (constant in S) for S < n":
             bool(linear and len(set(fosl)) == 1
                  and all(m < f for m, f, S in zip(memcs, fosl, Ss) if S < mem[0]["n (blocks)"])),
