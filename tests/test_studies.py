@@ -73,3 +73,19 @@ def test_cleaning_f2sa_quick_cleaning_beats_uniform_weights(tmp_path):
     assert res.checks and all(res.checks.values()), res.checks
     # four methods at two corruption rates, each row with a uniform-weights reference
     assert len(res.table) == 8
+
+
+def test_regsel_f2sa_quick_lowers_the_objective(tmp_path):
+    res = run_study("regsel_f2sa", "quick", out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+
+
+def test_libsvm_standin_round_trips(tmp_path):
+    from refbilevel.datasets import load_libsvm
+    from refbilevel.studies.regsel_f2sa import write_standin
+
+    path = write_standin(tmp_path / "bc.libsvm")
+    s = load_libsvm(path, val_fraction=0.2, test_fraction=0.2)
+    n = s.A_train.shape[0] + s.A_val.shape[0] + s.A_test.shape[0]
+    assert n == 569 and s.A_train.shape[1] == 30
+    assert set(np.unique(s.y_train)) == {-1.0, 1.0}
