@@ -139,6 +139,7 @@ _LOGREG = {
     "itd": {"lr_inner": 0.5, "n_inner": 20, "lr_outer": 3.0},
     "stocbio": {"lr_inner": 0.5, "lr_outer": 3.0},
     "soba": {"lr_inner": 0.5, "lr_outer": 3.0},
+    "saba": {"lr_inner": 0.5, "lr_outer": 3.0},           # SOBA's steps
     "bome": {"lr_inner": 0.5, "lr_outer": 3.0},
     "vpbgd": {"lr_inner": 0.05, "lr_hat": 0.5,   # lr_inner ≈ 1/(γ L_g), lr_hat ≈ 1/L_g
               "lr_outer": 3.0, "yhat_start": "previous"},
@@ -161,6 +162,7 @@ def _flat_outer(lr_inner: float, lr_outer: float) -> dict:
         "itd": {"lr_inner": lr_inner, "n_inner": 20, "lr_outer": lr_outer},
         "stocbio": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "soba": {"lr_inner": lr_inner, "lr_outer": lr_outer},
+        "saba": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "bome": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "vpbgd": {"lr_inner": lr_inner / 10, "lr_hat": lr_inner,  # 1/(γ L_g), γ = 10
                   "lr_outer": lr_outer, "yhat_start": "previous"},
