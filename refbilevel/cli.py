@@ -395,17 +395,18 @@ _VALIDATION_FILES = ("_validation.py", "registry.py", "config.py", "cli.py", "re
                      "datasets.py")
 _VALIDATION_FUNCTIONS = ("__post_init__", "__init__", "_validate", "random", "synthetic",
                          "run", "read", "_read", "_decode", "export", "trajectory", "compare",
-                         "reference_for")
+                         "reference_for", "backend_namespace", "resolve_dtype", "host_rng",
+                         "resolve_seed", "stream_spec", "load_candidate", "load_export")
 
 
 def _is_usage_error(exc) -> bool:
     """Whether ``exc`` reports a refused input (exit 2, one line) rather than a bug.
 
     :class:`UsageError`, results-file errors, missing files and imports always are. A
-    ``TypeError``/``ValueError`` is when the innermost refbilevel frame that raised it is
-    a validation site (a ``check_*`` helper, the registry, configuration building, a
-    constructor's checks); raised anywhere else (inside a solver step, an oracle, a
-    metric) it is a bug and keeps its traceback.
+    ``TypeError``/``ValueError`` is when the frame that raised it is a refbilevel
+    validation site (a ``check_*`` helper, the registry, configuration building, a
+    constructor's checks, the driver's own checks); raised anywhere else (inside a solver
+    step, an oracle, a metric, a library) it is a bug and keeps its traceback.
     """
     if isinstance(exc, (UsageError, FileNotFoundError, NotADirectoryError, ImportError)):
         return True
@@ -413,14 +414,12 @@ def _is_usage_error(exc) -> bool:
 
     if isinstance(exc, ResultsError):
         return True
-    tb, site = exc.__traceback__, None
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if f"{os.sep}refbilevel{os.sep}" in code.co_filename:
-            site = code
+    tb = exc.__traceback__
+    while tb.tb_next is not None:     # the frame that raised
         tb = tb.tb_next
-    if site is None:
-        return True                   # raised by argparse/stdlib on our arguments
+    site = tb.tb_frame.f_code
+    if f"{os.sep}refbilevel{os.sep}" not in site.co_filename:
+        return False                  # raised in a library or in user code: not a refusal
     return (os.path.basename(site.co_filename) in _VALIDATION_FILES
             or site.co_name in _VALIDATION_FUNCTIONS or site.co_name.startswith("check"))
 

@@ -21,7 +21,7 @@ gradient of that function (one pass over the data). An HVP or cross product obta
 
 ``solver.step`` also accepts a bare problem (:func:`as_oracle` wraps it in an uncounted,
 unlogged oracle): this is the form to use when reading or teaching a solver; the driver
-(:func:`refbilevel.run`) always passes an :class:`Oracle`.
+(:func:`refbilevel.run.run`) always passes an :class:`Oracle`.
 """
 
 from __future__ import annotations
@@ -222,6 +222,8 @@ class Oracle:
         """
         k = state.iteration
         self._step = k
+        if not streams:
+            return {}
         host = {s.name: s.draw(state.seed, k, self._cache) for s in streams}
         if self.logging:
             for name, arrays in host.items():

@@ -127,7 +127,7 @@ _TOY_1D = {
 #: L_g ≤ ‖A‖²/(4 n_train) + e^{max x} ≈ 1.5 near x0; ‖∇F(x0)‖ ≈ 0.04 and F is flat, so the
 #: outer steps are large (3, from a sweep of exact hypergradient descent).
 _LOGREG = {
-    "minimaxopt": {"lr": 0.5, "alpha0": 1.0, "tau": 1.2,  # = DEFAULT_RUN["hyperparameters"]
+    "minimaxopt": {"lr": 0.5, "lam0": 1.0, "tau": 1.2,  # = DEFAULT_RUN["hyperparameters"]
                    "steps_per_stage": 200, "n_stages": 10},
     "minimaxopt_stochastic": {"lr": 0.1, "tau": 1.2},   # lr·α0·τ·L_g ≈ 0.2 (heavy ball
                                                         # β = 0.9: < 2(1 + β)); τ as above
@@ -547,7 +547,7 @@ def describe_all() -> dict[str, Any]:
 DEFAULT_RUN = {
     "problem": "logreg",
     "solver": "minimaxopt",
-    "hyperparameters": {"lr": 0.5, "alpha0": 1.0, "tau": 1.2, "steps_per_stage": 200,
+    "hyperparameters": {"lr": 0.5, "lam0": 1.0, "tau": 1.2, "steps_per_stage": 200,
                         "n_stages": 10},
     "iters": 2000,
     "record_every": 50,

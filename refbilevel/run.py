@@ -323,6 +323,12 @@ def _decode(template, tree, arrays, problem, path="state"):
                      for i, (t, v) in enumerate(zip(template, val))]
             return type(template)(items)
     if is_array(template):
+        # a 0-d result of NumPy arithmetic is a NumPy scalar (a float), stored as a number
+        if isinstance(tree, (int, float)) and not isinstance(tree, bool) \
+                and tuple(template.shape) == ():
+            want = to_host(template)
+            return from_host(np.asarray(tree, dtype=want.dtype), problem.xp,
+                             device=problem.device)
         raise _CheckpointError(f"{path} should be an array; got {tree!r}")
     if type(tree) is not type(template) and not (template is None or tree is None):
         if not (isinstance(template, float) and isinstance(tree, int)):

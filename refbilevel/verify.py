@@ -139,7 +139,7 @@ def trajectory(problem, solver, n_steps, seed=0, *, x0=None, y0=None, hyperparam
     n_steps : int
         Number of solver steps (>= 0).
     seed : int
-        Seed of the solver's host generator (as in :func:`refbilevel.run`).
+        Key of the solver's batch streams (as in :func:`refbilevel.run.run`).
 
     Returns
     -------

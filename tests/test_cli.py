@@ -329,3 +329,25 @@ def test_cupy_without_gpu_is_a_user_error(tmp_path):
     proc = cli("run", "--backend", "cupy", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "GPU" in proc.stderr
+
+
+# ------------------------------------------------------- usage errors versus bugs
+def test_main_maps_refused_input_to_exit_2_and_keeps_bugs_traceback(tmp_path, monkeypatch, capsys):
+    """A refused value is one line and exit 2; an exception raised inside a solver step is a
+    bug of the program and keeps its traceback."""
+    from refbilevel import cli as cli_mod
+    from refbilevel.solvers.minimaxopt import MinimaxOPT
+
+    out = str(tmp_path / "r")
+    code = cli_mod.main(["run", "--problem", "quadratic", "--solver", "minimaxopt",
+                         "--set", "lr=-1", "--iters", "2", "--out", out, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr must be > 0" in err and len(err.strip().splitlines()) == 1
+
+    def broken_step(self, oracle, state):
+        raise TypeError("unsupported operand type(s) inside a step")
+
+    monkeypatch.setattr(MinimaxOPT, "step", broken_step)
+    with pytest.raises(TypeError, match="inside a step"):
+        cli_mod.main(["run", "--problem", "quadratic", "--solver", "minimaxopt", "--iters", "2",
+                      "--out", str(tmp_path / "s"), "--no-progress"])

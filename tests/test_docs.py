@@ -306,7 +306,7 @@ def test_minimaxopt_alpha_times_step_is_constant():
     from refbilevel.solvers.minimaxopt import MinimaxOPT
 
     for update, expected in (("pre", 0.5 * 3.0), ("post", 0.5)):
-        solver = MinimaxOPT(alpha0=0.5, tau=3.0, steps_per_stage=4, n_stages=5,
+        solver = MinimaxOPT(lam0=0.5, tau=3.0, steps_per_stage=4, n_stages=5,
                             alpha_update=update)
         for stage in range(5):
             product = solver.alpha(stage) * solver.step_scale(stage * 4)

@@ -206,3 +206,23 @@ def test_oracle_log_records_draws_and_calls():
                                                      (1, "outer"), (1, "inner")]
     assert [a[0].shape for _, _, a in o.draws] == [(4,), (6,), (4,), (6,)]
     assert {(k, m) for k, m, _ in o.log} >= {(0, "grad_f"), (1, "hvp_g"), (1, "cross_g")}
+
+
+# -------------------------------------------------------------------------- naming
+def test_solver_fields_follow_one_vocabulary():
+    """Inner-loop lengths are ``n_inner``; step sizes start with ``lr``; minibatch sizes are
+    ``batch_size_outer``/``batch_size_inner``; no solver re-invents these names."""
+    forbidden = {"n_inner_steps", "n_steps", "inner_steps", "T", "K", "batch_size", "step_size",
+                 "outer_ratio", "lmbda"}
+    for name, cls in registry.SOLVERS.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert not fields & forbidden, (name, fields & forbidden)
+        for f in fields:
+            if f.startswith("batch_size"):
+                assert f in ("batch_size_outer", "batch_size_inner"), (name, f)
+            if "step" in f and f != "steps_per_stage":
+                raise AssertionError(f"{name}.{f}: step sizes are lr_*, loop lengths n_*")
+        assert ("batch_size_outer" in fields) == ("batch_size_inner" in fields), name
+        # one family for multipliers: lam (a fixed λ) or lam0 (the start of a schedule)
+        assert not fields & {"alpha0", "gamma", "lmbda", "lambda0", "rho"}, name
+        assert len(fields & {"lam", "lam0"}) <= 1, name

@@ -1,4 +1,4 @@
-"""The shared driver refbilevel.run: history, divergence, callbacks, oracle counts, checkpoints."""
+"""The shared driver refbilevel.run: history, divergence, callbacks, checkpoints, faults."""
 
 import os
 import sys
@@ -7,19 +7,18 @@ import numpy as np
 import pytest
 
 from refbilevel._backend import to_host
-from refbilevel.problems.base import BilevelProblem, MinimaxBilevelProblem
+from refbilevel.problems.base import BilevelProblem
 from refbilevel.problems.logreg import LogRegHPO
 from refbilevel.problems.quadratic import MinimaxQuadratic, Quadratic
 from refbilevel.run import run
-from refbilevel.solvers import F2SA, FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxOPTStochastic
-from refbilevel.solvers.base import OracleCalls
+from refbilevel.solvers import FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxOPTStochastic
 
 NO_EXACT = ("value", "inner_residual")
 
 
-# ------------------------------------------------------------------ counting proxies
+# --------------------------------------------------------------- fault injection
 class CountingBilevel(BilevelProblem):
-    """Delegates to a problem and counts the oracle calls actually made (stacked: m calls)."""
+    """Delegates to a problem; ``grad_f`` turns NaN after ``nan_after_grad_f`` calls."""
 
     def __init__(self, inner, nan_after_grad_f=None):
         self.inner = inner
@@ -138,7 +137,7 @@ def test_divergence_from_injected_nan_keeps_last_finite_state(xp, device):
 def test_divergence_from_huge_step(xp, device):
     P = _quadratic(xp, device)
     with np.errstate(all="ignore"):
-        r = run(P, MinimaxOPT(lr=50.0, alpha0=10.0), n_iter=2000, record_every=50,
+        r = run(P, MinimaxOPT(lr=50.0, lam0=10.0), n_iter=2000, record_every=50,
                 metrics=("value",))
     assert r.status == "diverged"
     assert np.all(np.isfinite(to_host(r.x)))
@@ -167,7 +166,7 @@ def test_callback_stops(xp, device, how):
 
 def test_tol_converged(xp, device):
     P = _quadratic(xp, device)
-    r = run(P, MinimaxOPT(lr=0.05, alpha0=1.0, tau=1.0), n_iter=5000, record_every=50, tol=0.5)
+    r = run(P, MinimaxOPT(lr=0.05, lam0=1.0, tau=1.0), n_iter=5000, record_every=50, tol=0.5)
     assert r.status == "converged" and r.history["hypergradient_norm"][-1] <= 0.5
     assert r.n_iter < 5000
 

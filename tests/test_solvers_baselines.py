@@ -253,10 +253,10 @@ def _quad_cases():
         ("saba-full", lambda m: SABA(lr_inner=1 / m["L_g"], lr_outer=0.2 * m["lr_F"],
                                      batch_size_outer=None, batch_size_inner=None),
          1600, xstar, 1e-7),
-        ("vpbgd", lambda m: VPBGD(gamma=10.0, lr_outer=0.25 * m["lr_F"],
+        ("vpbgd", lambda m: VPBGD(lam=10.0, lr_outer=0.25 * m["lr_F"],
                                   lr_inner=0.1 / m["L_g"], lr_hat=1 / m["L_g"], n_inner=2,
                                   yhat_start="previous"), 550, "penalty10", 1e-7),
-        ("vpbgd-normalized", lambda m: VPBGD(gamma=10.0, lr_outer=0.25 * m["lr_F"],
+        ("vpbgd-normalized", lambda m: VPBGD(lam=10.0, lr_outer=0.25 * m["lr_F"],
                                              lr_inner=1 / m["L_g"], lr_hat=1 / m["L_g"],
                                              n_inner=2, yhat_start="previous",
                                              y_direction="normalized"),
@@ -334,7 +334,7 @@ LOGREG_CASES = [
     ("soba", SOBA(lr_outer=2.0, lr_inner=0.5, batch_size_outer=10, batch_size_inner=10), 150),
     ("bome", BOME(lr_outer=5.0, lr_inner=0.5, n_inner=10), 40),
     ("bome-value-gap", BOME(lr_outer=5.0, lr_inner=0.5, n_inner=10, phi="value_gap"), 40),
-    ("vpbgd", VPBGD(gamma=10.0, lr_outer=2.0, lr_inner=0.05, lr_hat=0.5, n_inner=10), 150),
+    ("vpbgd", VPBGD(lam=10.0, lr_outer=2.0, lr_inner=0.05, lr_hat=0.5, n_inner=10), 150),
     ("f2ba", F2BA(lam=10.0, lr_outer=2.0, lr_inner=0.5, n_inner=10), 60),
 ]
 
@@ -445,7 +445,7 @@ def test_float32_in_float32_out(solver, xp, device):
     (SOBA, {"lr_inner": float("nan")}, ValueError, "lr_inner"),
     (BOME, {"phi": "other"}, ValueError, "phi"),
     (BOME, {"eps": -1.0}, ValueError, "eps"),
-    (VPBGD, {"gamma": 0.0}, ValueError, "gamma"),
+    (VPBGD, {"lam": 0.0}, ValueError, "lam"),
     (VPBGD, {"y_direction": "x"}, ValueError, "y_direction"),
     (VPBGD, {"yhat_start": "zero"}, ValueError, "yhat_start"),
     (F2BA, {"lam": "10"}, TypeError, "lam"),
@@ -514,7 +514,7 @@ def test_minimaxopt_reaches_baselines_validation_loss_with_fewer_calls(xp, devic
         assert final[name] < f0 - 0.01, name           # the baselines do make progress
     from refbilevel.solvers.minimaxopt import MinimaxOPT
 
-    mmo = MinimaxOPT(lr=0.5, alpha0=1.0, tau=2.0, steps_per_stage=300, n_stages=20)
+    mmo = MinimaxOPT(lr=0.5, lam0=1.0, tau=2.0, steps_per_stage=300, n_stages=20)
     per_step = documented_calls(mmo, P).total
     n_mmo = min(budget.values()) // (4 * per_step)
     oracle = Oracle(P)

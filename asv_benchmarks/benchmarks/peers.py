@@ -30,7 +30,7 @@ from .common import SIZE_NAMES, XPBenchmark, get_xp, make_problem
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-MMO_ALPHA = 2.0     # MinimaxOPT(): alpha0 * tau at stage 0 ("pre")
+MMO_ALPHA = 2.0     # MinimaxOPT(): lam0 * tau at stage 0 ("pre")
 MMO_LR = 0.1
 F2SA_T = 5
 F2SA_STEPS = (0.01, 0.01, 0.01)   # F2SA(): (alpha, gamma, eta) at k = 0

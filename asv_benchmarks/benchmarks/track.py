@@ -84,7 +84,10 @@ class SolverTracks(_SolverSetup):
     """Framework overhead (step / Σ oracles) and state memory, every backend but strict."""
 
     def track_overhead(self, backend, size, dtype, solver):
-        t_step = throughput_time(lambda: self.solver.step(self.problem, self.state), self.xp)
+        from refbilevel.oracle import Oracle
+
+        oracle = Oracle(self.problem)          # counting, as refbilevel.run steps
+        t_step = throughput_time(lambda: self.solver.step(oracle, self.state), self.xp)
         calls = record_step_oracles(self.problem, self.solver, self.state)
         t_sum, _ = oracle_sum_time(self.problem, calls, self.xp)
         return t_step / t_sum

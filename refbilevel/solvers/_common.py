@@ -6,11 +6,15 @@ step without any host-device synchronisation (projection on Python-float bounds)
 
 from __future__ import annotations
 
-from .._validation import check_array
+from functools import partial
+
+from .._validation import (check_array, check_bool, check_bounds, check_choice, check_int,
+                           check_real)
+from ..problems.base import Batch
 from ..sampling import resolve_seed, stream_spec
 
-__all__ = ["batches_of", "data_streams", "inner_gd", "paired_batches", "project_x",
-           "resolve_seed", "start_point"]
+__all__ = ["batches_of", "choice", "data_streams", "inner_gd", "paired_batches", "project_x",
+           "resolve_seed", "start_point", "validate_fields"]
 
 
 def start_point(problem, x0, y0):
@@ -37,7 +41,8 @@ def project_x(problem, x, bounds=None):
     The bounds are Python floats (or None), so this never synchronises.
     """
     if bounds is None:
-        bounds = (getattr(problem, "x_lower", None), getattr(problem, "x_upper", None))
+        bare = getattr(problem, "problem", problem)       # the problem behind an oracle
+        bounds = (getattr(bare, "x_lower", None), getattr(bare, "x_upper", None))
     lo, hi = bounds
     xp = problem.xp
     if lo is not None:
@@ -85,8 +90,8 @@ def batches_of(draws, n_outer: int, n_inner: int):
 def paired_batches(draws, k: int):
     """``k`` :class:`~refbilevel.problems.base.Batch` es pairing the j-th outer and inner
     draws (``[None] * k`` when both levels read the full data)."""
-    from ..problems.base import Batch
-
+    if not draws:
+        return [None] * k
     outs, ins = draws.get("outer"), draws.get("inner")
     if outs is None and ins is None:
         return [None] * k
@@ -95,3 +100,40 @@ def paired_batches(draws, k: int):
     if all(o is None for o in outs) and all(i is None for i in ins):
         return [None] * k
     return [Batch(outer=o, inner=i) for o, i in zip(outs, ins)]
+
+
+# ------------------------------------------------------------------ field validation
+def _below_one(value, name):
+    value = check_real(value, name, nonnegative=True)
+    if not value < 1:
+        raise ValueError(f"{name} must be < 1; got {value}")
+    return value
+
+
+#: Field rules for :func:`validate_fields`: ``rule(value, name) -> normalised value``.
+POSITIVE = partial(check_real, positive=True)
+NONNEGATIVE = partial(check_real, nonnegative=True)
+POSITIVE_OR_NONE = partial(check_real, positive=True, allow_none=True)
+COUNT = partial(check_int, minimum=0)
+COUNT1 = partial(check_int, minimum=1)
+COUNT1_OR_NONE = partial(check_int, minimum=1, allow_none=True)
+FRACTION = _below_one
+FLAG = check_bool
+BOUNDS = check_bounds
+SAMPLING = partial(check_choice, choices=("epoch", "iid"))
+
+
+def choice(*options):
+    """A rule accepting one of ``options``."""
+    return partial(check_choice, choices=options)
+
+
+def validate_fields(solver, **rules) -> None:
+    """Check each named field of a frozen solver dataclass and store its normalised value.
+
+    The one validate-and-normalise helper of the solvers (called from ``__post_init__``):
+    ``rules[name](value, name)`` raises a ``TypeError``/``ValueError`` naming the field,
+    or returns the value to keep (reals as Python floats, integers as Python ints).
+    """
+    for name, rule in rules.items():
+        object.__setattr__(solver, name, rule(getattr(solver, name), name))

@@ -25,7 +25,24 @@ from typing import Any, ClassVar
 from .._backend import to_host_scalar
 from ..oracle import OracleCalls
 
-__all__ = ["OracleCalls", "Solver", "SolverState"]
+__all__ = ["OracleCalls", "Solver", "SolverState", "evolve"]
+
+
+def evolve(state, **changes):
+    """``dataclasses.replace`` for solver states, without its per-call field machinery.
+
+    States are frozen dataclasses without ``__post_init__``, so a copy of the instance
+    dictionary with the changed fields is the same object ``dataclasses.replace`` builds
+    (a step calls this once; ``replace`` costs about as much as a small oracle call).
+    """
+    fields = type(state).__dataclass_fields__
+    if not changes.keys() <= fields.keys():
+        raise TypeError(f"{type(state).__name__} has no field(s) "
+                        f"{sorted(changes.keys() - fields.keys())}")
+    new = object.__new__(type(state))
+    new.__dict__.update(state.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,7 @@ class Solver:
         """Steps the algorithm is defined for (``None``: any number).
 
         Past it a solver keeps stepping by a documented continuation (e.g. MinimaxOPT's
-        further stages); :func:`refbilevel.run` says so in the result's message.
+        further stages); :func:`refbilevel.run.run` says so in the result's message.
         """
         return None
 

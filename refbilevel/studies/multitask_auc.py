@@ -101,12 +101,12 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     runs = []
     for s in seeds:
         ms = [Method(f"FOSL (λ={lam:g})", f"fosl_lam{lam:g}",
-                     (lambda seed, lam=lam: FOSL(lam=lam, lr_z=0.1 / lam, **STEPS)),
+                     (lambda seed, lam=lam: FOSL(lam0=lam, lr_z=0.1 / lam, **STEPS)),
                      cfg["iters"],
                      cfg["record"]) for lam in LAMBDAS]
         ms.append(Method("MemCS (K=5, S=n/2)", "memcs",
                          lambda seed: MemCS(n_inner=5, n_sampled=max(1, cfg["tasks"] // 2),
-                                            lam=10.0, lr_z=0.01, **STEPS),
+                                            lam0=10.0, lr_z=0.01, **STEPS),
                          cfg["iters"], cfg["record"]))
         runs += run_methods(ms, lambda seed: problems[seed], [s],
                             metrics=("value", test_auc[s]))
