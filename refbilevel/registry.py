@@ -278,7 +278,7 @@ CONFIGURATIONS: dict[str, NamedConfiguration] = {
         "AmIGO (Arbel & Mairal 2022): AID whose inner variable and linear-system solution "
         "are both warm-started, the system solved by gradient (Neumann) steps"),
     "soba_sqrt": NamedConfiguration(
-        "soba", {"step_decay": "sqrt"},
+        "soba", {"lr_schedule": "sqrt"},
         "SOBA with benchopt's decreasing steps lr/sqrt(k+1) on both levels"),
 }
 

@@ -22,7 +22,7 @@ def test_configurations_are_the_solvers_they_name():
     assert registry.build_solver("amigo", {"lr_inner": 0.3}) == AID(
         method="neumann", warm_start_v=True, lr_inner=0.3)
     assert registry.build_solver("one_step") == ITD(n_inner=1, warm_start=True)
-    assert registry.build_solver("soba_sqrt") == SOBA(step_decay="sqrt")
+    assert registry.build_solver("soba_sqrt") == SOBA(lr_schedule="sqrt")
     # the problem's suggestions for the solver apply under the configuration's settings
     got = registry.build_solver("amigo", problem="logreg")
     want = dict(registry.suggested_settings("logreg", "aid"), method="neumann",

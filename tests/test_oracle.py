@@ -57,7 +57,7 @@ CASES = [
     StocBiO(n_inner=3, n_neumann=2, lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
     SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
     SOBA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=None),
-    SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4, step_decay="sqrt"),
+    SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4, lr_schedule="sqrt"),
     SABA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
     SABA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=1, sampling="iid"),
     BOME(n_inner=3, lr_inner=0.2), BOME(n_inner=3, lr_inner=0.2, phi="value_gap"),

@@ -367,7 +367,7 @@ COUNT_CASES = [
                         batch_size_outer=4, batch_size_inner=4)),
     ("soba", SOBA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4)),
     ("soba-sqrt", SOBA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4,
-                       step_decay="sqrt")),
+                       lr_schedule="sqrt")),
     ("saba", SABA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4)),
     ("bome", BOME(n_inner=3, lr_inner=0.2, lr_outer=0.1)),
     ("bome-value-gap", BOME(n_inner=3, lr_inner=0.2, lr_outer=0.1, phi="value_gap")),

@@ -85,10 +85,10 @@ def test_saba_memory_rows_are_the_last_batch_gradients():
 
 
 def test_sqrt_decay_is_soba_with_the_schedule():
-    """step_decay='sqrt' equals stepping with fresh constant-step SOBAs lr/sqrt(k+1)."""
+    """lr_schedule='sqrt' equals stepping with fresh constant-step SOBAs lr/sqrt(k+1)."""
     P = logreg()
     kw = dict(batch_size_outer=10, batch_size_inner=10)
-    a = steps(SOBA(lr_inner=0.4, lr_outer=1.0, step_decay="sqrt", **kw), P, 7, seed=2)
+    a = steps(SOBA(lr_inner=0.4, lr_outer=1.0, lr_schedule="sqrt", **kw), P, 7, seed=2)
     oracle = Oracle(P)
     s = SOBA(**kw).init(P, None, None, 2)
     for k in range(7):
@@ -97,7 +97,7 @@ def test_sqrt_decay_is_soba_with_the_schedule():
     np.testing.assert_allclose(to_host(a.x), to_host(s.x), rtol=1e-13, atol=1e-15)
 
 
-@pytest.mark.parametrize("kw,match", [({"step_decay": "log"}, "step_decay"),
+@pytest.mark.parametrize("kw,match", [({"lr_schedule": "log"}, "lr_schedule"),
                                       ({"sampling": "cyclic"}, "sampling"),
                                       ({"lr_inner": -1.0}, "lr_inner")])
 def test_bad_hyperparameters(kw, match):

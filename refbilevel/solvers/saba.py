@@ -12,7 +12,7 @@ from ..sampling import stream_spec
 from ._common import (COUNT1_OR_NONE, POSITIVE, SAMPLING, choice, project_x, resolve_seed,
                       start_point, validate_fields)
 from .base import Solver, SolverState, evolve
-from .soba import STEP_DECAYS, decayed
+from .soba import LR_SCHEDULES, decayed
 
 __all__ = ["SABA", "SABAState"]
 
@@ -57,7 +57,7 @@ class SABA(Solver):
     batch_size_outer, batch_size_inner : int or None
         Rows per fixed minibatch; ``None`` means one batch of all rows (default 64 each,
         benchopt [CODE]).
-    step_decay : {"constant", "sqrt"}
+    lr_schedule : {"constant", "sqrt"}
         Step schedule as in :class:`~refbilevel.solvers.SOBA` (default constant; the
         variance reduction is what lets SABA converge with constant steps).
     sampling : {"epoch", "iid"}
@@ -129,13 +129,13 @@ class SABA(Solver):
     lr_outer: float = 0.1
     batch_size_outer: int | None = 64
     batch_size_inner: int | None = 64
-    step_decay: str = "constant"
+    lr_schedule: str = "constant"
     sampling: str = "epoch"
 
     def __post_init__(self):
         validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE,
                         batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
-                        step_decay=choice(*STEP_DECAYS), sampling=SAMPLING)
+                        lr_schedule=choice(*LR_SCHEDULES), sampling=SAMPLING)
 
     def _counts(self, problem):
         n_out, n_in = getattr(problem, "n_outer", 1), getattr(problem, "n_inner", 1)
@@ -211,8 +211,8 @@ class SABA(Solver):
             tables.append(t)
             means.append(m)
         d_gy, d_hv, d_cv, d_fy, d_fx = dirs
-        rho = decayed(self.lr_inner, self.step_decay, state.iteration)
-        gamma = decayed(self.lr_outer, self.step_decay, state.iteration)
+        rho = decayed(self.lr_inner, self.lr_schedule, state.iteration)
+        gamma = decayed(self.lr_outer, self.lr_schedule, state.iteration)
         return evolve(
             state, y=y - rho * d_gy, v=v - rho * (d_hv + d_fy),
             x=project_x(problem, x - gamma * (d_cv + d_fx)), memory=tuple(tables),

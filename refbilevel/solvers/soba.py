@@ -10,10 +10,10 @@ from ._common import (COUNT1_OR_NONE, POSITIVE, choice, data_streams, paired_bat
                       project_x, resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
-__all__ = ["SOBA", "SOBAState", "STEP_DECAYS", "decayed"]
+__all__ = ["SOBA", "SOBAState", "LR_SCHEDULES", "decayed"]
 
 #: Step-size schedules of SOBA and SABA.
-STEP_DECAYS = ("constant", "sqrt")
+LR_SCHEDULES = ("constant", "sqrt")
 
 
 def decayed(lr: float, decay: str, k: int) -> float:
@@ -47,7 +47,7 @@ class SOBA(Solver):
         ``outer_ratio = 1`` [CODE]).
     batch_size_outer, batch_size_inner : int or None
         Minibatch sizes; ``None`` means full batches (default 64 each, benchopt [CODE]).
-    step_decay : {"constant", "sqrt"}
+    lr_schedule : {"constant", "sqrt"}
         ``"constant"`` (default): ρ and γ at every step. ``"sqrt"``: the steps of step
         :math:`k` are :math:`\rho/\sqrt{k+1}` and :math:`\gamma/\sqrt{k+1}` on both
         levels, benchopt's decreasing schedule [CODE].
@@ -55,7 +55,7 @@ class SOBA(Solver):
     Notes
     -----
     Constant step sizes by default, this project's choice: benchopt's SOBA uses decreasing
-    steps :math:`c/(t+1)^a` (``step_decay="sqrt"`` is its :math:`a = 1/2` on both levels).
+    steps :math:`c/(t+1)^a` (``lr_schedule="sqrt"`` is its :math:`a = 1/2` on both levels).
     With constant steps and full batches the fixed point is exactly
     :math:`(x^*, y^*(x^*), -H^{-1}\nabla_y f)` for a stationary :math:`x^*`. One inner batch :math:`\mathcal B` and one
     outer batch :math:`\mathcal D` per step, as in benchopt:
@@ -101,12 +101,12 @@ class SOBA(Solver):
     lr_outer: float = 0.1
     batch_size_outer: int | None = 64
     batch_size_inner: int | None = 64
-    step_decay: str = "constant"
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE,
                         batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
-                        step_decay=choice(*STEP_DECAYS))
+                        lr_schedule=choice(*LR_SCHEDULES))
 
     def streams(self, problem) -> tuple:
         """One outer and one inner batch per step."""
@@ -126,8 +126,8 @@ class SOBA(Solver):
         lin = problem.linearize_g(x, y, batch)                   # H and J share one pass
         d_v = lin.hvp(v) + fy
         d_x = lin.cross(v) + fx                                  # line 2
-        rho = decayed(self.lr_inner, self.step_decay, state.iteration)
-        gamma = decayed(self.lr_outer, self.step_decay, state.iteration)
+        rho = decayed(self.lr_inner, self.lr_schedule, state.iteration)
+        gamma = decayed(self.lr_outer, self.lr_schedule, state.iteration)
         return evolve(                                           # line 3
             state, y=y - rho * d_y, v=v - rho * d_v,
             x=project_x(problem, x - gamma * d_x), iteration=state.iteration + 1)
