@@ -178,3 +178,48 @@ def test_stacked_grad_g_equals_one_point_calls(backend, lower):
     y = problem.init_y() + 0.3
     assert relative_error(problem.grad_f_z(x, y, Zs[0, ...], blocks),
                           problem.grad_f(x, y, Zs[0, ...], blocks)[2]) <= 1e-15
+
+
+def test_lower_selects_the_lower_level_class():
+    """``MultiTaskAUC(..., lower=...)`` builds the subclass of that lower level; the subclasses
+    build themselves, accept their own ``lower`` and reject the other; copies keep the class."""
+    import copy
+
+    from refbilevel.problems import MultiTaskAUCAnchored, MultiTaskAUCHead
+
+    s = multitask_auc_data(2, 6, 6, 3, seed=0)
+    args = (s.A_train, s.y_train, s.A_val, s.y_val)
+    for lower, cls in (("head", MultiTaskAUCHead), ("anchored", MultiTaskAUCAnchored)):
+        P = MultiTaskAUC(*args, lower=lower)
+        assert type(P) is cls and isinstance(P, MultiTaskAUC)
+        assert P.lower == lower and P.describe()["lower"] == lower
+        assert type(cls(*args)) is cls and type(cls(*args, lower=lower)) is cls
+        other = "anchored" if lower == "head" else "head"
+        with pytest.raises(ValueError, match="lower"):
+            cls(*args, lower=other)
+        Q = copy.copy(P)      # re-created through __new__ without arguments
+        assert type(Q) is cls
+        x = P.init_x() + 0.1
+        assert np.array_equal(Q.inner_solution(x), P.inner_solution(x))
+    assert type(MultiTaskAUC(*args)) is MultiTaskAUCHead     # the default lower level
+    assert MultiTaskAUC(*args, rank=2).dim_x == 3 * 2 + 2 * 2
+    assert MultiTaskAUC(*args, lower="anchored").dim_x == 3 + 2 * 2
+
+
+@pytest.mark.parametrize("cls_name", ["MultiTaskAUCHead", "MultiTaskAUCAnchored",
+                                      "RankedMetaLearning"])
+def test_minimax_problems_implement_every_declared_oracle(cls_name):
+    """Every oracle the minimax-bilevel protocol declares (raising NotImplementedError there)
+    is implemented by each concrete problem."""
+    import inspect
+
+    import refbilevel.problems as problems
+    from refbilevel.problems.base import MinimaxBilevelProblem
+
+    declared = [name for name, fn in vars(MinimaxBilevelProblem).items()
+                if inspect.isfunction(fn) and "raise NotImplementedError" in inspect.getsource(fn)]
+    assert {"f", "g", "grad_f", "grad_g", "hvp_g", "cross_g", "inner_solution", "value",
+            "saddle_gradient"} <= set(declared)
+    cls = getattr(problems, cls_name)
+    missing = [n for n in declared if getattr(cls, n) is getattr(MinimaxBilevelProblem, n)]
+    assert not missing, missing

@@ -25,10 +25,11 @@ References
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .losses import BINARY_LOGISTIC, SOFTMAX_CE
 
-__all__ = ["LinearModel"]
+__all__ = ["LinearModel", "LinearModelAt"]
 
 
 @dataclass(frozen=True)
@@ -141,20 +142,34 @@ class LinearModel:
         ell = loss.per_sample(self.forward(w, A, xp=xp), T, xp=xp)
         return xp.mean(ell if weights is None else weights * ell)
 
-    def hvp(self, w, A, T, v, *, loss=None, weights=None, xp):
-        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat."""
+    def linearize(self, w, A, T, *, loss=None, weights=None, xp):
+        r"""The model's second-order products at the fixed point ``w``, for many directions.
+
+        Returns a :class:`LinearModelAt` whose :meth:`~LinearModelAt.hvp` and
+        :meth:`~LinearModelAt.per_sample_jvp` equal :meth:`hvp` and :meth:`per_sample_jvp`
+        at ``w`` (bit for bit: the same operations in the same order). The scores
+        :math:`S = A W` and the loss pieces derived from them (the curvature
+        :math:`\nabla^2_S \ell`, the score gradient :math:`\partial_S \ell`) are computed
+        once, at the first product that needs them; each product then reads ``A`` twice
+        (:math:`A V` and :math:`A^\top(\cdot)`) or, for the per-sample JVP, once, instead of
+        recomputing :math:`A W`.
+        """
         loss = self.default_loss if loss is None else loss
-        S = self.forward(w, A, xp=xp)
-        RG = loss.score_hvp(S, T, self.jvp(A, v, xp=xp), xp=xp)
-        if weights is not None:
-            RG = self._weights(weights, S) * RG
-        return self.vjp(A, RG, xp=xp) / A.shape[0]
+        return LinearModelAt(self, w, A, T, loss, weights, xp)
+
+    def hvp(self, w, A, T, v, *, loss=None, weights=None, xp):
+        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat.
+
+        One product; for several at the same ``w`` use :meth:`linearize`.
+        """
+        return self.linearize(w, A, T, loss=loss, weights=weights, xp=xp).hvp(v)
 
     def per_sample_jvp(self, w, A, T, v, *, loss=None, xp):
-        r""":math:`\langle \nabla_w \ell_i(w), v \rangle` for every row (shape ``(n,)``)."""
-        loss = self.default_loss if loss is None else loss
-        S = self.forward(w, A, xp=xp)
-        return loss.directional(S, T, self.jvp(A, v, xp=xp), xp=xp)
+        r""":math:`\langle \nabla_w \ell_i(w), v \rangle` for every row (shape ``(n,)``).
+
+        One product; for several at the same ``w`` use :meth:`linearize`.
+        """
+        return self.linearize(w, A, T, loss=loss, xp=xp).per_sample_jvp(v)
 
     def grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`grad` at ``m`` points in one pass over ``A``: ``(m, size)``."""
@@ -169,3 +184,56 @@ class LinearModel:
         S = self.forward_many(Ws, A, xp=xp)
         G = self._weighted_score_grad(S, T, loss, weights, xp)
         return loss.per_sample(S, T, xp=xp), self.vjp_many(A, G, xp=xp) / A.shape[0]
+
+
+class LinearModelAt:
+    r"""A :class:`LinearModel` linearised at one parameter point (see :meth:`LinearModel.linearize`).
+
+    Notes
+    -----
+    With :math:`S = A W` and per-sample weights :math:`c` (ones when ``weights`` is None):
+
+    .. math::
+
+        \mathrm{hvp}(v) = \frac1n A^\top\big(c \odot \nabla^2_S \ell\,[A V]\big), \qquad
+        \mathrm{per\_sample\_jvp}(v)_i = \langle \partial_{S_i} \ell_i, (A V)_i \rangle .
+
+    :math:`S`, the curvature operator and :math:`\partial_S \ell` are evaluated lazily, once
+    each, at the first product that needs them, so a point used only for per-sample JVPs
+    never forms the curvature (and the reverse).
+
+    References
+    ----------
+    .. [1] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
+       6(1), 1994 (Hessian-vector products at the cost of a gradient).
+    """
+
+    def __init__(self, model, w, A, T, loss, weights, xp):
+        self.model, self.w, self.A, self.T = model, w, A, T
+        self.loss, self.weights, self.xp = loss, weights, xp
+
+    @cached_property
+    def scores(self):
+        """The scores ``A @ W`` at the point (the one forward pass)."""
+        return self.model.forward(self.w, self.A, xp=self.xp)
+
+    @cached_property
+    def _curvature(self):
+        return self.loss.hessian_operator(self.scores, self.T, xp=self.xp)
+
+    @cached_property
+    def _score_grad(self):
+        return self.loss.score_grad(self.scores, self.T, xp=self.xp)
+
+    def hvp(self, v):
+        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat (``A`` read twice)."""
+        model, A, xp = self.model, self.A, self.xp
+        RG = self._curvature(model.jvp(A, v, xp=xp))
+        if self.weights is not None:
+            RG = model._weights(self.weights, self.scores) * RG
+        return model.vjp(A, RG, xp=xp) / A.shape[0]
+
+    def per_sample_jvp(self, v):
+        r""":math:`\langle \nabla_w \ell_i(w), v \rangle` for every row (``A`` read once)."""
+        return self.loss.contract(self._score_grad, self.model.jvp(self.A, v, xp=self.xp),
+                                  xp=self.xp)

@@ -11,7 +11,11 @@ target array ``T`` and the namespace ``xp`` (validated inputs; no checks here):
 Each provides the per-sample losses (``per_sample``), their derivative in the scores
 (``score_grad``: :math:`\partial \ell_i / \partial S_i`) and the Hessian-in-scores
 product (``score_hvp``: :math:`\nabla^2_{S_i} \ell_i \, R_i`), the three pieces a model's
-value, gradient (VJP) and R-operator are assembled from. Leading batch dimensions
+value, gradient (VJP) and R-operator are assembled from. For several products at one
+point, ``hessian_operator(S, T)`` evaluates the curvature once (:math:`\sigma'(s)` or
+:math:`\mathrm{softmax}(Z)`) and returns ``R -> score_hvp(S, T, R)``; ``contract(G, R)``
+applies a score gradient ``G`` to a direction (``directional`` is
+``contract(score_grad(S, T), R)``). Leading batch dimensions
 (several parameter points stacked in front) broadcast.
 
 Stability (float32 stays finite for scores up to :math:`10^4` in magnitude):
@@ -156,12 +160,26 @@ class BinaryLogistic:
     @staticmethod
     def score_hvp(S, b, R, *, xp):
         r""":math:`\sigma(s_i)\sigma(-s_i)\, r_i`."""
-        return sigmoid_prime(S, xp=xp) * R
+        return BinaryLogistic.hessian_operator(S, b, xp=xp)(R)
+
+    @staticmethod
+    def hessian_operator(S, b, *, xp):
+        r"""``R -> σ(s)σ(-s) ⊙ R`` with the curvature :math:`\sigma'(s)` evaluated once.
+
+        The form products at one point share (see ``LinearModel.linearize``).
+        """
+        curvature = sigmoid_prime(S, xp=xp)
+        return lambda R: curvature * R
+
+    @staticmethod
+    def contract(G, R, *, xp):
+        r""":math:`G_i\, r_i`: a score gradient ``G`` applied to a score direction ``R``."""
+        return G * R
 
     @staticmethod
     def directional(S, b, R, *, xp):
         r"""Per-sample directional derivative :math:`(\partial \ell_i/\partial s_i)\, r_i`."""
-        return BinaryLogistic.score_grad(S, b, xp=xp) * R
+        return BinaryLogistic.contract(BinaryLogistic.score_grad(S, b, xp=xp), R, xp=xp)
 
 
 class SoftmaxCrossEntropy:
@@ -192,12 +210,26 @@ class SoftmaxCrossEntropy:
     @staticmethod
     def score_hvp(Z, Y, R, *, xp):
         r""":math:`P \odot (R - \mathrm{rowsum}(P \odot R))`."""
-        return softmax_rop(softmax(Z, xp=xp), R, xp=xp)
+        return SoftmaxCrossEntropy.hessian_operator(Z, Y, xp=xp)(R)
+
+    @staticmethod
+    def hessian_operator(Z, Y, *, xp):
+        r"""``R -> P ⊙ (R - rowsum(P ⊙ R))`` with :math:`P = \mathrm{softmax}(Z)` evaluated once.
+
+        The form products at one point share (see ``LinearModel.linearize``).
+        """
+        P = softmax(Z, xp=xp)
+        return lambda R: softmax_rop(P, R, xp=xp)
+
+    @staticmethod
+    def contract(G, R, *, xp):
+        r""":math:`\langle G_i, R_i \rangle` row-wise: a score gradient applied to a direction."""
+        return xp.sum(G * R, axis=-1)
 
     @staticmethod
     def directional(Z, Y, R, *, xp):
         r"""Per-sample directional derivative :math:`\langle P_i - Y_i, R_i \rangle`."""
-        return xp.sum(SoftmaxCrossEntropy.score_grad(Z, Y, xp=xp) * R, axis=-1)
+        return SoftmaxCrossEntropy.contract(SoftmaxCrossEntropy.score_grad(Z, Y, xp=xp), R, xp=xp)
 
 
 #: The binary logistic loss object.

@@ -57,11 +57,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from .._backend import from_host, host_rng, resolve_dtype
 from .losses import SOFTMAX_CE
 
-__all__ = ["ACTIVATIONS", "MLP"]
+__all__ = ["ACTIVATIONS", "MLP", "MLPAt"]
 
 #: Supported hidden activations.
 ACTIVATIONS = ("tanh", "relu")
@@ -236,33 +237,106 @@ class MLP:
         ell = loss.per_sample(self.forward(theta, A, xp=xp)[0], Y, xp=xp)
         return xp.mean(ell if weights is None else weights * ell)
 
+    def linearize(self, theta, A, Y, *, loss=SOFTMAX_CE, weights=None, xp):
+        r"""The network's second-order products at the fixed point ``theta``, for many directions.
+
+        Returns an :class:`MLPAt` whose :meth:`~MLPAt.hvp` and :meth:`~MLPAt.per_sample_jvp`
+        equal :meth:`hvp` and :meth:`per_sample_jvp` at ``theta`` (bit for bit: the same
+        operations in the same order). The forward pass (:math:`U, H, \varphi', \varphi'', Z`)
+        and the direction-free parts of the backward pass (:math:`P`, :math:`G_Z`,
+        :math:`G_H`) are computed once, at the first product that needs them; each HVP then
+        reads ``A`` twice (:math:`A V_1` and :math:`A^\top R(G_U)`), each per-sample JVP once.
+        """
+        return MLPAt(self, theta, A, Y, loss, weights, xp)
+
     def per_sample_jvp(self, theta, A, Y, v, *, loss=SOFTMAX_CE, xp):
         r"""Per-sample loss JVP, shape ``(n,)``.
 
         :math:`\langle \nabla_\theta \ell_i(\theta), v\rangle = \langle \partial_Z \ell_i, R(Z)_i\rangle`.
+        One product; for several at the same ``theta`` use :meth:`linearize`.
         """
-        Z, cache = self.forward(theta, A, xp=xp)
-        RZ = self.jvp(theta, cache, A, v, xp=xp)[0]
-        return loss.directional(Z, Y, RZ, xp=xp)
+        return self.linearize(theta, A, Y, loss=loss, xp=xp).per_sample_jvp(v)
 
     def hvp(self, theta, A, Y, v, *, loss=SOFTMAX_CE, weights=None, xp):
-        r"""Exact :math:`\nabla^2_\theta \big(\frac1n \sum_i c_i \ell_i\big)\, v` (R-operator), flat."""
-        _, _, W2, _ = self.unpack(theta, xp=xp)
-        _, _, V2, _ = self.unpack(v, xp=xp)
-        Z, cache = self.forward(theta, A, xp=xp)
-        U, H, d1, d2 = cache
-        RZ, RU, RH = self.jvp(theta, cache, A, v, xp=xp)
-        GZ = loss.score_grad(Z, Y, xp=xp)
-        RGZ = loss.score_hvp(Z, Y, RZ, xp=xp)
-        scale = 1.0 / A.shape[0]
-        if weights is not None:
-            GZ, RGZ = weights[:, None] * GZ, weights[:, None] * RGZ
-        GZ, RGZ = GZ * scale, RGZ * scale
+        r"""Exact :math:`\nabla^2_\theta \big(\frac1n \sum_i c_i \ell_i\big)\, v` (R-operator), flat.
+
+        One product; for several at the same ``theta`` use :meth:`linearize`.
+        """
+        return self.linearize(theta, A, Y, loss=loss, weights=weights, xp=xp).hvp(v)
+
+
+class MLPAt:
+    r"""An :class:`MLP` linearised at one parameter point (see :meth:`MLP.linearize`).
+
+    Notes
+    -----
+    Cached at the point (lazily, once each): the forward pass :math:`(Z, U, H, \varphi',
+    \varphi'')`, the loss curvature operator :math:`R \mapsto P \odot (R - \mathrm{rowsum}(P
+    \odot R))`, the score gradient :math:`\partial_Z \ell`, its weighted, scaled form
+    :math:`G_Z = c \odot \partial_Z \ell / n`, :math:`G_H = G_Z W_2^\top` and
+    :math:`G_H \odot \varphi''`. A direction :math:`v` then costs the R-pass and the
+    R-backward pass of the module Notes only.
+
+    References
+    ----------
+    .. [1] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
+       6(1), 1994.
+    """
+
+    def __init__(self, model, theta, A, Y, loss, weights, xp):
+        self.model, self.theta, self.A, self.Y = model, theta, A, Y
+        self.loss, self.weights, self.xp = loss, weights, xp
+
+    @cached_property
+    def _forward(self):
+        return self.model.forward(self.theta, self.A, xp=self.xp)
+
+    @cached_property
+    def _W2(self):
+        return self.model.unpack(self.theta, xp=self.xp)[2]
+
+    @cached_property
+    def _curvature(self):
+        return self.loss.hessian_operator(self._forward[0], self.Y, xp=self.xp)
+
+    @cached_property
+    def _score_grad(self):
+        return self.loss.score_grad(self._forward[0], self.Y, xp=self.xp)
+
+    @cached_property
+    def _backward(self):
+        """``(G_Z, G_H, G_H ⊙ φ'')`` (the last ``None`` for ReLU)."""
+        GZ = self._score_grad
+        if self.weights is not None:
+            GZ = self.weights[:, None] * GZ
+        GZ = GZ * (1.0 / self.A.shape[0])
+        GH = GZ @ self._W2.T
+        d2 = self._forward[1][3]
+        return GZ, GH, None if d2 is None else GH * d2
+
+    def jvp(self, v):
+        """``(R(Z), R(U), R(H))``: the forward R-pass in parameter direction ``v``."""
+        return self.model.jvp(self.theta, self._forward[1], self.A, v, xp=self.xp)
+
+    def per_sample_jvp(self, v):
+        r""":math:`\langle \partial_Z \ell_i, R(Z)_i\rangle`, shape ``(n,)`` (``A`` read once)."""
+        return self.loss.contract(self._score_grad, self.jvp(v)[0], xp=self.xp)
+
+    def hvp(self, v):
+        r"""Exact :math:`\nabla^2_\theta \big(\frac1n \sum_i c_i \ell_i\big)\, v`, flat (``A`` read twice)."""
+        xp, A = self.xp, self.A
+        _, _, V2, _ = self.model.unpack(v, xp=xp)
+        _, H, d1, _ = self._forward[1]
+        RZ, RU, RH = self.jvp(v)
+        RGZ = self._curvature(RZ)
+        if self.weights is not None:
+            RGZ = self.weights[:, None] * RGZ
+        RGZ = RGZ * (1.0 / A.shape[0])
+        GZ, _, GHd2 = self._backward
         RgW2 = RH.T @ GZ + H.T @ RGZ
         Rgb2 = xp.sum(RGZ, axis=0)
-        GH = GZ @ W2.T
-        RGH = RGZ @ W2.T + GZ @ V2.T
+        RGH = RGZ @ self._W2.T + GZ @ V2.T
         RGU = RGH * d1
-        if d2 is not None:
-            RGU = RGU + GH * d2 * RU
-        return self.pack(A.T @ RGU, xp.sum(RGU, axis=0), RgW2, Rgb2, xp=xp)
+        if GHd2 is not None:
+            RGU = RGU + GHd2 * RU
+        return self.model.pack(A.T @ RGU, xp.sum(RGU, axis=0), RgW2, Rgb2, xp=xp)

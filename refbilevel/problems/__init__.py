@@ -1,6 +1,6 @@
 """Bilevel and minimax-bilevel problems with hand-derived oracles."""
 
-from .auc import MultiTaskAUC
+from .auc import MultiTaskAUC, MultiTaskAUCAnchored, MultiTaskAUCHead
 from .base import Batch, BilevelProblem, MinimaxBilevelProblem, take_rows
 from .cleaning import DataCleaning
 from .layer_decay import LayerDecayMLP
@@ -18,6 +18,8 @@ __all__ = [
     "MinimaxBilevelProblem",
     "MinimaxQuadratic",
     "MultiTaskAUC",
+    "MultiTaskAUCAnchored",
+    "MultiTaskAUCHead",
     "Quadratic",
     "RankedMetaLearning",
     "Toy1D",

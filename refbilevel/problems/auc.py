@@ -59,13 +59,14 @@ References
 
 from __future__ import annotations
 
-from .._backend import array_namespace, device, to_host, to_host_scalar
+from .._backend import to_host
 from .._validation import check_array, check_bool, check_choice, check_int, check_real
+from ..linalg import block_newton
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
 from ..models.losses import sigmoid, sigmoid_prime, softplus
 from .base import Batch, MinimaxBilevelProblem
 
-__all__ = ["MultiTaskAUC", "block_newton"]
+__all__ = ["MultiTaskAUC", "MultiTaskAUCAnchored", "MultiTaskAUCHead"]
 
 
 def _weighted_rows(w, M):
@@ -88,71 +89,16 @@ def _take(xp, a, blocks, rows):
     return a if rows is None else xp.take(a, rows, axis=1)
 
 
-def block_newton(value, grad, hessian, z0, *, tol=None, max_iter=100):
-    r"""Damped Newton on independent strongly convex block problems, vectorised over blocks.
-
-    Parameters
-    ----------
-    value, grad, hessian : callable
-        ``z -> (n,)`` per-block values, ``(n, k)`` per-block gradients, ``(n, k, k)`` Hessians.
-    z0 : array, shape (n, k)
-        Start.
-    tol : float, optional
-        Stop when every block has :math:`\|\nabla g_i\| \le \text{tol}\,(1 + G_0)`,
-        :math:`G_0` the largest gradient norm at ``z0`` (``tol`` default 1e-13 in float64,
-        1e-5 in float32), then take two more steps so the solution is exact to rounding
-        (value functions built on it are then smooth enough for finite differences).
-
-    Notes
-    -----
-    Each step solves the stacked Newton systems at once and picks, per block, the largest
-    step in :math:`1, 1/2, \dots, 2^{-30}` satisfying Armijo (factor 1e-4); the full step
-    once the Newton decrement :math:`d^\top H d` is below :math:`10^{-10}(1 + |g_i|)`, where
-    rounding hides the decrease. It also stops after three consecutive steps in which every
-    block was in that regime (full steps from there converge quadratically, so the
-    gradient is then at its rounding floor, which may lie above the target, e.g. in
-    float32 far from the origin). Synchronises twice per step (exact oracles only).
-    """
-    xp = array_namespace(z0)
-    if tol is None:
-        tol = 1e-13 if z0.dtype == xp.float64 else 1e-5
-    z = z0
-    polish = 2  # full Newton steps after the tolerance is met: z* to rounding level
-    target, stalled = None, 0
-    for _ in range(max_iter + polish):
-        gz = grad(z)
-        if polish == 0:
-            break
-        gmax = to_host_scalar(xp.max(xp.linalg.vector_norm(gz, axis=1)))
-        if target is None:
-            target = tol * (1.0 + gmax)
-        if stalled >= 3:   # rounding floor above the target (e.g. float32 at large scale)
-            break
-        if gmax <= target:
-            polish -= 1
-        d = -xp.linalg.solve(hessian(z), gz[..., None])[..., 0]
-        slope = xp.sum(d * gz, axis=1)
-        g0 = value(z)
-        step = xp.zeros_like(g0)
-        found = xp.zeros(g0.shape, dtype=xp.bool, device=device(z0))
-        tval = 1.0
-        for _k in range(31):
-            ok = (value(z + tval * d) <= g0 + 1e-4 * tval * slope) & ~found
-            step = xp.where(ok, tval, step)
-            found = found | ok
-            tval *= 0.5
-        small = -slope <= 1e-10 * (1.0 + xp.abs(g0))
-        damped = found & ~small
-        stalled = 0 if to_host_scalar(xp.any(damped)) else stalled + 1
-        step = xp.where(damped, step, 1.0)
-        z = z + step[:, None] * d
-    return z
-
-
 class MultiTaskAUC(MinimaxBilevelProblem):
     r"""T binary AUC-M tasks sharing a linear representation; one block per task.
 
     See the module docstring for the formulation and what is reconstructed.
+    ``MultiTaskAUC(..., lower=...)`` constructs the subclass of the chosen lower level:
+    :class:`MultiTaskAUCHead` (``"head"``) or :class:`MultiTaskAUCAnchored`
+    (``"anchored"``). This class holds what they share: the data, the upper level (the
+    AUC-M loss on the validation rows and its exact saddle-point oracles) and the
+    lower-level oracles written through the features :math:`\Phi_i` and the ridge offset;
+    each subclass supplies its shared-variable layout, features, offset and x-derivatives.
 
     Parameters
     ----------
@@ -162,8 +108,11 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         Labels in {0, 1} (float or integer; stored as float masks).
     lower : {"head", "anchored"}
         Lower-level formulation [RECONSTRUCTED]: a ridge-logistic head on the shared
-        representation ``A W`` (default), or a task copy of a shared linear model ``w``
-        anchored by :math:`\frac\mu2\|z_i - w\|^2`.
+        representation ``A W`` (default; :class:`MultiTaskAUCHead`), or a task copy of a
+        shared linear model ``w`` anchored by :math:`\frac\mu2\|z_i - w\|^2`
+        (:class:`MultiTaskAUCAnchored`). ``MultiTaskAUC(...)`` returns an instance of that
+        class; the subclasses may be constructed directly (``lower`` then omitted or
+        equal to theirs).
     rank : int, optional
         Width r of the shared representation ``W`` (default ``d``; ``lower="head"`` only)
         [RECONSTRUCTED].
@@ -200,8 +149,15 @@ class MultiTaskAUC(MinimaxBilevelProblem):
     """
 
     name = "multitask_auc"
+    #: The lower-level formulation of the class (set by each subclass).
+    lower: str
 
-    def __init__(self, A_train, y_train, A_val, y_val, *, lower="head", rank=None, mu=0.1,
+    def __new__(cls, *args, lower="head", **kwargs):
+        if cls is MultiTaskAUC:   # dispatch on the lower level; subclasses construct themselves
+            cls = _LOWER_LEVELS[check_choice(lower, "lower", tuple(_LOWER_LEVELS))]
+        return super().__new__(cls)
+
+    def __init__(self, A_train, y_train, A_val, y_val, *, lower=None, rank=None, mu=0.1,
                  version="v1", margin=1.0, nonnegative_alpha=True, score="sigmoid",
                  prior=None):
         check_array(A_train, "A_train", ndim=3)
@@ -217,10 +173,10 @@ class MultiTaskAUC(MinimaxBilevelProblem):
             host = to_host(lab)
             if not ((host == 0) | (host == 1)).all():
                 raise ValueError(f"{name} must contain only the values 0 and 1")
-        self.lower = check_choice(lower, "lower", ("head", "anchored"))
-        if self.lower == "anchored" and rank is not None:
-            raise ValueError("rank must be None for lower='anchored' (the head has d entries)")
-        self.rank = d if rank is None else check_int(rank, "rank", minimum=1)
+        if lower is not None and check_choice(lower, "lower", tuple(_LOWER_LEVELS)) != self.lower:
+            raise ValueError(f"lower must be {self.lower!r} (or omitted) for "
+                             f"{type(self).__name__}; got {lower!r}")
+        self.rank = self._check_rank(rank, d)
         self.mu = check_real(mu, "mu", positive=True)
         self.version = check_choice(version, "version", VERSIONS)
         self.margin = check_real(margin, "margin")
@@ -243,33 +199,64 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         self.n_blocks, self.n_inner, self.n_outer, self.dim_features = T, n_tr, A_val.shape[1], d
         self.dim_z = self.rank
         self.dim_y = T
-        self.dim_x = (d * self.rank if self.lower == "head" else d) + 2 * T
+        self.dim_x = self._n_shared + 2 * T
+
+    # ------------------------------------------------------------ lower-level hooks
+    # Each subclass defines these and cross_g; every other oracle is written through them.
+    def _check_rank(self, rank, d):
+        """The validated width ``r`` of the head ``z_i``."""
+        raise NotImplementedError
+
+    @property
+    def _n_shared(self) -> int:
+        """Length of the shared model in ``x`` (``W`` or ``w``)."""
+        raise NotImplementedError
+
+    def _shared(self, x):
+        """The shared model's view of ``x`` (``W (d, r)`` or ``w (d,)``)."""
+        raise NotImplementedError
+
+    def _init_shared(self):
+        """The shared model's default start, flat."""
+        raise NotImplementedError
+
+    def _features(self, A, x):
+        r"""The features :math:`\Phi_i` of stacked rows ``A`` ``(nb, n, d)``: ``(nb, n, r)``."""
+        raise NotImplementedError
+
+    def _offset(self, x, z):
+        r"""The argument of the ridge term :math:`\frac\mu2\|\cdot\|^2` (``z - w`` or ``z``)."""
+        raise NotImplementedError
+
+    def _grad_g_shared(self, A, q, z, offset):
+        r"""The shared model's part of :math:`\nabla_x` of the mean of ``g`` over the ``nb`` blocks.
+
+        ``q`` ``(nb, n)`` are the logistic residuals :math:`q_i` and ``offset`` is
+        :meth:`_offset` at ``z``.
+        """
+        raise NotImplementedError
+
+    def _grad_g_shared_many(self, A, Q, Zs, offsets):
+        """:meth:`_grad_g_shared` at ``m`` points: ``Q`` ``(nb, n, m)``, ``Zs``/``offsets``
+        ``(m, nb, r)`` -> a list of ``m`` flat arrays."""
+        raise NotImplementedError
+
+    def _grad_f_shared(self, Av, du, z):
+        r"""The shared model's part of :math:`\nabla_x` of the mean of ``f``: ``du`` ``(nb, n)``
+        is :math:`\partial F/\partial u` on the validation rows ``Av``."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ layout
     def split_x(self, x):
-        """``(W (d, r), a (T), b (T))`` (head) or ``(w (d), a, b)`` (anchored) views of x."""
-        xp, T = self.xp, self.n_blocks
-        k = self.dim_x - 2 * T
-        first = x[:k] if self.lower == "anchored" else xp.reshape(x[:k], (self.dim_features,
-                                                                          self.rank))
-        return first, x[k: k + T], x[k + T:]
+        """``(shared model, a (T), b (T))`` views of x (``W (d, r)`` or ``w (d)`` first)."""
+        T, k = self.n_blocks, self._n_shared
+        return self._shared(x), x[k: k + T], x[k + T:]
 
     def init_x(self):
-        """``W = eye(d, r)`` (head) or ``w = 0`` (anchored); ``a = b = 0`` (as LibAUC)."""
-        xp, d, r, T = self.xp, self.dim_features, self.rank, self.n_blocks
-        if self.lower == "anchored":
-            return xp.zeros(self.dim_x, dtype=self.dtype, device=self.device)
-        W = xp.eye(d, r, dtype=self.dtype, device=self.device)
-        return xp.concat([xp.reshape(W, (-1,)),
+        """The shared model's start (:meth:`_init_shared`), ``a = b = 0`` (as LibAUC)."""
+        xp, T = self.xp, self.n_blocks
+        return xp.concat([self._init_shared(),
                           xp.zeros(2 * T, dtype=self.dtype, device=self.device)])
-
-    def _features(self, A, x):
-        """Shared representation: ``A @ W`` (head) or ``A`` itself (anchored)."""
-        return A if self.lower == "anchored" else A @ self.split_x(x)[0]
-
-    def _offset(self, x, z):
-        """``z - w`` (anchored) or ``z`` (head): the argument of the ridge term."""
-        return z - self.split_x(x)[0][None, :] if self.lower == "anchored" else z
 
     def _onehot(self, blocks):
         xp = self.xp
@@ -304,10 +291,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         q = self._q(lab, t)
         dz = self._offset(x, z)
         gz = _weighted_rows(q, feats) + self.mu * dz
-        if self.lower == "anchored":
-            return self._pack(-self.mu * xp.mean(dz, axis=0)), gz
-        Mq = _weighted_rows(q, A)           # (nb, d)
-        return self._pack((Mq.mT @ z) / z.shape[0]), gz
+        return self._pack(self._grad_g_shared(A, q, z, dz)), gz
 
     def _residuals_many(self, x, Zs, blocks, batch):
         """Data rows, logistic residuals ``(nb, n, m)`` and per-block z-gradients ``(m, nb, r)``."""
@@ -319,7 +303,7 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         T = sign[..., None] * (feats @ xp.permute_dims(Zs, (1, 2, 0)))    # (nb, n, m)
         Q = -sign[..., None] * sigmoid(-T, xp=xp) / T.shape[1]
         offsets = xp.stack([self._offset(x, Zs[j, ...]) for j in range(Zs.shape[0])])
-        gzs = xp.permute_dims(Q.mT @ feats, (1, 0, 2)) + self.mu * offsets
+        gzs = xp.permute_dims(xp.matrix_transpose(Q) @ feats, (1, 0, 2)) + self.mu * offsets
         return A, Q, offsets, gzs
 
     def grad_g_z_many(self, x, Zs, blocks, batch: Batch | None = None):
@@ -336,15 +320,9 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         x-gradients contract the stacked residuals with :math:`A_i` in one batched product.
         Returns ``(m, dim_x)`` and ``(m, len(blocks), rank)`` stacks.
         """
-        xp = self.xp
         A, Q, offsets, gzs = self._residuals_many(x, Zs, blocks, batch)
-        m, nb = Zs.shape[0], Zs.shape[1]
-        if self.lower == "anchored":
-            gxs = [self._pack(-self.mu * xp.mean(offsets[j, ...], axis=0)) for j in range(m)]
-        else:
-            MQ = Q.mT @ A                                                 # (nb, m, d): one pass
-            gxs = [self._pack((MQ[:, j, :].mT @ Zs[j, ...]) / nb) for j in range(m)]
-        return xp.stack(gxs), gzs
+        gxs = [self._pack(g) for g in self._grad_g_shared_many(A, Q, Zs, offsets)]
+        return self.xp.stack(gxs), gzs
 
     def _pack(self, gW, ga=None, gb=None):
         xp, T = self.xp, self.n_blocks
@@ -363,40 +341,17 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         fv = _bmv(feats, v)
         return _weighted_rows(w * fv, feats) + self.mu * v
 
-    def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
-        r"""x-gradient of :math:`\frac1{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`.
-
-        Notes
-        -----
-        .. math::
-
-            \nabla^2_{Wz} g_i\, v = A_i^\top q_i\, v^\top
-                + A_i^\top(\omega_i\odot\Phi_i v)\, z^\top
-
-        (``lower="anchored"``: :math:`-\mu v`).
-        """
-        xp = self.xp
-        if self.lower == "anchored":
-            return self._pack(-self.mu * xp.mean(v, axis=0))
-        A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
-        q = self._q(lab, t)
-        w = sigmoid_prime(t, xp=xp) / t.shape[1]
-        rho = w * _bmv(feats, v)
-        Mq = _weighted_rows(q, A)
-        Mr = _weighted_rows(rho, A)
-        return self._pack((Mq.mT @ v + Mr.mT @ z) / z.shape[0])
-
     def _hessians(self, x, z, blocks):
         xp = self.xp
         _, _, feats, t = self._g_parts(x, z, blocks, None)
         w = sigmoid_prime(t, xp=xp) / t.shape[1]
         eye = xp.eye(self.rank, dtype=self.dtype, device=self.device)
-        return (feats * w[..., None]).mT @ feats + self.mu * eye
+        return xp.matrix_transpose(feats * w[..., None]) @ feats + self.mu * eye
 
     def inner_solution(self, x, *, tol=None, max_iter=100):
         r"""``z*(x)`` for all blocks (shape ``(T, r)``): damped Newton, vectorised over blocks.
 
-        See :func:`block_newton` (relative tolerance ``tol`` on every block's
+        See :func:`refbilevel.linalg.block_newton` (relative tolerance ``tol`` on every block's
         :math:`\|\nabla_z g_i\|`: 1e-13 in float64, 1e-5 in float32), started at zero.
         Synchronises: an exact oracle.
         """
@@ -446,12 +401,8 @@ class MultiTaskAUC(MinimaxBilevelProblem):
         du = dh * sigmoid_prime(u, xp=xp) if self.score == "sigmoid" else dh
         gz = _weighted_rows(du, feats)
         nb = z.shape[0]
-        if self.lower == "anchored":
-            gW = xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
-        else:
-            gW = (_weighted_rows(du, Av).mT @ z) / nb
         E = self._onehot(blocks)
-        gx = self._pack(gW, (da @ E) / nb, (db @ E) / nb)
+        gx = self._pack(self._grad_f_shared(Av, du, z), (da @ E) / nb, (db @ E) / nb)
         return gx, (dalpha @ E) / nb, gz
 
     def alpha_star(self, x, z, blocks=None):
@@ -497,3 +448,148 @@ class MultiTaskAUC(MinimaxBilevelProblem):
                    score=self.score, nonnegative_alpha=self.nonnegative_alpha,
                    n_train=self.n_inner, n_val=self.n_outer)
         return out
+
+
+class MultiTaskAUCHead(MultiTaskAUC):
+    r""":class:`MultiTaskAUC` with ridge-logistic heads on a shared representation (``lower="head"``).
+
+    Notes
+    -----
+    ``x = (vec(W) row-major, a, b)`` with :math:`W \in \mathbb R^{d\times r}`, features
+    :math:`\Phi_i = A_i W`, ridge :math:`\frac\mu2\|z_i\|^2`; start ``W = eye(d, r)``. With
+    :math:`q_i` the logistic residuals and :math:`\omega_i` the curvatures (module
+    docstring):
+
+    .. math::
+
+        \nabla_W g_i = A_i^\top q_i\, z_i^\top, \qquad
+        \nabla^2_{Wz} g_i\, v = A_i^\top q_i\, v^\top
+            + A_i^\top(\omega_i\odot\Phi_i v)\, z_i^\top, \qquad
+        \nabla_W f_i = A^{val\top}_i \bar u_i\, z_i^\top .
+
+    References
+    ----------
+    .. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization.
+       NeurIPS 2024.
+    .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
+       ICCV 2021.
+    """
+
+    lower = "head"
+
+    def _check_rank(self, rank, d):
+        return d if rank is None else check_int(rank, "rank", minimum=1)
+
+    @property
+    def _n_shared(self) -> int:
+        return self.dim_features * self.rank
+
+    def _shared(self, x):
+        return self.xp.reshape(x[:self._n_shared], (self.dim_features, self.rank))
+
+    def _init_shared(self):
+        W = self.xp.eye(self.dim_features, self.rank, dtype=self.dtype, device=self.device)
+        return self.xp.reshape(W, (-1,))
+
+    def _features(self, A, x):
+        return A @ self._shared(x)
+
+    def _offset(self, x, z):
+        return z
+
+    def _grad_g_shared(self, A, q, z, offset):
+        Mq = _weighted_rows(q, A)           # (nb, d)
+        return (self.xp.matrix_transpose(Mq) @ z) / z.shape[0]
+
+    def _grad_g_shared_many(self, A, Q, Zs, offsets):
+        xp, nb = self.xp, Zs.shape[1]
+        MQ = xp.matrix_transpose(Q) @ A                                   # (nb, m, d): one pass
+        return [(xp.matrix_transpose(MQ[:, j, :]) @ Zs[j, ...]) / nb for j in range(Zs.shape[0])]
+
+    def _grad_f_shared(self, Av, du, z):
+        return (self.xp.matrix_transpose(_weighted_rows(du, Av)) @ z) / z.shape[0]
+
+    def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""x-gradient of :math:`\frac1{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`.
+
+        Notes
+        -----
+        .. math::
+
+            \nabla^2_{Wz} g_i\, v = A_i^\top q_i\, v^\top
+                + A_i^\top(\omega_i\odot\Phi_i v)\, z^\top
+
+        (the a, b parts are zero).
+        """
+        xp = self.xp
+        A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
+        q = self._q(lab, t)
+        w = sigmoid_prime(t, xp=xp) / t.shape[1]
+        rho = w * _bmv(feats, v)
+        Mq = _weighted_rows(q, A)
+        Mr = _weighted_rows(rho, A)
+        mT = xp.matrix_transpose
+        return self._pack((mT(Mq) @ v + mT(Mr) @ z) / z.shape[0])
+
+
+class MultiTaskAUCAnchored(MultiTaskAUC):
+    r""":class:`MultiTaskAUC` with task models anchored at a shared linear model (``lower="anchored"``).
+
+    Notes
+    -----
+    ``x = (w, a, b)`` with :math:`w \in \mathbb R^d`, features :math:`\Phi_i = A_i` (raw),
+    ridge :math:`\frac\mu2\|z_i - w\|^2`, so ``rank`` is ``d`` (``rank`` must be omitted);
+    start ``w = 0``. The shared model enters ``g`` only through the ridge and ``f`` not at
+    all:
+
+    .. math::
+
+        \nabla_w g_i = -\mu (z_i - w), \qquad \nabla^2_{wz} g_i = -\mu I, \qquad
+        \nabla_w f_i = 0 .
+
+    References
+    ----------
+    .. [1] J. Yang, Z. Si, S. Lyu, K. Ji. First-Order Minimax Bilevel Optimization.
+       NeurIPS 2024.
+    .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
+       ICCV 2021.
+    """
+
+    lower = "anchored"
+
+    def _check_rank(self, rank, d):
+        if rank is not None:
+            raise ValueError("rank must be None for lower='anchored' (the head has d entries)")
+        return d
+
+    @property
+    def _n_shared(self) -> int:
+        return self.dim_features
+
+    def _shared(self, x):
+        return x[:self._n_shared]
+
+    def _init_shared(self):
+        return self.xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
+
+    def _features(self, A, x):
+        return A
+
+    def _offset(self, x, z):
+        return z - self._shared(x)[None, :]
+
+    def _grad_g_shared(self, A, q, z, offset):
+        return -self.mu * self.xp.mean(offset, axis=0)
+
+    def _grad_g_shared_many(self, A, Q, Zs, offsets):
+        return [-self.mu * self.xp.mean(offsets[j, ...], axis=0) for j in range(Zs.shape[0])]
+
+    def _grad_f_shared(self, Av, du, z):
+        return self.xp.zeros(self.dim_features, dtype=self.dtype, device=self.device)
+
+    def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""x-gradient of :math:`\frac1{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`: :math:`(-\mu\,\mathrm{mean}_j v_j, 0, 0)` (reads no data)."""
+        return self._pack(-self.mu * self.xp.mean(v, axis=0))
+
+
+_LOWER_LEVELS = {"head": MultiTaskAUCHead, "anchored": MultiTaskAUCAnchored}

@@ -353,6 +353,26 @@ class MinimaxBilevelProblem(_ProblemData):
         """Per-block ``∇_z f_i`` only, ``(len(blocks), dim_z)`` (``len(blocks)`` ``grad_f`` calls)."""
         return self.grad_f(x, y, z, blocks, batch)[2]
 
+    def hvp_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""Per-block Hessian-vector products in z: row ``j`` is :math:`\nabla^2_{zz} g_{b_j}(x, z_j)\, v_j`.
+
+        ``z`` and ``v`` have shape ``(len(blocks), dim_z)``; so has the result (per-block,
+        like ``gz``). Counts ``len(blocks)`` ``hvp`` calls. Used by the exact
+        :meth:`saddle_gradient` and the oracle checks; the first-order solvers (FOSL, MemCS)
+        do not call it.
+        """
+        raise NotImplementedError
+
+    def cross_g(self, x, z, v, blocks, batch: Batch | None = None):
+        r"""The x-gradient of :math:`\frac{1}{n_b}\sum_j \langle \nabla_z g_{b_j}(x, z_j), v_j\rangle`.
+
+        With :math:`n_b` = ``len(blocks)``: the mean over blocks of
+        :math:`\nabla^2_{xz} g_{b_j}(x, z_j)\, v_j`, shape ``(dim_x,)`` (x-space, like
+        ``gx``). Counts ``len(blocks)`` ``cross`` calls. With :meth:`hvp_g` it gives the
+        implicit-function term of :meth:`saddle_gradient`.
+        """
+        raise NotImplementedError
+
     def grad_g_z_many(self, x, Zs, blocks, batch: Batch | None = None):
         """Per-block ``∇_z g_i`` at the points ``Zs[j]``: ``(m, len(blocks), dim_z)``."""
         return self.grad_g_many(x, Zs, blocks, batch)[1]
@@ -361,8 +381,17 @@ class MinimaxBilevelProblem(_ProblemData):
         """``z*(x)`` for all blocks, shape ``(n_blocks, dim_z)``."""
         raise NotImplementedError
 
+    def value(self, x):
+        r""":math:`\Phi(x) = \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))` on the full data, a 0-d array."""
+        raise NotImplementedError
+
     def saddle_gradient(self, x):
-        r"""Gradient of :math:`\Phi(x) = \max_y F(x, y, z^*(x))` where a problem has it exactly."""
+        r"""Gradient of :math:`\Phi(x) = \max_y F(x, y, z^*(x))` where a problem has it exactly.
+
+        By Danskin's theorem in ``y`` and the implicit function theorem in ``z``:
+        :math:`\nabla\Phi = \frac1n\sum_i [\nabla_x f_i - \nabla^2_{xz} g_i
+        (\nabla^2_{zz} g_i)^{-1} \nabla_z f_i]` at :math:`(y^*(x), z^*(x))`.
+        """
         raise NotImplementedError
 
     def describe(self) -> dict:

@@ -8,7 +8,7 @@ from ..models.linear import LinearModel
 from ..models.losses import sigmoid, sigmoid_prime
 from ..models.mlp import ACTIVATIONS, MLP
 from ._classification import ValidationLoss, scatter_rows, set_multiclass_data, to_problem_arrays
-from .base import Batch, BilevelProblem, _inner, _outer, take_rows
+from .base import Batch, BilevelProblem, LinearizedG, _inner, _outer, take_rows
 
 __all__ = ["DataCleaning"]
 
@@ -155,6 +155,25 @@ class DataCleaning(ValidationLoss, BilevelProblem):
         idx, A, Y, xb = self._train(x, batch)
         jv = self.model.per_sample_jvp(y, A, Y, v, xp=self.xp)
         return self._to_x(sigmoid_prime(xb, xp=self.xp) * jv / A.shape[0], idx)
+
+    def linearize_g(self, x, y, batch: Batch | None = None) -> LinearizedG:
+        r"""``hvp_g`` and ``cross_g`` at ``(x, y)`` for many directions, the forward pass shared.
+
+        The training rows, :math:`\sigma(x_i)` and :math:`\sigma'(x_i)` are gathered and
+        evaluated once; the model's forward pass (scores and softmax probabilities for the
+        linear model; activations, :math:`\varphi'`, :math:`\varphi''` and the
+        direction-free backward quantities for the MLP) is formed at the first product
+        (``model.linearize``). Each HVP then reads the training rows twice (three times in
+        :meth:`hvp_g`), each cross product once (twice in :meth:`cross_g`). Products equal
+        :meth:`hvp_g` and :meth:`cross_g` bit for bit.
+        """
+        idx, A, Y, xb = self._train(x, batch)
+        xp, n = self.xp, A.shape[0]
+        model = self.model.linearize(y, A, Y, weights=sigmoid(xb, xp=xp), xp=xp)
+        dsig = sigmoid_prime(xb, xp=xp)
+        return LinearizedG(
+            hvp=lambda v: model.hvp(v) + self.reg * v,
+            cross=lambda v: self._to_x(dsig * model.per_sample_jvp(v) / n, idx))
 
     # ------------------------------------------------------------ stacked oracles
     def grad_g_many(self, x, Ys, batch: Batch | None = None):

@@ -8,7 +8,7 @@ from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int
 from ..models.mlp import ACTIVATIONS, MLP
 from ._classification import ValidationLoss, set_multiclass_data, to_problem_arrays
-from .base import Batch, BilevelProblem, _inner, _outer, take_rows
+from .base import Batch, BilevelProblem, LinearizedG, _inner, _outer, take_rows
 
 __all__ = ["LayerDecayMLP"]
 
@@ -167,6 +167,22 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
     def cross_g(self, x, y, v, batch: Batch | None = None):
         """``2κ'(x_l) <W_l, V_{W_l}>`` (reads no data)."""
         return 2.0 * self._dkappa(x) * self._layer_inner(y, v)
+
+    def linearize_g(self, x, y, batch: Batch | None = None) -> LinearizedG:
+        r"""``hvp_g`` and ``cross_g`` at ``(x, y)`` for many directions, the forward pass shared.
+
+        The training rows are gathered once, the decay factors :math:`2\kappa(x_l)` and
+        :math:`2\kappa'(x_l)` evaluated once, and the network's forward pass with the
+        direction-free backward quantities formed at the first HVP
+        (:meth:`refbilevel.models.mlp.MLP.linearize`); each HVP then reads the training rows
+        twice (three times in :meth:`hvp_g`). ``cross`` reads no data. Products equal
+        :meth:`hvp_g` and :meth:`cross_g` bit for bit.
+        """
+        A, Y = self._train(batch)
+        coef, dkappa2 = self._coef(x), 2.0 * self._dkappa(x)
+        model = self.model.linearize(y, A, Y, xp=self.xp)
+        return LinearizedG(hvp=lambda v: model.hvp(v) + coef * v,
+                           cross=lambda v: dkappa2 * self._layer_inner(y, v))
 
     # ------------------------------------------------------------ stacked oracles
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):

@@ -7,7 +7,7 @@ from .._validation import check_choice, check_int
 from ..models.linear import LinearModel
 from ._classification import (ValidationLoss, check_binary_data, check_multiclass_data,
                               onehot_targets, to_problem_arrays)
-from .base import Batch, BilevelProblem, _inner, _outer, take_rows
+from .base import Batch, BilevelProblem, LinearizedG, _inner, _outer, take_rows
 
 __all__ = ["LogRegHPO"]
 
@@ -179,6 +179,23 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
     def cross_g(self, x, y, v, batch: Batch | None = None):
         """``s λ'(x) ⊙ rowsum(W ⊙ V)`` (reads no data)."""
         return self._decay(x)[1] * self._row_inner(y, v)
+
+    def linearize_g(self, x, y, batch: Batch | None = None) -> LinearizedG:
+        r"""``hvp_g`` and ``cross_g`` at ``(x, y)`` for many directions, the forward pass shared.
+
+        The training rows are gathered once, :math:`s\lambda(x)` and :math:`s\lambda'(x)`
+        are evaluated once, and the scores :math:`A W` with the loss curvature
+        (:math:`\sigma'` or the softmax probabilities) are formed at the first HVP
+        (:meth:`refbilevel.models.linear.LinearModel.linearize`); each HVP then reads the
+        training rows twice (:math:`A V` and :math:`A^\top(\cdot)`), where :meth:`hvp_g`
+        reads them three times. ``cross`` reads no data. Products equal :meth:`hvp_g` and
+        :meth:`cross_g` bit for bit.
+        """
+        A, T = self._train(batch)
+        lam, dlam = self._decay(x)
+        model = self.model.linearize(y, A, T, xp=self.xp)
+        return LinearizedG(hvp=lambda v: model.hvp(v) + self._row_scale(lam, v),
+                           cross=lambda v: dlam * self._row_inner(y, v))
 
     # ------------------------------------------------------------ stacked oracles
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):

@@ -56,9 +56,9 @@ References
 from __future__ import annotations
 
 from .._backend import to_host_scalar
+from ..linalg import block_newton
 from .._validation import check_array, check_choice, check_int, check_real
 from ..models.losses import sigmoid, sigmoid_prime, softplus
-from .auc import block_newton
 from .base import Batch, MinimaxBilevelProblem
 
 __all__ = ["RankedMetaLearning"]
@@ -216,7 +216,7 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         Squared loss: the closed form
         :math:`z_i^* = (A_i^\top A_i/n + \mu I)^{-1}(A_i^\top b_i/n + \mu w)` (one stacked
         solve). Logistic loss: vectorised damped Newton
-        (:func:`refbilevel.problems.auc.block_newton`), started at ``w``, to
+        (:func:`refbilevel.linalg.block_newton`), started at ``w``, to
         :math:`\|\nabla_z g_i\| \le 10^{-13}(1 + \|\nabla_z g(w)\|)` in float64.
         """
         xp, A, blocks = self.xp, self.A_train, self.all_blocks()
