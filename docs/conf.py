@@ -1,8 +1,13 @@
 """Sphinx configuration of the refbilevel documentation.
 
-Build (offline; MathJax is referenced by URL, not downloaded)::
+Build::
 
-    python -m sphinx -b html docs docs/_build/html -D plot_gallery=0
+    python -m sphinx -W -b html docs docs/_build/html -D plot_gallery=0
+
+The build and the built pages work offline: the MathJax renderer comes from the
+``sphinx-mathjax-offline`` package (an install requirement of the ``docs`` extra), which
+copies MathJax into ``_static/mathjax`` of the output, and no page loads a script or a
+stylesheet from the network (``tests/test_docs.py`` builds the pages and checks this).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # MathJax bundled with the build (no CDN): sets ``mathjax_path`` to the local copy.
+    "sphinx-mathjax-offline",
     "numpydoc",
 ]
 
@@ -62,8 +69,8 @@ numpydoc_xref_param_type = False
 suppress_warnings = ["ref.citation"]
 
 # -- math --------------------------------------------------------------------------------
-# MathJax is loaded by the reader's browser from this URL; nothing is downloaded at build time.
-mathjax_path = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"
+# MathJax 3 is served from the built pages themselves (``sphinx-mathjax-offline`` above sets
+# ``mathjax_path`` to ``_static/mathjax/tex-chtml.js``); the configuration below is MathJax 3's.
 mathjax3_config = {
     "tex": {
         "macros": {
@@ -108,8 +115,48 @@ def _absent_modules_as_notes(app, docname, source):
     source[0] = _AUTOMODULE.sub(replace, source[0])
 
 
+def _cli_help_directive():
+    """``.. refbilevel-help:: [COMMAND]``: the text ``refbilevel [COMMAND] --help`` prints.
+
+    Generated from the argparse definitions at build time, so the page cannot drift from
+    the command line; wrapped at 88 columns whatever the terminal of the build.
+    """
+    import argparse
+
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    class RefbilevelHelp(Directive):
+        optional_arguments = 1
+
+        def run(self):
+            from refbilevel.cli import build_parser
+
+            old = os.environ.get("COLUMNS")
+            os.environ["COLUMNS"] = "90"
+            try:
+                parser = build_parser()
+                if self.arguments:
+                    sub = next(a for a in parser._actions
+                               if isinstance(a, argparse._SubParsersAction))
+                    parser = sub.choices[self.arguments[0]]
+                text = parser.format_help().rstrip()
+            finally:
+                if old is None:
+                    os.environ.pop("COLUMNS", None)
+                else:
+                    os.environ["COLUMNS"] = old
+            block = nodes.literal_block(text, text)
+            block["language"] = "text"
+            return [block]
+
+    return RefbilevelHelp
+
+
 def setup(app):
-    """Accept ``-D plot_gallery=0`` without sphinx-gallery; tolerate modules not yet written."""
+    """Accept ``-D plot_gallery=0`` without sphinx-gallery; tolerate modules not yet written;
+    render the command line's help texts."""
     if "sphinx_gallery.gen_gallery" not in extensions:
         app.add_config_value("plot_gallery", "True", "html")
     app.connect("source-read", _absent_modules_as_notes)
+    app.add_directive("refbilevel-help", _cli_help_directive())

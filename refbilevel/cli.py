@@ -9,10 +9,12 @@ stderr and exits with status 2; ``compare`` exits with 1 when the trajectories d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
 import sys
+import textwrap
 
 import numpy as np
 
@@ -20,15 +22,63 @@ from . import __version__
 
 EXIT_USAGE = 2
 
+_DESCRIPTION = """\
+Reference first-order bilevel and minimax-bilevel optimisation: MinimaxOPT, F2SA,
+F2SA with Adam, FOSL, MemCS and classic baselines on problems with hand-derived,
+finite-difference-certified oracles."""
+
+_EPILOG = """\
+Start with 'refbilevel list' (problems, solvers and their settings, backends, datasets)
+and 'refbilevel run' (the default job); 'refbilevel COMMAND --help' explains every option
+of a command, with its default. A mistake on the command line prints one line on stderr
+and exits with status 2; 'compare' exits with status 1 when the trajectories differ."""
+
+#: Runs estimated to take longer than this many seconds say so before they start.
+LONG_RUN_SECONDS = 60.0
+
 
 class UsageError(ValueError):
     """A user mistake on the command line (reported in one line, exit status 2)."""
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        if kwargs.get("description"):  # paragraphs wrapped here; the formatter keeps them
+            kwargs["description"] = "\n\n".join(
+                textwrap.fill(" ".join(par.split()), 88)
+                for par in kwargs["description"].split("\n\n"))
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # one line, exit 2 (argparse prints usage + message otherwise)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines end with the option's default; a help text that states it keeps its own.
+
+    Options whose default is ``None`` or an empty list say in their help what happens
+    when they are not given; flags are off unless given.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or "required" in text or text is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: off)"
+        if (action.default is None or action.default == [] or not action.option_strings
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _alias(p, name, dest, **kwargs):
+    """A former name of an option, accepted but not shown in ``--help``."""
+    p.add_argument(name, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
 
 # ------------------------------------------------------------------------------ check
@@ -98,9 +148,16 @@ def _cmd_list(args) -> int:
         print(f"  {name:<22} {s['class']} [{kind}]")
         print(f"  {'':<22} {_fmt_defaults(s['defaults'])}")
     print("backends available here: " + ", ".join(info["backends"]))
-    print("datasets:")
+    from .datasets import dataset_availability
+
+    status = dataset_availability()
+    print("datasets (--data NAME, or --data NAME:PATH for data in a file or folder):")
     for name, desc in info["datasets"].items():
-        print(f"  {name:<16} {desc}")
+        usable, how = status.get(name, (True, ""))
+        users = [p for p, d in info["problems"].items() if name in d["datasets"]]
+        mark = "installed" if usable else "missing"
+        print(f"  {name:<16} [{mark}] {desc}")
+        print(f"  {'':<16} {how}" + (f"; used by {', '.join(users)}" if users else ""))
     print(f"default run: {DEFAULT_RUN['solver']} on {DEFAULT_RUN['problem']} "
           f"({_fmt_defaults(DEFAULT_RUN['hyperparameters'])}, iters={DEFAULT_RUN['iters']})")
     return 0
@@ -169,6 +226,7 @@ def _cmd_run(args) -> int:
     if args.resume:
         if args.out is None:
             raise UsageError("--resume needs --out DIR (the folder of the interrupted run)")
+        _refuse_with_resume(args)
         config = load_config(args.out)
         if args.iters is not None:
             config["iters"] = args.iters
@@ -202,6 +260,7 @@ def _cmd_run(args) -> int:
     write_config(out, config)
     if args.resume and os.path.isfile(checkpoint):
         print(f"resuming from {checkpoint}", file=sys.stderr)
+    _announce_long_run(problem, solver, n_iter, config["seed"])
     result = run(problem, solver, n_iter=n_iter, seed=config["seed"],
                  record_every=config["record_every"], metrics=metrics,
                  progress=not args.no_progress, checkpoint=checkpoint,
@@ -213,18 +272,71 @@ def _cmd_run(args) -> int:
     return 0 if result.status != "diverged" else 1
 
 
+def _refuse_with_resume(args) -> None:
+    """``--resume`` continues the run of ``config.json``: options that would change it refuse."""
+    given = [opt for opt, value in (("--problem", args.problem), ("--solver", args.solver),
+                                    ("--set", args.set or None), ("--data", args.data),
+                                    ("--metrics", args.metrics),
+                                    ("--record-every", args.record_every),
+                                    ("--checkpoint-every", args.checkpoint_every))
+             if value is not None]
+    if given:
+        raise UsageError(f"--resume continues the run configured in {args.out}/config.json; "
+                         f"{', '.join(given)} would change it (start a new run with another "
+                         "--out instead)")
+
+
+def _announce_long_run(problem, solver, n_iter, seed, threshold=LONG_RUN_SECONDS) -> float:
+    """Time a few discarded steps and say on stderr when the whole run will take long.
+
+    Returns the estimate in seconds. Solver steps are pure, so the probe does not touch the
+    run; it costs one warm-up step and then at least one and at most five timed steps
+    (stopping after half a second).
+    """
+    import time
+
+    from ._backend import host_rng, synchronize
+
+    xp = problem.xp
+    state = solver.init(problem, problem.init_x(), problem.init_y(), host_rng(seed))
+    state = solver.step(problem, state)                      # warm-up (compilation, caches)
+    synchronize(xp)
+    start, steps = time.perf_counter(), 0
+    while steps < 5 and (steps == 0 or time.perf_counter() - start < 0.5):
+        state = solver.step(problem, state)
+        synchronize(xp)
+        steps += 1
+    per_step = (time.perf_counter() - start) / steps
+    estimate = per_step * n_iter
+    if estimate > threshold:
+        minutes = estimate / 60.0
+        shown = f"{minutes:.0f} min" if minutes >= 2 else f"{estimate:.0f} s"
+        each = f"{per_step:.3g} s" if per_step >= 1 else f"{per_step * 1e3:.3g} ms"
+        print(f"note: this run will take about {shown} ({n_iter} iterations at {each} each, "
+              "timed on the first steps); --iters N runs fewer", file=sys.stderr)
+    return estimate
+
+
 # ----------------------------------------------------------------------------- export
 def _cmd_export(args) -> int:
     from .registry import get_solver, parse_settings
     from .verify import export
 
     s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
-    path = export(args.problem, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+    both = [k for k in ("batch_size_outer", "batch_size_inner") if k in s_kw]
+    if args.batch_size is not None and both:
+        raise UsageError(f"--batch-size {args.batch_size} and --set {both[0]}=... both set the "
+                         "minibatch size; give one of them")
+    path = export(args.problem, seed=args.seed, steps=args.iters, batch_size=args.batch_size,
                   path=args.out, solver=args.solver, hyperparameters=s_kw, problem_params=p_kw,
-                  dtype=args.dtype, dataset=args.data)
-    print(f"wrote {path} (problem {args.problem}, solver {args.solver}, {args.steps} steps, "
-          f"batch size {args.batch_size}); description: array 'description' and "
-          f"{args.out[:-4] if args.out.endswith('.npz') else args.out}.json")
+                  dtype=args.dtype, dataset=args.data, backend=args.backend)
+    described = path[:-4] + ".json"
+    with open(described, encoding="utf-8") as fh:
+        hyper = json.load(fh)["solver"]["hyperparameters"]
+    sizes = {lv: hyper.get(f"batch_size_{lv}") for lv in ("outer", "inner")}
+    batches = ", ".join(f"{lv} {'full' if v is None else v}" for lv, v in sizes.items())
+    print(f"wrote {path} (problem {args.problem}, solver {args.solver}, {args.iters} steps, "
+          f"batch sizes: {batches}); description: array 'description' and {described}")
     return 0
 
 
@@ -255,13 +367,13 @@ def _cmd_plot(args) -> int:
 def _cmd_bench(args) -> int:
     from .bench import bench, format_table
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     from .registry import get_solver, parse_settings
 
     s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
     rows = bench(args.problem, args.solver, backends=backends, sizes=sizes, dtype=args.dtype,
-                 n_steps=args.steps, repeats=args.repeats, hyperparameters=s_kw,
+                 n_steps=args.iters, repeats=args.repeats, hyperparameters=s_kw,
                  problem_params=p_kw, seed=args.seed)
     print(format_table(rows))
     return 0
@@ -289,88 +401,170 @@ def _nonneg_int(text):
     return v
 
 
+_DATA_HELP = ("a real dataset instead of the problem's synthetic data: NAME, or NAME:PATH for "
+              "data read from a file or folder (libsvm:/path/to/file, "
+              "fashion_mnist:/path/to/idx/folder); 'refbilevel list' shows which datasets "
+              "each problem accepts and which are installed here (default: synthetic data)")
+_SET_HELP = ("KEY=VALUE: a solver hyperparameter (lr=0.05), or problem.KEY=VALUE for a problem "
+             "parameter (problem.dim_y=30); repeatable; 'refbilevel list' shows the keys and "
+             "their defaults (default: none)")
+
+
 def _add_common(p, *, problem_default=None, solver_default=None):
-    p.add_argument("--problem", default=problem_default,
-                   help="problem name (refbilevel list); default: the embedded default")
-    p.add_argument("--solver", default=solver_default, help="solver name (refbilevel list)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data and batches (default 0)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="solver hyperparameter, or problem.KEY=VALUE for a problem parameter")
-    p.add_argument("--data", default=None, metavar="NAME",
-                   help="real dataset instead of synthetic data (refbilevel list)")
+    if problem_default is None:
+        problem_help = "problem name, see 'refbilevel list' (default: that of the default run)"
+        solver_help = "solver name, see 'refbilevel list' (default: that of the default run)"
+    else:
+        problem_help = "problem name, see 'refbilevel list'"
+        solver_help = "solver name, see 'refbilevel list'"
+    p.add_argument("--problem", default=problem_default, help=problem_help)
+    p.add_argument("--solver", default=solver_default, help=solver_help)
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of the synthetic data, the initial point and the minibatches")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="floating-point precision of data and iterates")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    p.add_argument("--data", default=None, metavar="NAME[:PATH]", help=_DATA_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="refbilevel", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="refbilevel", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"refbilevel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", title="commands")
 
-    p = sub.add_parser("check", help="exact hypergradient and derivative-check table of a random quadratic")
-    p.add_argument("--dim-x", type=_pos_int, default=3)
-    p.add_argument("--dim-y", type=_pos_int, default=5)
-    p.add_argument("--cond", type=float, default=10.0)
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--backend", default="numpy")
+    p = sub.add_parser("check", help="exact hypergradient and derivative-check table of a random quadratic",
+                       description="Print the exact hypergradient of a random quadratic problem "
+                                   "and the table of derivative checks (the error column is "
+                                   "the relative error beyond the finite difference's own "
+                                   "round-off).")
+    p.add_argument("--dim-x", type=_pos_int, default=3, help="dimension of x")
+    p.add_argument("--dim-y", type=_pos_int, default=5, help="dimension of y")
+    p.add_argument("--cond", type=float, default=10.0,
+                   help="condition number of the lower-level Hessian")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random problem")
+    p.add_argument("--backend", default="numpy", help="array library")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("list", help="problems, solvers and their defaults, backends, datasets")
+    p = sub.add_parser("list", help="problems, solvers and their defaults, backends, datasets",
+                       description="List the problems, the solvers with their hyperparameter "
+                                   "defaults, the backends usable here and the datasets "
+                                   "(which are installed here, and how to get the others).")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("run", help="run a solver on a problem and write a results folder")
+    p = sub.add_parser("run", help="run a solver on a problem and write a results folder",
+                       description="Run a solver on a problem and write config.json, "
+                                   "history.csv and final.npz to a results folder. Without "
+                                   "options: MinimaxOPT on the synthetic logistic-regression "
+                                   "problem of the MinimaxOPT paper.")
     _add_common(p)
-    p.add_argument("--backend", default="numpy", help="numpy | cupy | array_api_strict | torch")
+    p.add_argument("--backend", default="numpy",
+                   help="array library: numpy | cupy | array_api_strict | torch")
     p.add_argument("--iters", type=_nonneg_int, default=None,
-                   help="outer iterations (default: N*K for MinimaxOPT, else 1000)")
-    p.add_argument("--record-every", type=_pos_int, default=None)
-    p.add_argument("--checkpoint-every", type=_pos_int, default=None)
+                   help="outer iterations (solver steps) to run (default: n_stages * "
+                        "steps_per_stage for MinimaxOPT, 2000 for the default run, else 1000)")
+    p.add_argument("--record-every", type=_pos_int, default=None, metavar="N",
+                   help="evaluate the metrics every N iterations (default: 50)")
+    p.add_argument("--checkpoint-every", type=_pos_int, default=None, metavar="N",
+                   help="write a resumable checkpoint every N iterations (default: at every "
+                        "record point)")
     p.add_argument("--metrics", default=None, type=lambda s: tuple(m for m in s.split(",") if m),
-                   help="comma-separated: value,inner_residual,hypergradient_norm")
+                   help="comma-separated metrics to record: value, inner_residual, "
+                        "hypergradient_norm (default: all three)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="results folder (default runs/PROBLEM-SOLVER-BACKEND-seedN)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    p.add_argument("--keep-checkpoint", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+                   help="results folder (default: runs/PROBLEM-SOLVER-BACKEND-seedN)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out DIR from its checkpoint")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep checkpoint.npz after the run completes")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("export", help="write a problem instance and its batch schedule (.npz)")
+    p = sub.add_parser("export", help="write a problem instance and its batch schedule (.npz)",
+                       description="Write one problem instance, the minibatch schedule a solver "
+                                   "consumes and the reference iterates of every step to "
+                                   "FILE.npz, and a description of formulas, array layouts "
+                                   "and batch order to FILE.json beside it.")
     _add_common(p, problem_default="logreg", solver_default="f2sa")
-    p.add_argument("--steps", type=_pos_int, default=10)
+    p.add_argument("--backend", default="numpy",
+                   help="array library that computes the reference iterates (the file holds "
+                        "host arrays)")
+    p.add_argument("--iters", type=_pos_int, default=10,
+                   help="solver steps whose batches and reference iterates are written")
+    _alias(p, "--steps", "iters", type=_pos_int)
     p.add_argument("--batch-size", type=_pos_int, default=None,
-                   help="minibatch size for f and g (default: full batch)")
-    p.add_argument("--out", required=True, metavar="FILE.npz")
+                   help="minibatch size of both levels; sets the solver's batch_size_outer and "
+                        "batch_size_inner, so --set cannot also set them (default: the "
+                        "solver's own, full batches for most)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("compare", help="compare a foreign trajectory with the reference")
-    p.add_argument("--candidate", required=True, metavar="FILE.npz")
+    p = sub.add_parser("compare", help="compare a foreign trajectory with the reference",
+                       description="Compare iterates (x, y, ... one row per step) or oracle "
+                                   "values at points with the reference; print the relative "
+                                   "deviation per row, the first row beyond tolerance and the "
+                                   "variable that departed first; exit 1 on a mismatch.")
+    p.add_argument("--candidate", required=True, metavar="FILE.npz",
+                   help="the arrays of the implementation under test")
     p.add_argument("--reference", default=None, metavar="DIR|FILE.npz",
-                   help="a results folder or an exported file")
-    p.add_argument("--solver", default=None, help="compute the reference with this solver")
-    p.add_argument("--problem", default=None)
-    p.add_argument("--seed", type=_nonneg_int, default=None)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--rtol", type=float, default=1e-6)
-    p.add_argument("--atol", type=float, default=1e-12)
-    p.add_argument("--max-rows", type=_pos_int, default=12)
+                   help="a results folder of 'refbilevel run' or a file of 'refbilevel export' "
+                        "(give this or --solver; default: none)")
+    p.add_argument("--solver", default=None,
+                   help="compute the reference with this solver instead of reading --reference "
+                        "(default: none)")
+    p.add_argument("--problem", default=None,
+                   help="with --solver: the problem the reference is computed on (default: "
+                        "logreg)")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="with --solver: seed of data and batches (default: 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --solver: " + _SET_HELP)
+    p.add_argument("--rtol", type=float, default=1e-6,
+                   help="relative tolerance: a row passes when ||cand - ref|| <= atol + "
+                        "rtol ||ref||")
+    p.add_argument("--atol", type=float, default=1e-12, help="absolute tolerance (see --rtol)")
+    p.add_argument("--max-rows", type=_pos_int, default=12,
+                   help="rows of the deviation table shown (first and last halves, plus the "
+                        "first row beyond tolerance)")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("plot", help="convergence curves of results folders (PNG)")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
-    p.add_argument("--x", choices=("iteration", "time", "oracle_calls"), default="iteration")
-    p.add_argument("--y", default=None, help="history column (default hypergradient_norm or value)")
-    p.add_argument("--out", required=True, metavar="FILE.png")
+    p = sub.add_parser("plot", help="convergence curves of results folders (PNG)",
+                       description="Plot a history column of one or more results folders "
+                                   "against iterations, wall time or oracle calls (log scale; "
+                                   "one curve per folder, labelled by solver and backend).")
+    p.add_argument("dirs", nargs="+", metavar="DIR",
+                   help="results folders written by 'refbilevel run'")
+    p.add_argument("--x", choices=("iteration", "time", "oracle_calls"), default="iteration",
+                   help="horizontal axis")
+    p.add_argument("--y", default=None,
+                   help="history column on the vertical axis: hypergradient_norm, value, "
+                        "inner_residual, ... (default: hypergradient_norm where recorded, "
+                        "else value)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="output image")
     p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("bench", help="time per step of a solver across backends")
-    p.add_argument("--problem", default="logreg")
-    p.add_argument("--solver", default="minimaxopt")
-    p.add_argument("--backends", default="numpy")
-    p.add_argument("--sizes", default=None, help="comma-separated values of the size parameter")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--steps", type=_pos_int, default=20, help="steps per timed repeat")
-    p.add_argument("--repeats", type=_pos_int, default=5)
-    p.add_argument("--seed", type=_nonneg_int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p = sub.add_parser("bench", help="time per step of a solver across backends",
+                       description="Time the steps of a solver on one or more backends "
+                                   "(synchronised, warm-up excluded, median of the repeats) "
+                                   "and print the speedup over the first backend and the "
+                                   "achieved memory bandwidth.")
+    p.add_argument("--problem", default="logreg", help="problem name, see 'refbilevel list'")
+    p.add_argument("--solver", default="minimaxopt", help="solver name, see 'refbilevel list'")
+    p.add_argument("--backend", default="numpy",
+                   help="one or more array libraries, comma-separated (numpy,cupy); the first "
+                        "is the baseline of the speedup column")
+    _alias(p, "--backends", "backend")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated values of the problem's size parameter (default: the "
+                        "problem's default size)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="floating-point precision")
+    p.add_argument("--iters", type=_pos_int, default=20, help="solver steps per timed repeat")
+    _alias(p, "--steps", "iters", type=_pos_int)
+    p.add_argument("--repeats", type=_pos_int, default=5,
+                   help="timed repeats; the median is reported")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data and batches")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("study", help="reproduce a paper's experiment: runs, table, figure "

@@ -24,6 +24,7 @@ from ._validation import check_choice, check_int, check_real
 
 __all__ = [
     "DATASETS",
+    "dataset_availability",
     "FASHION_MNIST_DIRS",
     "Split",
     "classification_data",
@@ -76,7 +77,17 @@ def _int(a, xp, device):
 
 # ---------------------------------------------------------------- splits, scaling
 def split_indices(n, *, val_fraction=0.2, test_fraction=0.2, seed=0):
-    """Seeded permutation of ``range(n)`` cut into (train, val, test) index arrays."""
+    """Seeded permutation of ``range(n)`` cut into (train, val, test) index arrays.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import split_indices
+    >>> train, val, test = split_indices(10, val_fraction=0.2, test_fraction=0.2, seed=0)
+    >>> len(train), len(val), len(test)
+    (6, 2, 2)
+    >>> sorted([*train, *val, *test]) == list(range(10))
+    True
+    """
     n = check_int(n, "n", minimum=3)
     val_fraction = check_real(val_fraction, "val_fraction", low=0.0, high=1.0)
     test_fraction = check_real(test_fraction, "test_fraction", low=0.0, high=1.0)
@@ -89,7 +100,20 @@ def split_indices(n, *, val_fraction=0.2, test_fraction=0.2, seed=0):
 
 
 def standardize(split: Split) -> Split:
-    """Centre and scale every feature with the training rows' mean and std (std 0 -> 1)."""
+    """Centre and scale every feature with the training rows' mean and std (std 0 -> 1).
+
+    Examples
+    --------
+    The training rows end with mean 0 and standard deviation 1 in every feature:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import classification_data, standardize
+    >>> split = standardize(classification_data(n=60, p=4, seed=0))
+    >>> bool(np.allclose(split.A_train.mean(axis=0), 0.0, atol=1e-12))
+    True
+    >>> bool(np.allclose(split.A_train.std(axis=0), 1.0))
+    True
+    """
     mean = split.A_train.mean(axis=0)
     std = split.A_train.std(axis=0)
     std = np.where(std > 0, std, 1.0)
@@ -145,11 +169,23 @@ def _split_arrays(A, y, *, seed, val_fraction, test_fraction, do_standardize, in
 
 # ---------------------------------------------------------------- synthetic
 def logreg_hpo_data(n=1000, p=100, *, seed=0, noise=0.1, informative=None) -> Split:
-    r"""Binary logistic HPO data (MinimaxOPT §4.1 setting; n and p were stripped: ours).
+    r"""Binary logistic HPO data (MinimaxOPT §4.1 setting; n and p are ours).
 
     Features :math:`a_i \sim N(0, I_p)`, a sparse ground truth (``informative`` nonzero
     coefficients, default p/10 rounded up), labels :math:`b_i = \operatorname{sign}(a_i^\top
     w + \text{noise}\,\epsilon_i) \in \{\pm1\}`; half train, half validation.
+
+    Examples
+    --------
+    Half of the rows train, half validate; labels are :math:`\pm 1`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import logreg_hpo_data
+    >>> split = logreg_hpo_data(n=100, p=5, seed=0)
+    >>> split.A_train.shape, split.A_val.shape
+    ((50, 5), (50, 5))
+    >>> np.unique(split.y_train).tolist()
+    [-1.0, 1.0]
     """
     n = check_int(n, "n", minimum=4)
     p = check_int(p, "p", minimum=1)
@@ -171,6 +207,14 @@ def classification_data(n=600, p=20, n_classes=3, *, seed=0, class_sep=2.0,
 
     Labels are int64 in ``0..n_classes-1``, assigned round-robin so classes are balanced
     (counts differ by at most one), then shuffled by the seeded split.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refbilevel.datasets import classification_data
+    >>> split = classification_data(n=60, p=4, n_classes=3, seed=0)
+    >>> split.A_train.shape, np.unique(split.y_train).tolist()
+    ((30, 4), [0, 1, 2])
     """
     n = check_int(n, "n", minimum=3)
     p = check_int(p, "p", minimum=1)
@@ -192,6 +236,17 @@ def corrupt_labels(labels, rate, n_classes, *, seed=0, mode="exact"):
     ``mode="exact"`` corrupts ``round(rate * n)`` rows chosen uniformly without replacement;
     ``mode="bernoulli"`` corrupts each row independently with probability ``rate``
     (the papers' "corrupted with probability p").
+
+    Examples
+    --------
+    Every corrupted label differs from the original one:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import corrupt_labels
+    >>> labels = np.arange(10) % 5
+    >>> new, mask = corrupt_labels(labels, 0.4, 5, seed=0)
+    >>> int(mask.sum()), bool(np.all((new != labels) == mask))
+    (4, True)
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -220,6 +275,14 @@ def cleaning_data(n_train=400, n_val=200, n_test=200, p=20, n_classes=5, *, corr
     Synthetic Gaussian-mixture data by default, or any :class:`Split` with integer labels
     (``data``; e.g. :func:`load_digits`). ``info["corrupted"]`` is the corrupted-row mask,
     ``info["clean_labels"]`` the original training labels.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import cleaning_data
+    >>> split = cleaning_data(n_train=50, n_val=20, n_test=10, p=4, n_classes=3,
+    ...                       corruption=0.4, seed=0)
+    >>> split.A_train.shape, float(split.info["corrupted"].mean())
+    ((50, 4), 0.4)
     """
     rng = host_rng(seed)
     if data is None:
@@ -244,6 +307,15 @@ def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
     of the train and validation parts; ``pos_ratio`` is a float or one value per task.
     ``n_test > 0`` draws a held-out test part the same way, after the other two (so the
     train and validation parts do not depend on it).
+
+    Examples
+    --------
+    One row of arrays per task; the positive ratio is exact:
+
+    >>> from refbilevel.datasets import multitask_auc_data
+    >>> split = multitask_auc_data(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0)
+    >>> split.A_train.shape, split.y_train.mean(axis=1).tolist()
+    ((3, 20, 4), [0.2, 0.2, 0.2])
     """
     T = check_int(n_tasks, "n_tasks", minimum=1)
     n_train = check_int(n_train, "n_train", minimum=2)
@@ -285,6 +357,13 @@ def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
     targets with noise ``outlier_noise`` instead (the tasks a ranked-range loss should
     discard); ``info["outliers"]`` lists them. ``task="classification"`` returns the signs
     of these targets (labels ±1; outlier tasks are then mostly label noise).
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import meta_learning_data
+    >>> split = meta_learning_data(n_tasks=4, n_support=6, n_query=6, n_features=3, seed=0)
+    >>> split.A_train.shape, split.y_val.shape
+    ((4, 6, 3), (4, 6))
     """
     check_choice(task, "task", ("regression", "classification"))
     T = check_int(n_tasks, "n_tasks", minimum=1)
@@ -314,6 +393,13 @@ def make_logreg_hpo(n=1000, p=100, *, seed=0, xp=None, dtype="float64", device=N
 
     ``data`` (labels ±1) replaces the synthetic data; ``problem_kw`` go to the constructor
     (``reduction``, ``parametrization``).
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import make_logreg_hpo
+    >>> problem = make_logreg_hpo(n=100, p=5, seed=0)
+    >>> problem.init_x().shape, problem.init_y().shape        # one decay per feature
+    ((5,), (5,))
     """
     from .problems.logreg import LogRegHPO
 
@@ -326,7 +412,15 @@ def make_logreg_hpo(n=1000, p=100, *, seed=0, xp=None, dtype="float64", device=N
 
 def make_multinomial_hpo(n=600, p=20, n_classes=3, *, seed=0, xp=None, dtype="float64",
                          device=None, data: Split | None = None, **problem_kw):
-    """Multinomial :class:`~refbilevel.problems.logreg.LogRegHPO` on :func:`classification_data`."""
+    """Multinomial :class:`~refbilevel.problems.logreg.LogRegHPO` on :func:`classification_data`.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import make_multinomial_hpo
+    >>> problem = make_multinomial_hpo(n=60, p=4, n_classes=3, seed=0)
+    >>> problem.init_x().shape, problem.init_y().shape        # W is 4 x 3, flattened
+    ((4,), (12,))
+    """
     from .problems.logreg import LogRegHPO
 
     xp, dt, device = _backend_args(xp, dtype, device)
@@ -349,6 +443,13 @@ def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, 
     parts are kept (:func:`subset_split`, seeded; ``n_test=0`` keeps the whole test part);
     without it real data is used whole. ``problem_kw`` (``reg``, ``hidden``,
     ``activation``, ...) go to the constructor, whose defaults apply otherwise.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import make_cleaning
+    >>> problem, split = make_cleaning(n_train=40, n_val=20, p=4, n_classes=3, seed=0)
+    >>> problem.init_x().shape, float(split.info["corrupted"].mean())
+    ((40,), 0.5)
     """
     from .problems.cleaning import DataCleaning
 
@@ -365,7 +466,15 @@ def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, 
 
 def make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ratio=0.2,
                        seed=0, xp=None, dtype="float64", device=None, **problem_kw):
-    """:class:`~refbilevel.problems.auc.MultiTaskAUC` on :func:`multitask_auc_data`."""
+    """:class:`~refbilevel.problems.auc.MultiTaskAUC` on :func:`multitask_auc_data`.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0)
+    >>> problem.n_blocks, problem.init_y().shape              # one dual variable per task
+    (3, (3,))
+    """
     from .problems.auc import MultiTaskAUC
 
     xp, dt, device = _backend_args(xp, dtype, device)
@@ -379,6 +488,13 @@ def make_meta_learning(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
     """:class:`~refbilevel.problems.meta.RankedMetaLearning` on :func:`meta_learning_data`.
 
     ``loss="logistic"`` (in ``problem_kw``) draws classification tasks (labels ±1).
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import make_meta_learning
+    >>> problem = make_meta_learning(n_tasks=4, n_support=6, n_query=6, n_features=3, seed=0)
+    >>> problem.n_blocks
+    4
     """
     from .problems.meta import RankedMetaLearning
 
@@ -401,7 +517,15 @@ def _sklearn_datasets():
 
 
 def load_digits(*, seed=0, val_fraction=0.2, test_fraction=0.2, standardize_features=True):
-    """scikit-learn's bundled digits (1797 x 64, 10 classes), split and standardised."""
+    """scikit-learn's bundled digits (1797 x 64, 10 classes), split and standardised.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import load_digits
+    >>> split = load_digits(seed=0)                     # 60 / 20 / 20 per cent
+    >>> split.A_train.shape, split.A_val.shape, split.A_test.shape
+    ((1079, 64), (359, 64), (359, 64))
+    """
     d = _sklearn_datasets().load_digits()
     return _split_arrays(d.data.astype(np.float64), d.target.astype(np.int64), seed=seed,
                          val_fraction=val_fraction, test_fraction=test_fraction,
@@ -410,7 +534,16 @@ def load_digits(*, seed=0, val_fraction=0.2, test_fraction=0.2, standardize_feat
 
 def load_breast_cancer(*, seed=0, val_fraction=0.2, test_fraction=0.2,
                        standardize_features=True, labels="pm1"):
-    """scikit-learn's bundled breast cancer (569 x 30, binary); labels ±1 or {0,1} (``labels``)."""
+    """scikit-learn's bundled breast cancer (569 x 30, binary); labels ±1 or {0,1} (``labels``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from refbilevel.datasets import load_breast_cancer
+    >>> split = load_breast_cancer(seed=0)
+    >>> split.A_train.shape, np.unique(split.y_train).tolist()
+    ((341, 30), [-1.0, 1.0])
+    """
     check_choice(labels, "labels", ("pm1", "01"))
     d = _sklearn_datasets().load_breast_cancer()
     y = d.target.astype(np.float64)
@@ -465,7 +598,8 @@ def _find_idx(directory, stem):
         if os.path.isfile(full):
             return full
     raise FileNotFoundError(f"{stem}[.gz] not found in {directory!r}; install Debian's "
-                            "dataset-fashion-mnist package or pass the folder of the IDX files")
+                            "dataset-fashion-mnist package or name the folder that holds the "
+                            "IDX files (command line: --data fashion_mnist:DIR)")
 
 
 def load_fashion_mnist(directory=None, *, seed=0, n_val=10000, standardize_features=False,
@@ -483,8 +617,11 @@ def load_fashion_mnist(directory=None, *, seed=0, n_val=10000, standardize_featu
     if directory is None:
         directory = next((d for d in FASHION_MNIST_DIRS if os.path.isdir(d)), None)
         if directory is None:
-            raise FileNotFoundError("Fashion-MNIST not found: install Debian's "
-                                    "dataset-fashion-mnist package or pass directory=")
+            raise FileNotFoundError(
+                "Fashion-MNIST not found in " + ", ".join(FASHION_MNIST_DIRS) + ": install "
+                "Debian's dataset-fashion-mnist package (apt-get install "
+                "dataset-fashion-mnist), or name the folder of the IDX files (command line: "
+                "--data fashion_mnist:DIR; Python: load_fashion_mnist(directory=DIR))")
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Fashion-MNIST directory not found: {directory!r}")
@@ -524,3 +661,39 @@ DATASETS = {
                       "description": "Fashion-MNIST IDX files (Debian dataset-fashion-mnist)"},
     "libsvm": {"loader": load_libsvm, "description": "any LIBSVM-format file (path argument)"},
 }
+
+
+def dataset_availability() -> dict[str, tuple[bool, str]]:
+    """``{name: (usable here, how to use or get it)}`` for every entry of :data:`DATASETS`.
+
+    Synthetic generators are always usable; scikit-learn's bundled sets need scikit-learn;
+    Fashion-MNIST needs its IDX files in one of :data:`FASHION_MNIST_DIRS` (or a folder
+    named with ``--data fashion_mnist:DIR``); ``libsvm`` reads a file the user names.
+
+    Examples
+    --------
+    >>> from refbilevel.datasets import dataset_availability
+    >>> status = dataset_availability()
+    >>> status["logreg_hpo"][0], sorted(status) == sorted(DATASETS)
+    (True, True)
+    """
+    import importlib.util
+
+    sklearn = importlib.util.find_spec("sklearn") is not None
+    get_sklearn = "needs scikit-learn: pip install 'refbilevel[data]'"
+    out = {}
+    for name, entry in DATASETS.items():
+        if entry["loader"] in (load_digits, load_breast_cancer):
+            out[name] = (sklearn, f"--data {name}" if sklearn else get_sklearn)
+        elif name == "fashion_mnist":
+            found = next((d for d in FASHION_MNIST_DIRS if os.path.isdir(d)), None)
+            out[name] = (found is not None,
+                         f"--data fashion_mnist (found in {found})" if found else
+                         "not found: apt-get install dataset-fashion-mnist, or download the "
+                         "IDX files and use --data fashion_mnist:DIR")
+        elif name == "libsvm":
+            out[name] = (sklearn, "--data libsvm:PATH (a LIBSVM file you have, e.g. ijcnn1)"
+                         if sklearn else get_sklearn + "; then --data libsvm:PATH")
+        else:
+            out[name] = (True, "synthetic: the problems' default data, nothing to install")
+    return out

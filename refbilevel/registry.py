@@ -541,7 +541,7 @@ def describe_all() -> dict[str, Any]:
 #: The embedded default of ``refbilevel run``: MinimaxOPT (Algorithm 1, full batch) on the
 #: synthetic logistic-regression HPO problem of the MinimaxOPT paper (§4.1; n = 1000 samples,
 #: p = 100 features as in :func:`refbilevel.datasets.logreg_hpo_data`). The step size, stage
-#: factor and stage length are ours (the paper's grid values were lost, UNVERIFIED): with
+#: factor and stage length are ours (the paper's grid values are not reproduced here, UNVERIFIED): with
 #: them the validation loss and the exact hypergradient norm decrease steadily, while the
 #: solver's generic defaults (lr=0.1, tau=2) freeze x after a few stages on this problem.
 DEFAULT_RUN = {

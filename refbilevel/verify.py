@@ -78,11 +78,11 @@ _MEANINGS = {
 
 
 # ------------------------------------------------------------------------------- helpers
-def _build(problem, *, seed, dtype="float64", params=None, dataset=None):
+def _build(problem, *, seed, dtype="float64", params=None, dataset=None, backend="numpy"):
     if isinstance(problem, str):
         from .registry import build_problem
 
-        return build_problem(problem, seed=seed, backend="numpy", dtype=dtype,
+        return build_problem(problem, seed=seed, backend=backend, dtype=dtype,
                              params=params or {}, dataset=dataset)
     return problem
 
@@ -176,7 +176,8 @@ def _step_sizes(solver, n_steps):
 
 
 def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
-           hyperparameters=None, problem_params=None, dtype="float64", dataset=None) -> str:
+           hyperparameters=None, problem_params=None, dtype="float64", dataset=None,
+           backend="numpy") -> str:
     """Write a problem instance, its batch schedule and the reference iterates to ``path``.
 
     Parameters
@@ -195,6 +196,9 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         Output ``.npz``; a ``.json`` with the same stem gets the description.
     solver : str or Solver
         Whose batch consumption order (and reference iterates) is exported.
+    backend : str
+        Array library on which a problem given by name is built and the reference iterates
+        are computed (``numpy`` by default); the file always holds host (NumPy) arrays.
 
     Returns
     -------
@@ -211,7 +215,8 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
     if not path.endswith(".npz"):
         raise ValueError(f"path must end with .npz; got {path!r}")
     name = problem if isinstance(problem, str) else getattr(problem, "name", type(problem).__name__)
-    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset)
+    prob = _build(problem, seed=seed, dtype=dtype, params=problem_params, dataset=dataset,
+                  backend=backend)
     hyper = dict(hyperparameters or {})
     solver_obj = _solver(solver, hyper, problem)
     if batch_size is not None:
@@ -247,6 +252,7 @@ def export(problem, *, seed=0, steps=10, batch_size=None, path, solver="f2sa",
         "solver": {"name": solver_obj.name, "class": type(solver_obj).__name__,
                    "hyperparameters": solver_obj.hyperparameters()},
         "seed": seed, "steps": steps, "batch_size": batch_size, "dtype": dtype,
+        "backend": backend if isinstance(problem, str) else None,
         "formulas": _notes(prob), "solver_update": _notes(solver_obj),
         "arrays": layout,
         "batches": {"outer_per_step": per_step["outer"], "inner_per_step": per_step["inner"],
@@ -400,6 +406,11 @@ class CompareReport:
     notes: list = field(default_factory=list)
 
     def format(self, max_rows: int = 12) -> str:
+        """The report as ``refbilevel compare`` prints it; ``str(report)`` is the same.
+
+        At most ``max_rows`` rows are shown (the first and last halves, plus the first row
+        beyond tolerance), then the notes and a PASS/FAIL line.
+        """
         n = self.deviation.shape[0]
         head = f"{self.row_name:>10}  " + "  ".join(f"{v:>14}" for v in self.variables)
         lines = [f"relative deviation ||cand - ref|| / ||ref|| (rtol={self.rtol:g}, "
@@ -424,6 +435,10 @@ class CompareReport:
             lines.append(f"FAIL: first {self.row_name} beyond tolerance: {self.first_failure}; "
                          f"variable that departed first: {self.departed}")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        """The table ``refbilevel compare`` prints (:meth:`format` with its defaults)."""
+        return self.format()
 
 
 def _as_dict(obj, what):

@@ -1,7 +1,7 @@
 """Models and losses: derivatives vs finite differences, identities, stability, layout.
 
 Finite differences are the five-point directional stencil of :mod:`refbilevel.checks`
-(float64, h = 1e-3 unless stated); tolerance 1e-7 relative (ALGORITHMS.md 5.x).
+(float64, h = 1e-3 unless stated); tolerance 1e-7 relative (derivations in docs/theory/).
 """
 
 import numpy as np

@@ -31,7 +31,7 @@ def _close(a, b, rtol=RTOL, scale=None):
 
 
 def _direct(h, y, a, b, al, p, m, version):
-    """Host formula written from ALGORITHMS.md 3.5 with boolean indexing (independent)."""
+    """Host formula written from docs/theory/auc.rst with boolean indexing (independent)."""
     out = []
     for t in range(h.shape[0]):
         P, N = y[t] == 1, y[t] == 0

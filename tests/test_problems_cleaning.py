@@ -109,7 +109,7 @@ def test_exact_oracles(kind, asxp, rng):
     ys, hg = assert_exact_oracles(P, x, rng)
     assert P.strongly_convex_inner == (kind == "linear")
     if kind == "linear":
-        # ALGORITHMS.md 5.3: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
+        # docs/theory/cleaning.rst: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
         A, xh, W = to_host(P.A_train), to_host(x), to_host(ys).reshape(d, C)
         Y = np.eye(C)[to_host(P.Y_train).argmax(1)]
         Z = A @ W

@@ -77,7 +77,7 @@ def test_decay_acts_on_weights_only(asxp, rng):
     x, y = _point(P, rng)
     W1, b1, W2, b2 = (to_host(a) for a in P.model.unpack(y, xp=P.xp))
     xh = to_host(x)
-    reg = xh[0] * (W1**2).sum() + xh[1] * (W2**2).sum()  # ALGORITHMS.md 1.5c, no ½
+    reg = xh[0] * (W1**2).sum() + xh[1] * (W2**2).sum()  # docs/theory/layer_decay.rst, raw form: no ½
     ce = to_host(P.model.value(y, P.A_train, P.Y_train, xp=P.xp))
     np.testing.assert_allclose(to_host(P.g(x, y)), ce + reg, rtol=1e-14)
     np.testing.assert_allclose(to_host(P.grad_g_x(x, y)), [(W1**2).sum(), (W2**2).sum()],

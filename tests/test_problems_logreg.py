@@ -82,7 +82,7 @@ def test_exact_oracles(task, reduction, par, asxp, rng):
     P = _make(asxp, _host_data(rng, task), task, reduction=reduction, parametrization=par)
     x, _ = _point(P, rng)
     ys, hg = assert_exact_oracles(P, x, rng)
-    # the closed form of ALGORITHMS.md 5.1: ∇F = -s λ'(x) ⊙ rowsum(W* ⊙ V*), V* = H⁻¹ ∇_y f
+    # the closed form of docs/theory/logistic.rst: ∇F = -s λ'(x) ⊙ rowsum(W* ⊙ V*), V* = H⁻¹ ∇_y f
     assert relative_error(P.value(x), P.f(x, ys)) <= 1e-14
     if task == "binary" and reduction == "sum" and par == "exp":
         Ah, xh, yh = to_host(P.A_train), to_host(x), to_host(ys)

@@ -484,11 +484,12 @@ def test_minimaxopt_reaches_baselines_validation_loss_with_fewer_calls(xp, devic
     """MinimaxOPT paper, Figure 1 (synthetic logistic HPO), at small scale.
 
     Baselines with the Appendix D.1 settings (T = 100 inner GD steps, inner and outer
-    step 1; K = 10 CG / fixed-point steps and K = 10 truncated reverse steps, the stripped
-    values being ours) run 10 outer steps. MinimaxOPT (lr 0.5, α0 = 1, τ = 2, 300 steps per
-    stage; ours) is given a quarter of the smallest baseline budget, counting every oracle
-    call (HVPs and cross-derivatives included) as one pass over the data, and must reach
-    a validation loss F(x) = f(x, y*(x)) at least as low as every baseline's final one.
+    step 1; K = 10 CG / fixed-point steps and K = 10 truncated reverse steps: ours, the
+    paper does not fix them) run 10 outer steps. MinimaxOPT (lr 0.5, α0 = 1, τ = 2, 300
+    steps per stage; ours) is given a quarter of the smallest baseline budget, counting
+    every oracle call (HVPs and cross-derivatives included) as one pass over the data, and
+    must reach a validation loss F(x) = f(x, y*(x)) at least as low as every baseline's
+    final one.
 
     Measured with 20 baseline steps (n = 100, d = 10): MinimaxOPT needs 5.0-5.4 % of the
     baselines' calls (1.5-1.6 % with lr 1, τ = 1.5). The advantage is not robust to tuning

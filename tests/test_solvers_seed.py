@@ -114,13 +114,13 @@ def test_f2sa_schedules():
     assert c.steps(100) == (0.1, 0.2, 0.05) and c.next_multiplier(1.0, 50) == 1.3
 
 
-# --------------------------------------------------------- toy_1d (ALGORITHMS.md 1.4)
+# ------------------------------------------- toy_1d (docs/theory/quadratic.rst, toy_1d)
 @pytest.mark.parametrize("a, b", [
     (2.0, 3.0), (2.0, 1.0),
     pytest.param(-1.5, 4.0, marks=pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)),
 ], ids=["outside", "inside", "outside-neg"])
 def test_minimaxopt_toy_1d(xp, device, a, b):
-    # ALGORITHMS.md 1.4 ran N = 10 stages of K = 200 steps; K = 100 suffices for 1e-8 here
+    # docs/algorithms/minimaxopt.rst runs N = 10 stages of K = 200 steps; K = 100 suffices for 1e-8 here
     P = toy_1d(a, b, -1.0, 1.0, xp=xp, device=device)
     s = MinimaxOPT(lr=0.1, lam0=1.0, tau=2.0, steps_per_stage=100, n_stages=10)
     r = run(P, s, n_iter=1000, record_every=1000, metrics=())

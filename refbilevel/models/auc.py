@@ -145,7 +145,8 @@ def auc_m_grad(h, y, a, b, alpha, *, p=None, margin=1.0, version="v1"):
         \partial_b F = -2 w_N \sum_i N_i (h_i - b), \\
         \partial_\alpha F = 2\big(c m + \sum_i (w_N N_i - w_P P_i) h_i\big) - 2 c\alpha .
 
-    (ALGORITHMS.md 5.5 for v1; v2 is the same form with the weights of the module docstring.)
+    (Derived term by term in ``docs/theory/auc.rst``; v1 and v2 differ only in the weights of
+    the module docstring.)
     """
     xp = _check_common(h, y, p, margin, version)
     w_p, w_n, c = auc_m_weights(y, p=p, version=version, xp=xp)

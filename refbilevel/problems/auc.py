@@ -5,7 +5,7 @@ r"""Multi-task AUC maximisation (AUC-M) as a minimax-bilevel problem.
     \min_x \max_\alpha \frac1T \sum_{i=1}^T f_i(x, \alpha_i, z_i^*(x)), \qquad
     z_i^*(x) = \arg\min_z g_i(x, z).
 
-What is known and what is ours (ALGORITHMS.md 3.1 and 3.5):
+What is known and what is ours (``docs/theory/auc.rst``; tags as in ``docs/provenance.rst``):
 
 * **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) evaluate FOSL/MemCS on multi-task deep AUC
   maximisation: one block per task, the upper level is the AUC-M min-max margin loss, the
@@ -146,6 +146,22 @@ class MultiTaskAUC(MinimaxBilevelProblem):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    Built from :func:`refbilevel.datasets.make_multitask_auc`; the lower-level gradient of
+    every task vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0)
+    >>> x = problem.init_x()
+    >>> z = problem.inner_solution(x)
+    >>> z.shape
+    (3, 4)
+    >>> gx, gz = problem.grad_g(x, z, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     name = "multitask_auc"
@@ -473,6 +489,22 @@ class MultiTaskAUCHead(MultiTaskAUC):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    ``MultiTaskAUC(..., lower="head")`` builds this class; every task's lower-level gradient
+    vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0,
+    ...                              lower="head")
+    >>> type(problem).__name__, problem.init_x().shape
+    ('MultiTaskAUCHead', (22,))
+    >>> x = problem.init_x()
+    >>> gx, gz = problem.grad_g(x, problem.inner_solution(x), problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     lower = "head"
@@ -553,6 +585,22 @@ class MultiTaskAUCAnchored(MultiTaskAUC):
        NeurIPS 2024.
     .. [2] Z. Yuan, Y. Yan, M. Sonka, T. Yang. Large-scale Robust Deep AUC Maximization.
        ICCV 2021.
+
+    Examples
+    --------
+    ``MultiTaskAUC(..., lower="anchored")`` builds this class; every task's lower-level gradient
+    vanishes at :meth:`inner_solution`:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_multitask_auc
+    >>> problem = make_multitask_auc(n_tasks=3, n_train=20, n_val=20, n_features=4, seed=0,
+    ...                              lower="anchored")
+    >>> type(problem).__name__, problem.init_x().shape
+    ('MultiTaskAUCAnchored', (10,))
+    >>> x = problem.init_x()
+    >>> gx, gz = problem.grad_g(x, problem.inner_solution(x), problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     lower = "anchored"

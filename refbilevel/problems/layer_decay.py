@@ -30,8 +30,8 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
         Hidden activation.
     parametrization : {"exp", "raw"}
         ``"exp"`` (default): :math:`R = \sum_l e^{x_l} \frac12 \|W_l\|^2`; ``"raw"``:
-        :math:`R = \sum_l x_l \|W_l\|^2` (no ½), the form of the ResNet experiment of
-        ALGORITHMS.md 1.5c [UNVERIFIED, from a code comment only]; meaningful for
+        :math:`R = \sum_l x_l \|W_l\|^2` (no ½), the form a code comment of the MinimaxOPT
+        authors gives for the ResNet experiment [UNVERIFIED]; meaningful for
         :math:`x \ge 0`, nothing clamps ``x``.
     seed : int or numpy Generator
         Seed of the random initial parameters (:meth:`init_y`).
@@ -54,7 +54,7 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
         (\nabla^2_{x\theta} g\, V)_l = 2\kappa'(x_l) \langle W_l, V_{W_l} \rangle,
 
     with the exact R-operator of :mod:`refbilevel.models.mlp` for
-    :math:`\nabla^2 \mathrm{CE}`. Formulas: ALGORITHMS.md 5.4 and 1.5c; derivation:
+    :math:`\nabla^2 \mathrm{CE}`. Derivation:
     ``docs/theory/layer_decay.rst``.
 
     The inner problem is **not** strongly convex (``strongly_convex_inner = False``): the
@@ -72,9 +72,25 @@ class LayerDecayMLP(ValidationLoss, BilevelProblem):
     References
     ----------
     .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
-       reformulation", arXiv:2305.13153, §4.3 (per-layer weight decay of a ResNet-18).
+       reformulation", arXiv:2305.13153, §4.2 (per-layer weight decay of a ResNet-18 on
+       CIFAR-10).
     .. [2] B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation
        6(1), 1994.
+
+    Examples
+    --------
+    One coefficient per weight matrix; at a point where the inner problem has a stable local
+    minimum the hypergradient agrees with central differences of :math:`F`:
+
+    >>> import numpy as np
+    >>> from refbilevel.problems.layer_decay import LayerDecayMLP
+    >>> problem = LayerDecayMLP.synthetic(n_train=30, n_val=20, n_features=3, seed=0)
+    >>> x = problem.init_x() + 1.0
+    >>> h, e = 1e-4, np.eye(2)
+    >>> fd = [(problem.value(x + h * e[i]) - problem.value(x - h * e[i])) / (2 * h)
+    ...       for i in range(2)]
+    >>> bool(np.allclose(problem.hypergradient(x), fd, rtol=1e-6))
+    True
     """
 
     name = "layer_decay"

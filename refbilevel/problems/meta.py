@@ -1,6 +1,6 @@
 r"""Rank-based robust meta-learning (sum of ranked range of task losses) as minimax-bilevel.
 
-What is known and what is ours (ALGORITHMS.md 3.5):
+What is known and what is ours (``docs/theory/meta.rst``; tags as in ``docs/provenance.rst``):
 
 * **[PAPER]** Yang, Si, Lyu, Ji (NeurIPS 2024) apply FOSL/MemCS to a "novel rank-based"
   robust meta-learning problem; a companion paper (Si, Hu, Ji, Lyu, arXiv 2410.18894)
@@ -105,6 +105,21 @@ class RankedMetaLearning(MinimaxBilevelProblem):
        NeurIPS 2024.
     .. [2] S. Hu, Y. Ying, X. Wang, S. Lyu. Learning by Minimizing the Sum of Ranked Range.
        NeurIPS 2020.
+
+    Examples
+    --------
+    Built from :func:`refbilevel.datasets.make_meta_learning`; each task's adapted
+    parameters :math:`z_i^*(x)` make the lower-level gradient vanish:
+
+    >>> import numpy as np
+    >>> from refbilevel.datasets import make_meta_learning
+    >>> problem = make_meta_learning(n_tasks=4, n_support=6, n_query=6, n_features=3, seed=0)
+    >>> z = problem.inner_solution(problem.init_x())
+    >>> z.shape
+    (4, 3)
+    >>> gx, gz = problem.grad_g(problem.init_x(), z, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-10))
+    True
     """
 
     name = "ranked_meta_learning"

@@ -65,7 +65,7 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     \begin{bmatrix} x \\ y\end{bmatrix} = -\begin{bmatrix} g_x \\ g_y\end{bmatrix}`, and
     :math:`\nabla\Phi(x) = G x + C y^*(x) + g_x` with :math:`y^*(x) = \bar Q^{-1}(C^\top x + g_y)`.
 
-    Penalty counterpart for a fixed λ (FOSL/MemCS; ALGORITHMS.md §3.2):
+    Penalty counterpart for a fixed λ (FOSL/MemCS; ``docs/algorithms/fosl_memcs.rst``):
     :math:`\min_x\max_y\frac1n\sum_i[\min_{z_i}(f_i + λ g_i) - λ\min_{v_i} g_i]`. With
     :math:`W_i = A_i + λ H_i`, :math:`z_i = W_i^{-1}(λ(B_i x + c_i) - a_i - E_i y)` and
     :math:`v_i = z_i^*(x)`; substituting gives a linear system in (x, y), solved in
@@ -76,6 +76,22 @@ class MinimaxQuadratic(MinimaxBilevelProblem):
     ----------
     .. [1] Y. Yang, P. Si, W. Lyu, K. Ji, "First-order minimax bilevel optimization",
        NeurIPS 2024 (problem (1) and its penalty reformulation).
+
+    Examples
+    --------
+    The closed-form saddle point is stationary: the gradient of
+    :math:`\Phi(x) = \max_y \frac1n\sum_i f_i(x, y, z_i^*(x))` vanishes there, and every
+    block's lower-level gradient vanishes at :math:`z_i^*(x)`:
+
+    >>> import numpy as np
+    >>> from refbilevel import MinimaxQuadratic
+    >>> problem = MinimaxQuadratic.random(3, 2, 2, 2, seed=0)
+    >>> x_star, y_star, z_star = problem.saddle()
+    >>> bool(np.allclose(problem.saddle_gradient(x_star), 0.0, atol=1e-12))
+    True
+    >>> gx, gz = problem.grad_g(x_star, z_star, problem.all_blocks())
+    >>> bool(np.allclose(gz, 0.0, atol=1e-12))
+    True
     """
 
     name = "minimax_quadratic"

@@ -1,10 +1,10 @@
 r"""Quadratic bilevel problems with closed-form solutions: the test oracles of refbilevel.
 
 * :class:`Quadratic` — ``g = ½yᵀHy − yᵀ(Bx + c)``, ``f = ½yᵀAy + aᵀy + ½xᵀRx + rᵀx``
-  (ALGORITHMS.md §5.6), with closed forms for ``y*(x)``, ``∇F(x)``, ``x*`` and the penalty
+  (``docs/theory/quadratic.rst``), with closed forms for ``y*(x)``, ``∇F(x)``, ``x*`` and the penalty
   saddle for a fixed multiplier.
 * :func:`toy_1d` — MinimaxOPT's Example 1, a 1-D least-squares problem with a box on x
-  (ALGORITHMS.md §1.4).
+  (``docs/theory/quadratic.rst``).
 * :class:`MinimaxQuadratic` — a multi-block minimax-bilevel quadratic with closed-form
   lower-level solutions, saddle point and penalty saddle, for FOSL and MemCS.
 
@@ -64,7 +64,7 @@ class Quadratic(BilevelProblem):
 
     For a fixed multiplier λ, the penalty problem
     :math:`\min_x \min_y \max_z f(x,y) + λ(g(x,y) - g(x,z))` (MinimaxOPT's (6), Kwon et al.'s
-    :math:`\min_x L^*_λ(x)`; ALGORITHMS.md §0) has the stationary point
+    :math:`\min_x L^*_λ(x)`; ``docs/theory/penalty.rst``) has the stationary point
 
     .. math::
 
@@ -81,6 +81,23 @@ class Quadratic(BilevelProblem):
        bilevel optimization", ICML 2023 (the penalty function :math:`L^*_λ`).
     .. [2] M. Dagréou, P. Ablin, S. Vaiter, T. Moreau, benchopt ``benchmark_bilevel``
        (quadratic test problems with closed-form hypergradients).
+
+    Examples
+    --------
+    The exact hypergradient agrees with central differences of :math:`F(x) = f(x, y^*(x))`,
+    and vanishes at the closed-form solution :math:`x^*`:
+
+    >>> import numpy as np
+    >>> from refbilevel import Quadratic
+    >>> problem = Quadratic.random(2, 3, seed=0)
+    >>> x = problem.init_x() + 0.5
+    >>> h, e = 1e-5, np.eye(2)
+    >>> fd = [(problem.value(x + h * e[i]) - problem.value(x - h * e[i])) / (2 * h)
+    ...       for i in range(2)]
+    >>> bool(np.allclose(problem.hypergradient(x), fd, rtol=1e-7))
+    True
+    >>> bool(np.allclose(problem.hypergradient(problem.solution()), 0.0, atol=1e-12))
+    True
     """
 
     name = "quadratic"
@@ -221,7 +238,7 @@ class Quadratic(BilevelProblem):
 
 
 class Toy1D(Quadratic):
-    r"""MinimaxOPT's Example 1 (ALGORITHMS.md §1.4): 1-D least squares with a box on x.
+    r"""MinimaxOPT's Example 1 (Appendix A.2): 1-D least squares with a box on x.
 
     Parameters
     ----------
@@ -247,13 +264,27 @@ class Toy1D(Quadratic):
     solution is exact (:math:`y_α = b = y^*`); otherwise
     :math:`|y_α - y^*| = |b - a x^*|/(1 + α)`.
 
-    The constants of the paper's example were lost in extraction; this is the
-    reconstruction of ALGORITHMS.md §1.4 [RECONSTRUCTED].
+    The paper's example has these properties; its constants are not reproduced, and the
+    defaults are ours [RECONSTRUCTED] (derivation: ``docs/theory/quadratic.rst``).
 
     References
     ----------
     .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
        reformulation", arXiv:2305.13153, Appendix A.2, Example 1.
+
+    Examples
+    --------
+    With :math:`a = 2`, :math:`b = 3` and the box :math:`[-1, 1]`, :math:`b/a` lies outside
+    the box, so :math:`x^* = 1`, :math:`y^* = a x^* = 2`, and the minimax solution for
+    :math:`\alpha = 1024` has :math:`y_\alpha = (3 + 2048)/1025`:
+
+    >>> from refbilevel import toy_1d
+    >>> problem = toy_1d(a=2.0, b=3.0, lo=-1.0, hi=1.0)
+    >>> x_a, y_a, z_a = problem.penalty_solution(1024.0)
+    >>> float(problem.solution()[0]), float(z_a[0])
+    (1.0, 2.0)
+    >>> abs(float(y_a[0]) - 2051 / 1025) < 1e-12
+    True
     """
 
     name = "toy_1d"
@@ -296,7 +327,15 @@ class Toy1D(Quadratic):
 
 
 def toy_1d(a: float = 2.0, b: float = 3.0, lo: float = -1.0, hi: float = 1.0, **kwargs) -> Toy1D:
-    """MinimaxOPT's Example 1 with constants ``a, b`` and box ``[lo, hi]`` (see :class:`Toy1D`)."""
+    """MinimaxOPT's Example 1 with constants ``a, b`` and box ``[lo, hi]`` (see :class:`Toy1D`).
+
+    Examples
+    --------
+    >>> from refbilevel import toy_1d
+    >>> problem = toy_1d()                       # a = 2, b = 3, box [-1, 1]
+    >>> float(problem.solution()[0]), problem.x_lower, problem.x_upper
+    (1.0, -1.0, 1.0)
+    """
     return Toy1D(a, b, lo, hi, **kwargs)
 
 
