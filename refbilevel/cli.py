@@ -1,6 +1,7 @@
 """The ``refbilevel`` command-line tool (also ``python -m refbilevel``).
 
-Subcommands: ``list``, ``run``, ``export``, ``compare``, ``plot``, ``bench``, ``check``.
+Subcommands: ``list``, ``run``, ``export``, ``compare``, ``plot``, ``bench``, ``check``,
+``study``.
 A mistake on the command line (unknown name, bad value, missing file) prints one line on
 stderr and exits with status 2; ``compare`` exits with 1 when the trajectories differ. A
 fault of the system (disk full, read-only folder, a file where a folder is expected, a
@@ -206,6 +207,31 @@ def _cmd_check(args) -> int:
         print("the exact oracles are not certified at the points above (status 1): their "
               "inner point is not a stationary minimiser", file=sys.stderr)
         return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------ study
+def _cmd_study(args) -> int:
+    from .studies import STUDIES, run_study
+    from .studies._core import table_markdown
+
+    if args.name == "list":
+        for name, (_, desc) in STUDIES.items():
+            print(f"  {name:<16} {desc}")
+        return 0
+    if args.name not in STUDIES:
+        raise UsageError(f"unknown study {args.name!r}; valid studies: {', '.join(STUDIES)}")
+    mode = "full" if args.full else "quick"
+    out = args.out or os.path.join("studies", f"{args.name}-{mode}")
+    result = run_study(args.name, mode, seeds=args.seeds, out=out)
+    print(f"{result.title}  ({mode}, seeds {result.seeds}, {result.runtime:.1f} s)")
+    print(table_markdown(result.table), end="")
+    for line in result.notes:
+        print(f"note: {line}")
+    for claim, ok in result.checks.items():
+        print(f"{'reproduced' if ok else 'NOT reproduced'}: {claim}")
+    print(f"written: {out}/ (runs/, table.md, table.csv, figure.pdf, figure.png, "
+          "summary.json)")
     return 0
 
 
@@ -710,6 +736,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data and batches")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("study", help="reproduce a paper's experiment: runs, table, figure "
+                                     "(refbilevel study list)")
+    p.add_argument("name", help="study name, or 'list'")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="small sizes and budgets, well under a minute (default)")
+    mode.add_argument("--full", action="store_true",
+                      help="the paper's sizes and budgets (minutes on 2 cores)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default studies/NAME-MODE)")
+    p.add_argument("--seeds", type=_pos_int, default=None,
+                   help="repeats over seeds 0..N-1 (default: the study's)")
+    p.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "read_idx",
     "split_indices",
     "standardize",
+    "subset_split",
 ]
 
 
@@ -121,6 +122,41 @@ def standardize(split: Split) -> Split:
         return None if a is None else (a - mean) / std
 
     return replace(split, A_train=f(split.A_train), A_val=f(split.A_val), A_test=f(split.A_test))
+
+
+def subset_split(split: Split, n_train=None, n_val=None, n_test=None, *, seed=0) -> Split:
+    """Seeded subsets of the parts of ``split`` (``None`` keeps a part whole).
+
+    Each part keeps ``n_*`` of its rows drawn without replacement by one seeded generator
+    (train, then validation, then test), in their original order; ``info`` entries that are
+    per-training-row arrays (e.g. the corrupted mask) are subset with the training rows.
+    ``n_test=0`` drops the test part. Asking more rows than a part has is a ``ValueError``.
+    """
+    rng = host_rng(seed)
+
+    def pick(A, y, n, name, minimum):
+        if n is None or A is None:
+            if n:   # a test part asked for but absent
+                raise ValueError(f"{name}={n} but the split has no such part")
+            return A, y, None
+        n = check_int(n, name, minimum=minimum)
+        if n > A.shape[0]:
+            raise ValueError(f"{name}={n} exceeds the {A.shape[0]} rows available")
+        if n == 0:
+            return None, None, None
+        idx = np.sort(rng.choice(A.shape[0], size=n, replace=False))
+        return A[idx], y[idx], idx
+
+    A_tr, y_tr, i_tr = pick(split.A_train, split.y_train, n_train, "n_train", 1)
+    A_va, y_va, _ = pick(split.A_val, split.y_val, n_val, "n_val", 1)
+    A_te, y_te, _ = pick(split.A_test, split.y_test, n_test, "n_test", 0)
+    info = dict(split.info)
+    if i_tr is not None:
+        n0 = split.A_train.shape[0]
+        for k, v in split.info.items():
+            if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n0:
+                info[k] = v[i_tr]
+    return Split(A_tr, y_tr, A_va, y_va, A_te, y_te, info)
 
 
 def _split_arrays(A, y, *, seed, val_fraction, test_fraction, do_standardize, info=None):
@@ -265,13 +301,15 @@ def cleaning_data(n_train=400, n_val=200, n_test=200, p=20, n_classes=5, *, corr
 
 
 def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ratio=0.2,
-                       seed=0, task_spread=0.5, class_sep=1.5) -> Split:
+                       seed=0, task_spread=0.5, class_sep=1.5, n_test=0) -> Split:
     r"""Imbalanced multi-task binary data, arrays of shape ``(T, n, d)`` and labels in {0, 1}.
 
     Task *i* has direction :math:`w_i = w_0 + \text{spread}\,\epsilon_i` (unit norm);
     positives are :math:`N(\text{sep}\,w_i/2, I)`, negatives :math:`N(-\text{sep}\,w_i/2, I)`.
     Exactly ``round(pos_ratio_i * n)`` rows are positive (at least 1, at most n-1) in each
     of the train and validation parts; ``pos_ratio`` is a float or one value per task.
+    ``n_test > 0`` draws a held-out test part the same way, after the other two (so the
+    train and validation parts do not depend on it).
 
     Examples
     --------
@@ -286,6 +324,9 @@ def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
     n_train = check_int(n_train, "n_train", minimum=2)
     n_val = check_int(n_val, "n_val", minimum=2)
     d = check_int(n_features, "n_features", minimum=1)
+    n_test = check_int(n_test, "n_test", minimum=0)
+    if n_test == 1:
+        raise ValueError("n_test must be 0 or >= 2 (both classes in every task)")
     ratios = np.broadcast_to(np.asarray(pos_ratio, dtype=np.float64), (T,)).copy() \
         if np.ndim(pos_ratio) == 0 else np.asarray(pos_ratio, dtype=np.float64)
     if ratios.shape != (T,) or not np.all((ratios > 0) & (ratios < 1)):
@@ -306,7 +347,9 @@ def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
 
     A_tr, y_tr = draw(n_train)
     A_va, y_va = draw(n_val)
-    return Split(A_tr, y_tr, A_va, y_va, info={"pos_ratio": ratios, "directions": W})
+    A_te, y_te = draw(n_test) if n_test else (None, None)
+    return Split(A_tr, y_tr, A_va, y_va, A_te, y_te,
+                 info={"pos_ratio": ratios, "directions": W})
 
 
 def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0,
@@ -397,12 +440,16 @@ def make_multinomial_hpo(n=600, p=20, n_classes=3, *, seed=0, xp=None, dtype="fl
 
 def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, seed=0,
                   xp=None, dtype="float64", device=None, data: Split | None = None,
-                  model="linear", **problem_kw):
+                  model="linear", n_test=0, subset=False, **problem_kw):
     """:class:`~refbilevel.problems.cleaning.DataCleaning` on :func:`cleaning_data`.
 
     Returns ``(problem, split)``: the split's ``info["corrupted"]`` says which training
-    labels were corrupted. ``problem_kw`` (``reg``, ``hidden``, ``activation``, ...) go to
-    the constructor, whose defaults apply otherwise.
+    labels were corrupted, its ``A_test``/``y_test`` (``n_test`` synthetic rows, or the
+    real data's test part) are held out for :class:`refbilevel.heldout.TestAccuracy`.
+    With ``subset=True`` and real ``data``, ``n_train``/``n_val``/``n_test`` rows of its
+    parts are kept (:func:`subset_split`, seeded; ``n_test=0`` keeps the whole test part);
+    without it real data is used whole. ``problem_kw`` (``reg``, ``hidden``,
+    ``activation``, ...) go to the constructor, whose defaults apply otherwise.
 
     Examples
     --------
@@ -414,7 +461,9 @@ def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, 
     from .problems.cleaning import DataCleaning
 
     xp, dt, device = _backend_args(xp, dtype, device)
-    s = cleaning_data(n_train, n_val, 0, p, n_classes, corruption=corruption, seed=seed,
+    if data is not None and subset:
+        data = subset_split(data, n_train, n_val, n_test or None, seed=seed)
+    s = cleaning_data(n_train, n_val, n_test, p, n_classes, corruption=corruption, seed=seed,
                       data=data)
     problem = DataCleaning(_fl(s.A_train, xp, dt, device), _int(s.y_train, xp, device),
                            _fl(s.A_val, xp, dt, device), _int(s.y_val, xp, device),

@@ -153,7 +153,7 @@ class AdamState(NamedTuple):
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
-         bias_correction: bool = True) -> Optimizer:
+         bias_correction: bool = True, keep_corrected: bool = False) -> Optimizer:
     r"""Adam (Kingma and Ba, 2015) as a pure pair.
 
     Parameters
@@ -164,6 +164,11 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
         Added to :math:`\sqrt{\hat v}` (outside the square root, as in the paper).
     bias_correction : bool
         Divide the moments by :math:`1-\beta^t` (default). ``False`` uses the raw moments.
+    keep_corrected : bool
+        Keep the bias-corrected moments :math:`\hat m_t, \hat v_t` as the state the next
+        update starts from (a literal reading of the F2SA-Adam slides' AdamGrad, which
+        overwrites :math:`m, v` with their corrected values), instead of the raw
+        :math:`m_t, v_t` (default, Kingma and Ba). Needs ``bias_correction``.
 
     Returns
     -------
@@ -179,6 +184,11 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
         v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,\quad
         \hat m_t = \frac{m_t}{1-\beta_1^t},\quad \hat v_t = \frac{v_t}{1-\beta_2^t},\quad
         \Delta_t = -\eta_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}.
+
+    With ``keep_corrected`` the recursions read :math:`m_t = \beta_1 \hat m_{t-1} +
+    (1-\beta_1) g_t` (and likewise for :math:`v`): the correction compounds, so the step
+    differs from Adam's from the second update on (at :math:`t = 1` both give
+    :math:`\hat m_1 = g_1`).
     """
     b1 = check_real(b1, "b1", low=0.0)
     b2 = check_real(b2, "b2", low=0.0)
@@ -188,6 +198,9 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
         raise ValueError(f"b2 must be < 1; got {b2}")
     eps = check_real(eps, "eps", positive=True)
     bias_correction = check_bool(bias_correction, "bias_correction")
+    keep_corrected = check_bool(keep_corrected, "keep_corrected")
+    if keep_corrected and not bias_correction:
+        raise ValueError("keep_corrected=True needs bias_correction=True")
 
     def init(params):
         return AdamState(m=_zeros_like(params), v=_zeros_like(params), count=0)
@@ -204,6 +217,8 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
             m_hat, v_hat = m, v
         xp = _namespace(grad)
         delta = -lr * m_hat / (xp.sqrt(v_hat) + eps)
+        if keep_corrected:
+            m, v = m_hat, v_hat
         return delta, AdamState(m=m, v=v, count=t)
 
     return Optimizer(init, update)

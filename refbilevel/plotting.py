@@ -15,7 +15,7 @@ import numpy as np
 
 from .results import ResultsError, atomic_write_bytes, load_run
 
-__all__ = ["X_AXES", "plot_runs"]
+__all__ = ["STUDY_X_AXES", "X_AXES", "curve_x", "plot_runs", "plot_study", "summarize"]
 
 #: ``x`` choices: history column(s) used for the horizontal axis.
 X_AXES = {"iteration": "outer iteration", "time": "wall time [s]",
@@ -23,6 +23,130 @@ X_AXES = {"iteration": "outer iteration", "time": "wall time [s]",
 _Y_LABELS = {"hypergradient_norm": "exact hypergradient norm ||∇F(x)||",
              "value": "outer objective f(x, y)", "inner_residual": "inner residual ||∇_y g||",
              "multiplier": "multiplier"}
+
+
+#: Horizontal axes of study figures: history column(s) -> default label.
+STUDY_X_AXES = {"gradient_calls": "gradient calls (grad f + grad g; HVP and cross not counted)",
+                "oracle_calls": "oracle calls (grad f + grad g + HVP + cross)",
+                "time": "wall time [s]", "iteration": "iterations"}
+
+
+def curve_x(history, x: str) -> np.ndarray:
+    """The horizontal values of a history for axis ``x`` of :data:`STUDY_X_AXES`."""
+    if x == "gradient_calls":
+        return np.asarray(history["calls_grad_f"] + history["calls_grad_g"], dtype=float)
+    if x == "oracle_calls":
+        return np.asarray(sum(history[c] for c in ("calls_grad_f", "calls_grad_g",
+                                                   "calls_hvp", "calls_cross")), dtype=float)
+    if x in ("time", "iteration"):
+        return np.asarray(history[x], dtype=float)
+    raise ValueError(f"x must be one of {', '.join(STUDY_X_AXES)}; got {x!r}")
+
+
+def summarize(curves, *, budget: float | None = None, points: int = 200, band=(0.0, 1.0)):
+    """Median and a band over repeats of curves on a common grid capped at ``budget``.
+
+    Parameters
+    ----------
+    curves : sequence of (xs, ys)
+        One curve per repeat (``xs`` increasing).
+    budget : float, optional
+        Right end of the grid (default: the smallest last ``x`` over the repeats, so every
+        repeat covers the grid).
+    points : int
+        Grid points (evenly spaced from the smallest first ``x``).
+    band : (float, float)
+        Quantiles of the band (default min and max over repeats).
+
+    Returns
+    -------
+    grid, median, low, high : numpy.ndarray
+        Each repeat is linearly interpolated on the grid (NaN past its last point); the
+        statistics ignore NaN.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one (xs, ys) pair")
+    x_end = min(float(np.max(c[0])) for c in curves) if budget is None else float(budget)
+    x_start = min(float(np.min(c[0])) for c in curves)
+    grid = np.linspace(x_start, x_end, int(points))
+    rows = []
+    for xs, ys in curves:
+        xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        r = np.interp(grid, xs, ys)
+        r[grid > xs.max() * (1 + 1e-12)] = np.nan
+        rows.append(r)
+    M = np.vstack(rows)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(M, axis=0)
+            lo = np.nanquantile(M, band[0], axis=0)
+            hi = np.nanquantile(M, band[1], axis=0)
+    return grid, med, lo, hi
+
+
+def plot_study(panels, *, out, title: str, size=(6.8, 3.0)) -> list[str]:
+    """One figure of study panels: median curve and band per method, vector PDF and PNG.
+
+    Parameters
+    ----------
+    panels : sequence of dict
+        One subplot each, with ``groups`` (label -> list of ``(xs, ys)``, one per repeat),
+        ``xlabel``, ``ylabel`` and optionally ``budget`` (common cap of the x axis),
+        ``logy`` (default True), ``logx`` (default False), ``title``, ``hline`` (a
+        horizontal reference, e.g. a target loss, and its label ``hline_label``).
+    out : path
+        Output path without extension, or with ``.png``/``.pdf``: both files are written.
+    title : str
+        Figure title (the study's, not registry names).
+    size : (float, float)
+        Figure size in inches (default fits a two-column paper's full width).
+
+    Returns
+    -------
+    list of str
+        The PDF and PNG paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    stem = os.path.splitext(os.fspath(out))[0]
+    fig = Figure(figsize=size, dpi=150)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for label, curves in panel["groups"].items():
+            grid, med, lo, hi = summarize(curves, budget=panel.get("budget"))
+            line, = ax.plot(grid, med, label=label, linewidth=1.4)
+            if len(curves) > 1:
+                ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if panel.get("hline") is not None:
+            ax.axhline(panel["hline"], color="0.4", linestyle=":", linewidth=1,
+                       label=panel.get("hline_label"))
+        if panel.get("logy", True):
+            ax.set_yscale("log")
+        if panel.get("logx", False):
+            ax.set_xscale("log")
+        ax.set_xlabel(panel["xlabel"], fontsize=8)
+        ax.set_ylabel(panel["ylabel"], fontsize=8)
+        if panel.get("title"):
+            ax.set_title(panel["title"], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths = []
+    for ext in ("pdf", "png"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext)
+        path = f"{stem}.{ext}"
+        atomic_write_bytes(path, buf.getvalue())
+        paths.append(path)
+    return paths
 
 
 def _x_values(history, x):

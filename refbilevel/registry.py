@@ -26,7 +26,8 @@ from typing import Any, Callable
 from . import datasets as _datasets
 from ._backend import BACKEND_NAMES, backend_namespace, persist_data, resolve_dtype
 
-__all__ = ["DEFAULT_RUN", "PROBLEMS", "SOLVERS", "ProblemSpec", "build_problem", "build_solver",
+__all__ = ["CONFIGURATIONS", "DEFAULT_RUN", "NamedConfiguration", "PROBLEMS", "SOLVERS",
+           "ProblemSpec", "build_problem", "build_solver",
            "coerce", "dataset_names", "default_iters", "describe_all", "get_problem",
            "get_solver", "parse_settings", "problem_defaults", "solver_defaults",
            "suggested_settings", "usable_backends"]
@@ -138,6 +139,7 @@ _LOGREG = {
     "itd": {"lr_inner": 0.5, "n_inner": 20, "lr_outer": 3.0},
     "stocbio": {"lr_inner": 0.5, "lr_outer": 3.0},
     "soba": {"lr_inner": 0.5, "lr_outer": 3.0},
+    "saba": {"lr_inner": 0.5, "lr_outer": 3.0},           # SOBA's steps
     "bome": {"lr_inner": 0.5, "lr_outer": 3.0},
     "vpbgd": {"lr_inner": 0.05, "lr_hat": 0.5,   # lr_inner ≈ 1/(γ L_g), lr_hat ≈ 1/L_g
               "lr_outer": 3.0, "yhat_start": "previous"},
@@ -160,6 +162,7 @@ def _flat_outer(lr_inner: float, lr_outer: float) -> dict:
         "itd": {"lr_inner": lr_inner, "n_inner": 20, "lr_outer": lr_outer},
         "stocbio": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "soba": {"lr_inner": lr_inner, "lr_outer": lr_outer},
+        "saba": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "bome": {"lr_inner": lr_inner, "lr_outer": lr_outer},
         "vpbgd": {"lr_inner": lr_inner / 10, "lr_hat": lr_inner,  # 1/(γ L_g), γ = 10
                   "lr_outer": lr_outer, "yhat_start": "previous"},
@@ -236,9 +239,47 @@ _SOLVER_PATHS = {
     "itd": "refbilevel.solvers.itd:ITD",
     "stocbio": "refbilevel.solvers.stocbio:StocBiO",
     "soba": "refbilevel.solvers.soba:SOBA",
+    "saba": "refbilevel.solvers.saba:SABA",
     "bome": "refbilevel.solvers.bome:BOME",
     "vpbgd": "refbilevel.solvers.penalty:VPBGD",
     "f2ba": "refbilevel.solvers.penalty:F2BA",
+}
+
+
+@dataclass(frozen=True)
+class NamedConfiguration:
+    """A published algorithm that is a registered solver with some settings fixed.
+
+    Attributes
+    ----------
+    solver : str
+        The registered solver (a key of :data:`SOLVERS`).
+    settings : dict
+        The hyperparameters that make it the published algorithm (they override the
+        problem's suggested settings; the user's own values override them).
+    description : str
+        One line: what it is and where it comes from.
+    """
+
+    solver: str
+    settings: dict
+    description: str
+
+
+#: name -> :class:`NamedConfiguration`; usable wherever a solver name is (``--solver``,
+#: :func:`build_solver`, ``config.json``).
+CONFIGURATIONS: dict[str, NamedConfiguration] = {
+    "one_step": NamedConfiguration(
+        "itd", {"n_inner": 1, "warm_start": True},
+        "one-step / T1-T2 (Luketina et al. 2016): one warm-started inner GD step, the "
+        "hypergradient differentiated through that step"),
+    "amigo": NamedConfiguration(
+        "aid", {"method": "neumann", "warm_start_v": True},
+        "AmIGO (Arbel & Mairal 2022): AID whose inner variable and linear-system solution "
+        "are both warm-started, the system solved by gradient (Neumann) steps"),
+    "soba_sqrt": NamedConfiguration(
+        "soba", {"lr_schedule": "sqrt"},
+        "SOBA with benchopt's decreasing steps lr/sqrt(k+1) on both levels"),
 }
 
 
@@ -270,9 +311,12 @@ def get_problem(name: str) -> ProblemSpec:
 
 
 def get_solver(name: str) -> type:
-    """The solver class of ``name`` (``ValueError`` listing the valid names)."""
+    """The solver class of ``name``, a solver or a named configuration of
+    :data:`CONFIGURATIONS` (``ValueError`` listing the valid names)."""
+    if name in CONFIGURATIONS:
+        return SOLVERS[CONFIGURATIONS[name].solver]
     if name not in SOLVERS:
-        raise _unknown("solver", name, list(SOLVERS))
+        raise _unknown("solver", name, list(SOLVERS) + list(CONFIGURATIONS))
     return SOLVERS[name]
 
 
@@ -431,9 +475,17 @@ def build_problem(name: str, *, seed: int = 0, backend: str = "numpy", dtype: st
 
 
 def suggested_settings(problem: str, solver: str) -> dict:
-    """The hyperparameters suggested for ``solver`` on ``problem`` (``{}`` when none)."""
+    """The hyperparameters suggested for ``solver`` on ``problem`` (``{}`` when none).
+
+    For a named configuration: the suggestions for its solver, then its own settings.
+    """
     get_solver(solver)
-    return dict(get_problem(problem).suggested.get(solver, {}))
+    named = CONFIGURATIONS.get(solver)
+    base = named.solver if named is not None else solver
+    out = dict(get_problem(problem).suggested.get(base, {}))
+    if named is not None:
+        out.update(named.settings)
+    return out
 
 
 def build_solver(name: str, hyperparameters: dict | None = None, *, problem: str | None = None):
@@ -443,7 +495,10 @@ def build_solver(name: str, hyperparameters: dict | None = None, *, problem: str
     under ``hyperparameters``: values given explicitly always win.
     """
     cls = get_solver(name)
-    kwargs = suggested_settings(problem, name) if problem is not None else {}
+    if problem is not None:
+        kwargs = suggested_settings(problem, name)
+    else:
+        kwargs = dict(CONFIGURATIONS[name].settings) if name in CONFIGURATIONS else {}
     kwargs.update(hyperparameters or {})
     return cls(**kwargs)
 
@@ -479,8 +534,10 @@ def describe_all() -> dict[str, Any]:
                    "class": c.__name__, "defaults": solver_defaults(n)}
                for n, c in SOLVERS.items()}
     data = {n: d["description"] for n, d in _datasets.DATASETS.items()}
+    named = {n: {"solver": c.solver, "settings": dict(c.settings),
+                 "description": c.description} for n, c in CONFIGURATIONS.items()}
     return {"problems": problems, "solvers": solvers, "backends": usable_backends(),
-            "datasets": data}
+            "datasets": data, "configurations": named}
 
 
 #: The embedded default of ``refbilevel run``: MinimaxOPT (Algorithm 1, full batch) on the

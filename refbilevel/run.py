@@ -24,7 +24,10 @@ History columns (host NumPy arrays, one row per record point):
 ``multiplier``              the penalty multiplier in the state (NaN if none)
 ==========================  ====================================================================
 
-``value``, ``inner_residual`` and ``hypergradient_norm`` appear when named in ``metrics``.
+``value``, ``inner_residual`` and ``hypergradient_norm`` appear when named in ``metrics``;
+a held-out metric object in ``metrics`` (:mod:`refbilevel.heldout`: ``TestAccuracy``,
+``TestAUC``, or any object with a ``name`` and a call ``metric(problem, state) -> float``)
+adds the column of its name, after them.
 """
 
 from __future__ import annotations
@@ -144,9 +147,13 @@ class _Metrics:
 
     def __call__(self, state) -> dict:
         out = {}
-        for name in self.metrics:
+        for metric in self.metrics:
+            name = _metric_name(metric)
             try:
-                out[name] = getattr(self, "_" + name)(state)
+                if isinstance(metric, str):
+                    out[name] = getattr(self, "_" + name)(state)
+                else:
+                    out[name] = float(metric(self.problem, state))
             except Exception as exc:  # noqa: BLE001  a metric never ends the run
                 out[name] = math.nan
                 note = f"metric {name!r} failed at iteration {state.iteration}: " \
@@ -176,6 +183,31 @@ class _Metrics:
             self.exact_available = False
             return math.nan
         return _norm(p.xp, g)
+
+
+def _metric_name(metric) -> str:
+    """History column of a metric: the name itself, or a held-out metric's ``name``."""
+    return metric if isinstance(metric, str) else metric.name
+
+
+def _check_metrics(metrics):
+    if isinstance(metrics, str):
+        raise ValueError(f"metrics must be a tuple of names from {METRICS} or held-out "
+                         f"metric objects; got {metrics!r}")
+    names = []
+    for m in metrics:
+        if isinstance(m, str):
+            if m not in METRICS:
+                raise ValueError(f"metrics must be a tuple of names from {METRICS} or "
+                                 f"held-out metric objects; got {metrics!r}")
+        elif not (callable(m) and isinstance(getattr(m, "name", None), str)):
+            raise TypeError(f"a metric object needs a str 'name' and a call "
+                            f"metric(problem, state); got {type(m).__name__}")
+        names.append(_metric_name(m))
+    reserved = {"iteration", "time", "multiplier", *_CALL_COLUMNS}
+    if len(set(names)) != len(names) or reserved & set(names):
+        raise ValueError(f"metric names must be distinct and not {sorted(reserved)}; "
+                         f"got {names}")
 
 
 def _state_arrays(obj, path="state", out=None) -> dict:
@@ -468,10 +500,9 @@ def _validate(problem, solver, n_iter, record_every, metrics, callback, progress
     check_int(record_every, "record_every", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1, allow_none=True)
     if not isinstance(metrics, (tuple, list)):
-        raise TypeError(f"metrics must be a tuple of names from {METRICS}; got "
-                        f"{type(metrics).__name__}")
-    if not all(m in METRICS for m in metrics):
-        raise ValueError(f"metrics must be a tuple of names from {METRICS}; got {metrics!r}")
+        raise TypeError(f"metrics must be a tuple of names from {METRICS} or held-out "
+                        f"metric objects; got {type(metrics).__name__}")
+    _check_metrics(metrics)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None; got {type(callback).__name__}")
     check_bool(progress, "progress")
@@ -511,9 +542,11 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
         problem's namespace, device, dtype and sizes.
     record_every : int
         Record at iteration 0, every ``record_every`` iterations and at the end.
-    metrics : tuple of str
+    metrics : tuple of str or held-out metric objects
         Among ``"value"``, ``"inner_residual"``, ``"hypergradient_norm"`` (see module
-        docstring). The exact hypergradient can be expensive: drop it for large problems.
+        docstring), and objects of :mod:`refbilevel.heldout` (``TestAccuracy``,
+        ``TestAUC``), each recorded under its ``name``. The exact hypergradient can be
+        expensive: drop it for large problems.
     callback : callable, optional
         ``callback(info)`` at each record point after iteration 0; ``info`` is a dict with
         ``iteration``, ``state``, ``record`` (this row as a dict) and ``time``. Returning
@@ -547,7 +580,8 @@ def run(problem, solver, *, n_iter: int, seed=0, x0=None, y0=None, record_every:
     oracle = Oracle(problem)
     measure = _Metrics(problem, solver, tuple(metrics))
     history = _History(("iteration", "time", *_CALL_COLUMNS,
-                        *[m for m in METRICS if m in metrics], "multiplier"))
+                        *[m for m in METRICS if m in metrics],
+                        *[m.name for m in metrics if not isinstance(m, str)], "multiplier"))
     ckpt = None if checkpoint is None else _Checkpoint(checkpoint, _identity(problem, solver,
                                                                                seed), record_every)
     elapsed = 0.0

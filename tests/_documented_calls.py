@@ -39,7 +39,7 @@ def documented_calls(solver, problem) -> OracleCalls:
         return OracleCalls(grad_f=1, grad_g=solver.n_inner, hvp=max(K - 1, 0), cross=K)
     if name == "stocbio":
         return OracleCalls(grad_f=1, grad_g=solver.n_inner, hvp=solver.n_neumann, cross=1)
-    if name == "soba":
+    if name in ("soba", "saba"):
         return OracleCalls(grad_f=1, grad_g=1, hvp=1, cross=1)
     if name == "bome":
         extra = 2 if solver.phi == "value_gap" else 0
@@ -65,6 +65,7 @@ PHRASES = {
     "itd": "``grad_g`` T, ``grad_f`` 1, ``cross`` K, ``hvp`` K − 1",
     "stocbio": "``grad_g`` D, ``grad_f`` 1, ``hvp`` Q, ``cross`` 1",
     "soba": "``grad_g`` 1, ``grad_f`` 1, ``hvp`` 1, ``cross`` 1",
+    "saba": "``grad_g`` 1, ``grad_f`` 1, ``hvp`` 1, ``cross`` 1",
     "bome": "``grad_g`` T + 2",
     "vpbgd": "``grad_g`` T + 2",
     "f2ba": "``grad_g`` 2T + 2",

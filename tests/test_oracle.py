@@ -24,7 +24,8 @@ from refbilevel._backend import is_array, to_host
 from refbilevel.oracle import Oracle, OracleCalls, as_oracle
 from refbilevel.problems.minimax_quadratic import MinimaxQuadratic
 from refbilevel.problems.quadratic import Quadratic
-from refbilevel.solvers import (AID, BOME, F2BA, F2SA, FOSL, ITD, SOBA, VPBGD, F2SAAdam, ImplicitGD,
+from refbilevel.solvers import (AID, BOME, F2BA, F2SA, FOSL, ITD, SABA, SOBA, VPBGD, F2SAAdam,
+                                ImplicitGD,
                                 MemCS, MinimaxOPT, MinimaxOPTStochastic, StocBiO)
 
 
@@ -56,6 +57,9 @@ CASES = [
     StocBiO(n_inner=3, n_neumann=2, lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
     SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
     SOBA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=None),
+    SOBA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4, lr_schedule="sqrt"),
+    SABA(lr_inner=0.2, batch_size_outer=4, batch_size_inner=4),
+    SABA(lr_inner=0.2, batch_size_outer=None, batch_size_inner=1, sampling="iid"),
     BOME(n_inner=3, lr_inner=0.2), BOME(n_inner=3, lr_inner=0.2, phi="value_gap"),
     VPBGD(n_inner=3), F2BA(n_inner=3, lr_inner=0.2),
 ]
@@ -110,6 +114,9 @@ def _arrays(state):
             for k in v._fields:
                 if is_array(getattr(v, k)):
                     out[f"{f.name}.{k}"] = np.array(to_host(getattr(v, k)), copy=True)
+        elif isinstance(v, tuple) and v and all(is_array(a) for a in v):
+            for i, a in enumerate(v):
+                out[f"{f.name}[{i}]"] = np.array(to_host(a), copy=True)
         else:
             out[f.name] = v
     return out

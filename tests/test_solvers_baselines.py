@@ -20,7 +20,7 @@ from refbilevel._backend import backend_namespace, to_host, to_host_scalar
 from refbilevel.oracle import Oracle
 from refbilevel.problems.logreg import LogRegHPO
 from refbilevel.problems.quadratic import Quadratic
-from refbilevel.solvers import (AID, BOME, F2BA, ITD, SOBA, VPBGD, ImplicitGD, OracleCalls,
+from refbilevel.solvers import (AID, BOME, F2BA, ITD, SABA, SOBA, VPBGD, ImplicitGD, OracleCalls,
                                 StocBiO)
 from refbilevel.solvers.itd import reverse_hypergradient
 
@@ -250,6 +250,9 @@ def _quad_cases():
         ("soba", lambda m: SOBA(lr_inner=1 / m["L_g"], lr_outer=0.2 * m["lr_F"],
                                 batch_size_outer=None, batch_size_inner=None),
          1600, xstar, 1e-7),
+        ("saba-full", lambda m: SABA(lr_inner=1 / m["L_g"], lr_outer=0.2 * m["lr_F"],
+                                     batch_size_outer=None, batch_size_inner=None),
+         1600, xstar, 1e-7),
         ("vpbgd", lambda m: VPBGD(lam=10.0, lr_outer=0.25 * m["lr_F"],
                                   lr_inner=0.1 / m["L_g"], lr_hat=1 / m["L_g"], n_inner=2,
                                   yhat_start="previous"), 550, "penalty10", 1e-7),
@@ -363,6 +366,9 @@ COUNT_CASES = [
     ("stocbio", StocBiO(n_inner=3, n_neumann=2, lr_inner=0.2, lr_outer=0.1,
                         batch_size_outer=4, batch_size_inner=4)),
     ("soba", SOBA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4)),
+    ("soba-sqrt", SOBA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4,
+                       lr_schedule="sqrt")),
+    ("saba", SABA(lr_inner=0.2, lr_outer=0.1, batch_size_outer=4, batch_size_inner=4)),
     ("bome", BOME(n_inner=3, lr_inner=0.2, lr_outer=0.1)),
     ("bome-value-gap", BOME(n_inner=3, lr_inner=0.2, lr_outer=0.1, phi="value_gap")),
     ("vpbgd", VPBGD(n_inner=3)),

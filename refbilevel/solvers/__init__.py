@@ -10,9 +10,10 @@ from .itd import ITD
 from .memcs import MemCS
 from .minimaxopt import MinimaxOPT, MinimaxOPTStochastic
 from .penalty import F2BA, VPBGD
+from .saba import SABA
 from .soba import SOBA
 from .stocbio import StocBiO
 
 __all__ = ["OracleCalls", "Solver", "SolverState"]
-__all__ += ["AID", "BOME", "F2BA", "ITD", "ImplicitGD", "SOBA", "StocBiO", "VPBGD"]
+__all__ += ["AID", "BOME", "F2BA", "ITD", "ImplicitGD", "SABA", "SOBA", "StocBiO", "VPBGD"]
 __all__ += ["F2SA", "F2SAAdam", "FOSL", "MemCS", "MinimaxOPT", "MinimaxOPTStochastic"]

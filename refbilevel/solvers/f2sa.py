@@ -292,6 +292,11 @@ class F2SAAdam(F2SA):
         Use :math:`\hat m, \hat v`. Default True: the slide computes the corrected
         moments but writes the raw ones in its update line; this project uses the corrected
         ones (``bias_correction=False`` gives the raw ones).
+    adam_state : {"raw", "corrected"}
+        What the Adam state keeps between updates: the raw moments (default, Kingma and
+        Ba's Adam) or the bias-corrected ones, the literal reading of the slides' AdamGrad,
+        which overwrites the moments with their corrected values
+        (:func:`refbilevel.optim.adam` ``keep_corrected``; needs ``bias_correction``).
     schedule : {"constant", "paper", "benchopt"}
         Default "constant" [PAPER: the slides select constant {γ, α} and δ = 0.1].
     Other parameters as in :class:`F2SA`.
@@ -336,13 +341,17 @@ class F2SAAdam(F2SA):
     beta2: float = 0.99
     eps: float = 1e-8
     bias_correction: bool = True
+    adam_state: str = "raw"
 
     def __post_init__(self):
         super().__post_init__()
         validate_fields(self, beta1=FRACTION, beta2=FRACTION, eps=POSITIVE,
-                        bias_correction=FLAG)
+                        bias_correction=FLAG, adam_state=choice("raw", "corrected"))
+        if self.adam_state == "corrected" and not self.bias_correction:
+            raise ValueError("adam_state='corrected' needs bias_correction=True")
 
     @cached_property
     def optimizer(self):
         """Adam (:func:`refbilevel.optim.adam`) with this solver's β₁, β₂, ε."""
-        return adam(self.beta1, self.beta2, self.eps, bias_correction=self.bias_correction)
+        return adam(self.beta1, self.beta2, self.eps, bias_correction=self.bias_correction,
+                    keep_corrected=self.adam_state == "corrected")

@@ -6,11 +6,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..oracle import as_oracle
-from ._common import (COUNT1_OR_NONE, POSITIVE, data_streams, paired_batches, project_x,
-                      resolve_seed, start_point, validate_fields)
+from ._common import (COUNT1_OR_NONE, POSITIVE, choice, data_streams, paired_batches,
+                      project_x, resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
-__all__ = ["SOBA", "SOBAState"]
+__all__ = ["SOBA", "SOBAState", "LR_SCHEDULES", "decayed"]
+
+#: Step-size schedules of SOBA and SABA.
+LR_SCHEDULES = ("constant", "sqrt")
+
+
+def decayed(lr: float, decay: str, k: int) -> float:
+    """The step of iteration ``k`` (a host float): ``lr`` or ``lr / sqrt(k + 1)``."""
+    return lr if decay == "constant" else lr / (k + 1) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -39,14 +47,17 @@ class SOBA(Solver):
         ``outer_ratio = 1`` [CODE]).
     batch_size_outer, batch_size_inner : int or None
         Minibatch sizes; ``None`` means full batches (default 64 each, benchopt [CODE]).
+    lr_schedule : {"constant", "sqrt"}
+        ``"constant"`` (default): ρ and γ at every step. ``"sqrt"``: the steps of step
+        :math:`k` are :math:`\rho/\sqrt{k+1}` and :math:`\gamma/\sqrt{k+1}` on both
+        levels, benchopt's decreasing schedule [CODE].
 
     Notes
     -----
-    Constant step sizes, this project's choice: benchopt's SOBA uses only decreasing steps
-    :math:`c/(t+1)^a`. With constant steps and full batches the fixed point is exactly
-    :math:`(x^*, y^*(x^*), -H^{-1}\nabla_y f)` for a stationary :math:`x^*`; a decreasing
-    schedule is obtained by stepping with a new ``SOBA`` (other ``lr_inner``/``lr_outer``)
-    from the state. One inner batch :math:`\mathcal B` and one
+    Constant step sizes by default, this project's choice: benchopt's SOBA uses decreasing
+    steps :math:`c/(t+1)^a` (``lr_schedule="sqrt"`` is its :math:`a = 1/2` on both levels).
+    With constant steps and full batches the fixed point is exactly
+    :math:`(x^*, y^*(x^*), -H^{-1}\nabla_y f)` for a stationary :math:`x^*`. One inner batch :math:`\mathcal B` and one
     outer batch :math:`\mathcal D` per step, as in benchopt:
 
     .. math::
@@ -90,10 +101,12 @@ class SOBA(Solver):
     lr_outer: float = 0.1
     batch_size_outer: int | None = 64
     batch_size_inner: int | None = 64
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         validate_fields(self, lr_inner=POSITIVE, lr_outer=POSITIVE,
-                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE)
+                        batch_size_outer=COUNT1_OR_NONE, batch_size_inner=COUNT1_OR_NONE,
+                        lr_schedule=choice(*LR_SCHEDULES))
 
     def streams(self, problem) -> tuple:
         """One outer and one inner batch per step."""
@@ -113,6 +126,8 @@ class SOBA(Solver):
         lin = problem.linearize_g(x, y, batch)                   # H and J share one pass
         d_v = lin.hvp(v) + fy
         d_x = lin.cross(v) + fx                                  # line 2
+        rho = decayed(self.lr_inner, self.lr_schedule, state.iteration)
+        gamma = decayed(self.lr_outer, self.lr_schedule, state.iteration)
         return evolve(                                           # line 3
-            state, y=y - self.lr_inner * d_y, v=v - self.lr_inner * d_v,
-            x=project_x(problem, x - self.lr_outer * d_x), iteration=state.iteration + 1)
+            state, y=y - rho * d_y, v=v - rho * d_v,
+            x=project_x(problem, x - gamma * d_x), iteration=state.iteration + 1)

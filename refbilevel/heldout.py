@@ -1,0 +1,150 @@
+r"""Held-out metrics: test accuracy and test AUC recorded in a run's history.
+
+A held-out metric is an object with a ``name`` (its history column) and a call
+``metric(problem, state) -> float``; :func:`refbilevel.run` accepts such objects in
+``metrics`` beside the metric names, evaluates them at record points only (they
+synchronise) and records one column each, like ``value``.
+
+* :class:`TestAccuracy` — share of held-out rows whose predicted class (sign of the binary
+  score, arg-max of the multiclass scores) equals the label; the model is the problem's
+  ``model`` evaluated at the inner iterate ``y``.
+* :class:`TestAUC` — area under the ROC curve of held-out rows (Mann-Whitney statistic, ties
+  counted one half), averaged over the tasks of a
+  :class:`~refbilevel.problems.auc.MultiTaskAUC`; the task heads are the exact lower-level
+  solutions :math:`z_i^*(x)` at the outer iterate.
+
+The held-out rows never enter an oracle: a solver cannot see them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backend import from_host, to_host
+
+__all__ = ["TestAccuracy", "TestAUC", "auc_score"]
+
+
+def _host(a, name):
+    out = np.asarray(to_host(a) if not isinstance(a, np.ndarray) else a)
+    if out.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    return out
+
+
+class TestAccuracy:
+    r"""Test accuracy of a classification problem's model at the iterate ``y``.
+
+    Parameters
+    ----------
+    A_test : array, shape (n, d)
+        Held-out features (host or the problem's namespace; moved once to the problem's
+        namespace, dtype and device at the first call).
+    labels_test : array, shape (n,)
+        Labels: ±1 for a binary model (scores ``(n,)``), class indices ``0..C-1`` for a
+        multiclass model (scores ``(n, C)``).
+    name : str
+        History column (default ``"test_accuracy"``).
+
+    Notes
+    -----
+    :math:`\mathrm{acc} = \frac1n \sum_i [\hat c(a_i) = c_i]` with
+    :math:`\hat c(a) = \operatorname{sign} s(a)` (binary, a zero score counts as +1) or
+    :math:`\arg\max_c s_c(a)` (multiclass), :math:`s = \text{model}(y; a)`.
+    """
+
+    __test__ = False   # not a pytest class
+
+    def __init__(self, A_test, labels_test, *, name: str = "test_accuracy"):
+        A = _host(A_test, "A_test")
+        lab = _host(labels_test, "labels_test")
+        if A.ndim != 2:
+            raise ValueError(f"A_test must be 2-D; got shape {A.shape}")
+        if lab.shape != (A.shape[0],):
+            raise ValueError(f"labels_test must have shape ({A.shape[0]},); got {lab.shape}")
+        if not isinstance(name, str) or not name:
+            raise TypeError("name must be a non-empty string")
+        self.A_host, self.labels = A, lab
+        self.name = name
+        self._dev = None
+
+    def __call__(self, problem, state) -> float:
+        if self._dev is None or self._dev[0] is not problem:
+            A = from_host(self.A_host.astype(np.float64), problem.xp, dtype=problem.dtype,
+                          device=problem.device)
+            self._dev = (problem, A)
+        scores = problem.model.forward(state.y, self._dev[1], xp=problem.xp)
+        if isinstance(scores, tuple):                 # MLP: (scores, cache)
+            scores = scores[0]
+        s = np.asarray(to_host(scores))
+        pred = np.where(s >= 0, 1.0, -1.0) if s.ndim == 1 else np.argmax(s, axis=1)
+        return float(np.mean(pred == self.labels))
+
+
+def auc_score(scores, labels) -> float:
+    """ROC AUC of one task: P(score of a positive > score of a negative), ties one half."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels) > 0
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("auc_score needs both classes among the labels")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(allv.size)
+    # average ranks over ties (1-based)
+    i = 0
+    while i < allv.size:
+        j = i
+        while j + 1 < allv.size and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i:j + 1] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    r = np.empty(allv.size)
+    r[order] = ranks
+    u = r[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+class TestAUC:
+    r"""Mean test AUC over the tasks of a multi-task AUC problem.
+
+    Parameters
+    ----------
+    A_test : array, shape (T, n, d)
+        Held-out features per task.
+    y_test : array, shape (T, n)
+        Labels in {0, 1}; every task needs both classes.
+    name : str
+        History column (default ``"test_auc"``).
+
+    Notes
+    -----
+    The score of row :math:`a` in task :math:`i` is :math:`\langle \phi(a; x), z_i^*(x)\rangle`
+    (the problem's shared representation and the exact task head); the AUC is invariant
+    under the increasing sigmoid map, so it is left out. The reported value is
+    :math:`\frac1T \sum_i \mathrm{AUC}_i`.
+    """
+
+    __test__ = False
+
+    def __init__(self, A_test, y_test, *, name: str = "test_auc"):
+        A = _host(A_test, "A_test")
+        y = _host(y_test, "y_test")
+        if A.ndim != 3 or y.shape != A.shape[:2]:
+            raise ValueError(f"A_test must be (T, n, d) and y_test (T, n); got {A.shape} and "
+                             f"{y.shape}")
+        for t in range(y.shape[0]):
+            if not (y[t] > 0).any() or (y[t] > 0).all():
+                raise ValueError(f"y_test task {t} needs both classes")
+        self.A_host, self.y = A, y
+        self.name = name
+        self._dev = None
+
+    def __call__(self, problem, state) -> float:
+        if self._dev is None or self._dev[0] is not problem:
+            self._dev = (problem, from_host(self.A_host.astype(np.float64), problem.xp,
+                                            dtype=problem.dtype, device=problem.device))
+        xp = problem.xp
+        z = problem.inner_solution(state.x)                       # (T, r)
+        feats = problem._features(self._dev[1], state.x)          # (T, n, r)
+        s = np.asarray(to_host(xp.sum(feats * z[:, None, :], axis=-1)))
+        return float(np.mean([auc_score(s[t], self.y[t]) for t in range(s.shape[0])]))
