@@ -499,7 +499,7 @@ def _validate(problem, solver, n_iter, record_every, metrics, callback, progress
     check_int(n_iter, "n_iter", minimum=0)
     check_int(record_every, "record_every", minimum=1)
     check_int(checkpoint_every, "checkpoint_every", minimum=1, allow_none=True)
-    if not isinstance(metrics, (tuple, list)):
+    if not isinstance(metrics, (tuple, list, str)):
         raise TypeError(f"metrics must be a tuple of names from {METRICS} or held-out "
                         f"metric objects; got {type(metrics).__name__}")
     _check_metrics(metrics)
