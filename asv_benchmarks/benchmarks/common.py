@@ -2,7 +2,8 @@
 
 Every benchmark class derives from :class:`XPBenchmark`, parametrised by backend
 (numpy, cupy where a GPU exists, torch through array-api-compat where installed,
-array_api_strict optionally) x size x dtype. Rules followed (CONVENTIONS.md §4.4):
+array_api_strict optionally) x size x dtype. Rules followed (as in asv's own guidance on
+GPU timing):
 
 * all inputs are built and synchronised in ``setup``, and every timed callable runs once
   there (warm-up: kernel compilation, cuBLAS handles, memory-pool growth);
