@@ -21,9 +21,10 @@ Schedules
 ---------
 A schedule is any callable ``k -> float`` of a non-negative step (or stage) index, evaluated
 on the host: :func:`constant`, :func:`inverse_power`, :func:`cosine`, :func:`stagewise`
-(MinimaxOPT's :math:`\tau^{-i}` rescaling), and the multiplier schedules
-:func:`additive_multiplier` (:math:`\lambda_{k+1} = \lambda_k + \delta_k`) and
-:func:`stage_multiplier` (:math:`\alpha \leftarrow \tau\alpha` per stage).
+(MinimaxOPT's :math:`\tau^{-i}` rescaling) and the multiplier schedule
+:func:`stage_multiplier` (:math:`\alpha \leftarrow \tau\alpha` per stage). Additive
+multipliers (:math:`\lambda_{k+1} = \lambda_k + \delta_k`, F2SA and FOSL/MemCS) keep the
+running value in the solver state and add an :func:`inverse_power` increment.
 
 References
 ----------
@@ -53,7 +54,6 @@ __all__ = [
     "SGDState",
     "Schedule",
     "adam",
-    "additive_multiplier",
     "constant",
     "cosine",
     "inverse_power",
@@ -277,40 +277,6 @@ def stagewise(tau: float, steps_per_stage: int) -> Schedule:
     tau = check_real(tau, "tau", positive=True)
     steps_per_stage = check_int(steps_per_stage, "steps_per_stage", minimum=1)
     return lambda k: tau ** (-(k // steps_per_stage))
-
-
-def additive_multiplier(lam0: float, delta: float | Schedule, *, power: float = 0.0
-                        ) -> Schedule:
-    r"""The multiplier :math:`\lambda_k` of :math:`\lambda_{k+1} = \lambda_k + \delta_k`.
-
-    Parameters
-    ----------
-    lam0 : float
-        :math:`\lambda_0`.
-    delta : float or schedule
-        A float ``c`` gives :math:`\delta_k = c/(k+1)^{\text{power}}` (constant for power 0);
-        a callable is used as :math:`\delta_k` directly.
-    power : float
-        Exponent of the decaying increment (ignored when ``delta`` is a callable).
-
-    Notes
-    -----
-    Evaluating ``schedule(k)`` sums the increments from scratch (exactly as a solver that
-    accumulates :math:`\lambda` step by step, so the two agree bitwise). Solvers keep the
-    running value in their state and add :meth:`increment` instead; this function is for
-    plots and tests.
-    """
-    lam0 = check_real(lam0, "lam0")
-    inc = delta if callable(delta) else inverse_power(check_real(delta, "delta"), power)
-
-    def schedule(k):
-        lam = lam0
-        for j in range(k):
-            lam = lam + inc(j)
-        return lam
-
-    schedule.increment = inc
-    return schedule
 
 
 def stage_multiplier(alpha0: float, tau: float, *, update: str = "pre") -> Schedule:

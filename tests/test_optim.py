@@ -103,13 +103,6 @@ def test_schedules_formulas():
 
 
 def test_multiplier_schedules():
-    add = optim.additive_multiplier(1.0, 0.1)
-    assert add(0) == 1.0
-    assert add(10) == pytest.approx(2.0, rel=1e-14)
-    dec = optim.additive_multiplier(1.0, 0.5, power=1 / 7)
-    expected = 1.0 + sum(0.5 / (j + 1) ** (1 / 7) for j in range(20))
-    assert dec(20) == pytest.approx(expected, rel=1e-14)
-    assert add.increment(3) == 0.1
     pre = optim.stage_multiplier(0.5, 2.0, update="pre")
     post = optim.stage_multiplier(0.5, 2.0, update="post")
     assert [pre(i) for i in range(3)] == [1.0, 2.0, 4.0]

@@ -20,7 +20,7 @@ from functools import cached_property, partial
 from typing import Any
 
 from .._validation import check_real
-from ..optim import cosine, momentum, sgd, stage_multiplier
+from ..optim import cosine, momentum, sgd, stage_multiplier, stagewise
 from ..oracle import as_oracle
 from ._common import (BOUNDS, COUNT1, COUNT1_OR_NONE, FRACTION, NONNEGATIVE, POSITIVE,
                       POSITIVE_OR_NONE, SAMPLING, choice, data_streams, paired_batches, project_x,
@@ -189,13 +189,17 @@ class MinimaxOPT(Solver):
         """Multiplier of stage ``stage`` (:func:`refbilevel.optim.stage_multiplier`)."""
         return self._alpha_schedule(stage)
 
+    @cached_property
+    def _stage_factor(self):
+        return stagewise(self.tau, self.steps_per_stage)
+
     def step_scale(self, t: int) -> float:
-        r"""Host factor :math:`\tau^{-i}\eta(t)/\eta` of global step ``t`` (η(t) constant or cosine)."""
-        stage = t // self.steps_per_stage
+        r"""Host factor :math:`\tau^{-i}\eta(t)/\eta` of global step ``t`` (η(t) constant or cosine;
+        :math:`\tau^{-i}` from :func:`refbilevel.optim.stagewise`)."""
         base = 1.0
         if self.lr_schedule == "cosine":
             base = self._cosine(t)
-        return self.tau ** (-stage) * base
+        return self._stage_factor(t) * base
 
     def horizon(self) -> int:
         """N·K: the steps of Algorithm 1/2 (``n_stages * steps_per_stage``)."""
