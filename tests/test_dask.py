@@ -204,6 +204,7 @@ def test_linalg_solve_on_dask(client, stacked, rng):
                                rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.slow   # ~75 s on 2 cores: every CG iteration of the exact solve is a round trip
 def test_exact_oracle_on_dask(client):
     # oracle: the NumPy problem's exact hypergradient (client-side solves on dim_y systems)
     p_np, p_da = _logreg(_identity), _logreg(_chunked)
