@@ -805,7 +805,8 @@ _VALIDATION_FILES = ("_validation.py", "registry.py", "config.py", "cli.py", "re
 _VALIDATION_FUNCTIONS = ("__post_init__", "__init__", "_validate", "random", "synthetic",
                          "run", "read", "_read", "_decode", "export", "trajectory", "compare",
                          "reference_for", "backend_namespace", "resolve_dtype", "host_rng",
-                         "resolve_seed", "stream_spec", "load_candidate", "load_export", "_oracles_at")
+                         "resolve_seed", "stream_spec", "load_candidate", "load_export",
+                         "_oracles_at")
 
 
 def _is_usage_error(exc) -> bool:
