@@ -137,6 +137,12 @@ def check_array(a, name: str, *, ndim: int | tuple[int, ...] | None = None,
     return a
 
 
+def check_has_features(a, name: str) -> None:
+    """Refuse data whose last axis (the features) is empty: the models would divide by zero."""
+    if a.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one feature; got shape {tuple(a.shape)}")
+
+
 def check_labels(a, name: str, *, values: tuple, like=None):
     """Check a label array whose entries must all lie in ``values`` (any numeric dtype)."""
     xp = array_namespace(a, names=(name,))

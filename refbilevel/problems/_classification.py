@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .._backend import array_namespace, device, from_host, resolve_dtype, to_host_scalar
-from .._validation import check_array, check_int, check_labels, check_memory
+from .._validation import (check_array, check_has_features, check_int,
+                          check_labels, check_memory)
 from ..models.losses import one_hot
 
 __all__ = ["ValidationLoss", "check_binary_data", "check_multiclass_data", "onehot_targets",
@@ -44,9 +45,7 @@ def _check_features(A_train, A_val, names):
     check_array(A_val, names[1], shape=(None, A_train.shape[1]), like=A_train)
     if A_train.shape[0] < 1 or A_val.shape[0] < 1:
         raise ValueError(f"{names[0]} and {names[1]} must have at least one row")
-    if A_train.shape[1] < 1:
-        raise ValueError(f"{names[0]} must have at least one feature (column); got shape "
-                         f"{tuple(A_train.shape)}")
+    check_has_features(A_train, names[0])
     return xp
 
 

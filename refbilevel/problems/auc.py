@@ -60,7 +60,8 @@ References
 from __future__ import annotations
 
 from .._backend import linalg_solve, to_host
-from .._validation import check_array, check_bool, check_choice, check_int, check_real
+from .._validation import (check_array, check_bool, check_choice,
+                          check_has_features, check_int, check_real)
 from ..linalg import block_newton
 from ..models.auc import VERSIONS, auc_m_alpha_star, auc_m_grad, auc_m_loss
 from ..models.losses import sigmoid, sigmoid_prime, softplus
@@ -178,11 +179,8 @@ class MultiTaskAUC(MinimaxBilevelProblem):
                  prior=None):
         check_array(A_train, "A_train", ndim=3)
         for name, arr in (("y_train", y_train), ("A_val", A_val), ("y_val", y_val)):
-            if arr is None:
-                raise TypeError(f"{name} must be an array; got None")
-        if A_train.shape[2] < 1:
-            raise ValueError(f"A_train must have at least one feature; got shape "
-                             f"{tuple(A_train.shape)}")
+            check_array(arr, name, floating=False)
+        check_has_features(A_train, "A_train")
         self._set_backend(A_train, y_train, A_val, y_val,
                           names=("A_train", "y_train", "A_val", "y_val"))
         xp = self.xp
@@ -308,7 +306,6 @@ class MultiTaskAUC(MinimaxBilevelProblem):
 
     def grad_g(self, x, z, blocks, batch: Batch | None = None):
         r"""``(gx, gz)``: gradient of the mean in x; per-block :math:`\nabla_z g_i` (nb, r)."""
-        xp = self.xp
         A, lab, feats, t = self._g_parts(x, z, blocks, None if batch is None else batch.inner)
         q = self._q(lab, t)
         dz = self._offset(x, z)
@@ -456,7 +453,6 @@ class MultiTaskAUC(MinimaxBilevelProblem):
 
         with the ``T`` systems of size ``r`` solved densely in one stacked call.
         """
-        xp = self.xp
         blocks = self.all_blocks()
         z, alpha = self._saddle_point(x)
         gx, _, gz = self.grad_f(x, alpha, z, blocks)

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from .._backend import linalg_solve, to_host_scalar
 from ..linalg import block_newton
-from .._validation import check_array, check_choice, check_int, check_real
+from .._validation import check_array, check_choice, check_has_features, check_int, check_real
 from ..models.losses import sigmoid, sigmoid_prime, softplus
 from .base import Batch, MinimaxBilevelProblem
 
@@ -128,11 +128,8 @@ class RankedMetaLearning(MinimaxBilevelProblem):
                  smoothing="softplus", temperature=0.1, rho=1e-3, loss="squared"):
         check_array(A_train, "A_train", ndim=3)
         for name, arr in (("b_train", b_train), ("A_val", A_val), ("b_val", b_val)):
-            if arr is None:
-                raise TypeError(f"{name} must be an array; got None")
-        if A_train.shape[2] < 1:
-            raise ValueError(f"A_train must have at least one feature; got shape "
-                             f"{tuple(A_train.shape)}")
+            check_array(arr, name, floating=False)
+        check_has_features(A_train, "A_train")
         self._set_backend(A_train, b_train, A_val, b_val,
                           names=("A_train", "b_train", "A_val", "b_val"))
         T, n_tr, d = A_train.shape
@@ -329,7 +326,6 @@ class RankedMetaLearning(MinimaxBilevelProblem):
         :math:`\partial_\lambda\Phi = \frac1T\sum_i\partial_\lambda f_i`, at
         :math:`(\hat\lambda^*, z^*)`, :math:`H_i = \nabla^2_{zz} g_i(x, z_i^*)`.
         """
-        xp = self.xp
         blocks = self.all_blocks()
         z = self.inner_solution(x)
         gx, _, gz = self.grad_f(x, self.dual_solution(x, z), z, blocks)
