@@ -1,9 +1,13 @@
 """Fault injection: every file or resource fault ends in one clear line, and no result is lost.
 
-Each case drives ``python -m refbilevel`` in a subprocess and asserts three things: the exit
-status, a single stderr line that names the path (or argument) and the cause, and that the
-results written before the fault are byte-identical afterwards (the oracle: SHA-256 of every
-file, taken before the fault). Disk-full cases mount a small tmpfs and therefore need root;
+Each case drives the command line and asserts three things: the exit status, a single
+stderr line that names the path (or argument) and the cause, and that the results written
+before the fault are byte-identical afterwards (the oracle: SHA-256 of every file, taken
+before the fault). The commands run in the test process (``refbilevel.cli.main``, whose
+return value is the exit status of ``python -m refbilevel``; warnings ignored as with
+``PYTHONWARNINGS=ignore``), except where the subject is the process itself: a run killed
+with SIGKILL, a closed output pipe, the umask, and sizes that must be refused before any
+memory is taken, which run ``python -m refbilevel`` in a subprocess. Disk-full cases mount a small tmpfs and therefore need root;
 elsewhere they are skipped with the reason. A read-only folder is a read-only remount of
 such a tmpfs under root, and a mode-0555 folder otherwise.
 """
@@ -22,6 +26,7 @@ import time
 
 import numpy as np
 import pytest
+from _cli import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=40", "--set",
@@ -30,7 +35,13 @@ SMALL = ["--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=40", "--
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file semantics")
 
 
-def cli(*args, cwd, timeout=120, umask=None, **kw):
+def cli(*args, cwd):
+    """``refbilevel ARGS`` in ``cwd``, in this process (see tests/_cli.py)."""
+    return run_cli(*args, cwd=cwd, ignore_warnings=True)
+
+
+def process(*args, cwd, timeout=120, umask=None, **kw):
+    """``python -m refbilevel ARGS`` in a subprocess, for faults of the process itself."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, "-m", "refbilevel", *map(str, args)], cwd=cwd,
@@ -300,7 +311,8 @@ def test_resume_finds_default_folder_and_reports_complete(tmp_path):
 
 def test_written_files_honour_the_umask(tmp_path):
     for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
-        proc = cli("run", *SMALL, "--iters", 2, "--out", f"D{mask:o}", cwd=tmp_path, umask=mask)
+        proc = process("run", *SMALL, "--iters", 2, "--out", f"D{mask:o}", cwd=tmp_path,
+                       umask=mask)
         assert proc.returncode == 0, proc.stderr
         for name in ("config.json", "history.csv", "final.npz"):
             assert os.stat(tmp_path / f"D{mask:o}" / name).st_mode & 0o777 == mode, (mask, name)
@@ -338,7 +350,7 @@ def test_broken_pipe_keeps_results_and_fails(tmp_path):
       "--out", "D"], "n_classes=1000000000"),
 ])
 def test_sizes_that_cannot_fit(tmp_path, argv, needle):
-    proc = cli(*argv, cwd=tmp_path, timeout=60)
+    proc = process(*argv, cwd=tmp_path, timeout=60)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     one_line(proc, needle, "GiB of memory")
     assert not (tmp_path / "D").exists() or not os.listdir(tmp_path / "D")
