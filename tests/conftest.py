@@ -6,6 +6,14 @@ PyTorch (CPU) where they are installed, and on CuPy where a GPU is visible. A li
 is not installed shows up as skipped, with the reason. Tests ask for ``xp`` (the
 namespace), ``device`` and ``asxp`` (host data -> arrays of the backend).
 
+By default array-api-strict runs on ``device1`` only; its CPU-device cases are marked
+``slow`` (``-m slow`` runs them, and so does naming ``array_api_strict`` in
+``REFBILEVEL_BACKENDS`` or setting it to ``all``). The two runs execute the same strict
+namespace on the same data; ``device1`` differs only in that every array creation and
+every mix of arrays is checked against a device that is not the default one, so a case
+that passes there passes on the CPU device, and the CPU-device run proves nothing more
+while taking about a sixth of the default suite's time.
+
 ``REFBILEVEL_BACKENDS=numpy,jax`` restricts the matrix to the named backends. Tests marked
 ``@pytest.mark.eager_libraries`` are the representative subset that runs on JAX and
 PyTorch by default (the data-driven problems' oracles, linear algebra, the backend
@@ -59,6 +67,13 @@ def _selected() -> set[str] | None:
     return {name.strip() for name in only.split(",") if name.strip()}
 
 
+def _strict_cpu_by_default() -> bool:
+    """Whether array-api-strict's CPU device is in the default run (see the module doc)."""
+    only = os.environ.get("REFBILEVEL_BACKENDS", "").strip()
+    keep = _selected()
+    return only == "all" or (keep is not None and "array_api_strict" in keep)
+
+
 def _backends():
     params = [pytest.param("numpy", id="numpy")]
     try:
@@ -67,7 +82,8 @@ def _backends():
         array_api_strict.set_array_api_strict_flags(
             api_version="2025.12", boolean_indexing=False, data_dependent_shapes=False
         )
-        params.append(pytest.param("array_api_strict", id="array_api_strict"))
+        params.append(pytest.param("array_api_strict", id="array_api_strict",
+                                   marks=() if _strict_cpu_by_default() else pytest.mark.slow))
         params.append(pytest.param("array_api_strict-device1", id="array_api_strict-device1"))
     except ImportError:
         pass

@@ -1,6 +1,9 @@
 """End-to-end tests of the ``refbilevel`` command line, each in a temporary directory.
 
-The CLI is driven through ``python -m refbilevel`` in a subprocess. Oracles: the same run
+The commands run in the test process through ``refbilevel.cli.main`` (tests/_cli.py: the
+exit status and the stdout/stderr text of ``python -m refbilevel``, without an interpreter
+start per command); the run killed with SIGKILL is a real ``python -m refbilevel`` process
+(tests/test_faults.py drives the other faults of the process itself). Oracles: the same run
 in-process through the Python API (identical arrays), an independent NumPy
 re-implementation of F2SA on an exported instance, data sizes computed by hand, and the
 PNG file signature. CLI-level tests are NumPy only: the backend matrix is covered by the
@@ -19,16 +22,16 @@ import time
 
 import numpy as np
 import pytest
+from _cli import run_cli
 
 from refbilevel.registry import DEFAULT_RUN, PROBLEMS, SOLVERS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, cwd, timeout=120):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "refbilevel", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+def cli(*args, cwd):
+    """``refbilevel ARGS`` in ``cwd``, in this process."""
+    return run_cli(*args, cwd=cwd)
 
 
 def read_csv(path):
@@ -365,7 +368,7 @@ def test_run_on_other_backends_matches_numpy(tmp_path, backend):
     finals = {}
     for b in ("numpy", backend):
         proc = cli("run", "--problem", "quadratic", "--solver", "f2sa", "--iters", 5,
-                   "--backend", b, "--no-progress", "--out", b, cwd=tmp_path, timeout=300)
+                   "--backend", b, "--no-progress", "--out", b, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         finals[b] = np.load(tmp_path / b / "final.npz")
         assert json.loads((tmp_path / b / "config.json").read_text())["backend"] == b
@@ -380,7 +383,7 @@ def test_export_on_jax_matches_numpy(tmp_path):
     for b in ("numpy", "jax"):
         proc = cli("export", "--problem", "logreg", "--solver", "f2sa", "--set", "problem.n=60",
                    "--set", "problem.p=6", "--steps", 3, "--batch-size", 8, "--backend", b,
-                   "--out", f"{b}.npz", cwd=tmp_path, timeout=300)
+                   "--out", f"{b}.npz", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         out[b] = np.load(tmp_path / f"{b}.npz")
     np.testing.assert_array_equal(out["jax"]["batch_inner"], out["numpy"]["batch_inner"])
@@ -391,7 +394,7 @@ def test_export_on_jax_matches_numpy(tmp_path):
 def test_bench_backend_swap_table(tmp_path):
     pytest.importorskip("jax", reason="JAX is not installed")
     proc = cli("bench", "--backends", "numpy,jax", "--steps", 2, "--repeats", 1,
-               cwd=tmp_path, timeout=300)
+               cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines()[2:4]]
     assert [r[1] for r in rows] == ["numpy", "jax"]

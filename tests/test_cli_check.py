@@ -1,6 +1,10 @@
 """``refbilevel check``: registered problems, a user's ``module:callable``, the certificate and
 its exit status. Oracles: the closed-form hypergradient recomputed in NumPy from the same
-instance, and the certificate computed in-process."""
+instance, and the certificate computed in-process.
+
+The commands run in the test process (tests/_cli.py), except the user's ``module:callable``,
+whose module is found on the import path of ``python -m refbilevel`` started in its folder:
+that case runs the real command in a subprocess."""
 
 from __future__ import annotations
 
@@ -10,13 +14,20 @@ import subprocess
 import sys
 
 import numpy as np
+from _cli import run_cli
 
 from refbilevel.problems.quadratic import Quadratic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, cwd, timeout=300):
+def cli(*args, cwd):
+    """``refbilevel ARGS`` in ``cwd``, in this process."""
+    return run_cli(*args, cwd=cwd)
+
+
+def process(*args, cwd, timeout=300):
+    """``python -m refbilevel ARGS`` in a subprocess started in ``cwd``."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "refbilevel", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=env)
@@ -46,7 +57,7 @@ def test_user_callable(tmp_path):
         "from refbilevel.problems import LogRegHPO\n"
         "def small(seed=0, n=40):\n"
         "    return LogRegHPO.synthetic(n_samples=n, n_features=3, seed=seed)\n")
-    proc = cli("check", "--problem", "myproblems:small", "--set", "seed=2", "--set", "n=30",
+    proc = process("check", "--problem", "myproblems:small", "--set", "seed=2", "--set", "n=30",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("myproblems:small on numpy")
