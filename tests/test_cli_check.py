@@ -58,7 +58,7 @@ def test_user_callable(tmp_path):
         "def small(seed=0, n=40):\n"
         "    return LogRegHPO.synthetic(n_samples=n, n_features=3, seed=seed)\n")
     proc = process("check", "--problem", "myproblems:small", "--set", "seed=2", "--set", "n=30",
-               cwd=tmp_path)
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("myproblems:small on numpy")
     assert "certificate of the inner solution there: certified" in proc.stdout
