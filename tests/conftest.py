@@ -26,7 +26,10 @@ Markers:
 
 * ``@pytest.mark.skip_xp_backends("cupy", reason="...")`` skips the named backends
   (names as in the test ids: numpy, array_api_strict, array_api_strict-device1, cupy);
-* ``@pytest.mark.skip_xp_backends(cpu_only=True, reason="...")`` skips GPU backends.
+* ``@pytest.mark.skip_xp_backends(cpu_only=True, reason="...")`` skips GPU backends;
+* ``@pytest.mark.slow_xp_backends("array_api_strict", reason="...")`` marks the named
+  backends' cases ``slow`` (they run with ``-m slow``): for long runs whose agreement with
+  the NumPy trajectory is tested on that backend by a short run elsewhere.
 """
 
 from __future__ import annotations
@@ -119,13 +122,29 @@ def _make_backend(name: str) -> Backend:
     return Backend(name, xp, None)
 
 
+def _named(name: str, backends) -> bool:
+    return any(name == arg or name.startswith(arg + "-") for arg in backends)
+
+
 def _apply_skip_markers(request, name: str) -> None:
     for marker in request.node.iter_markers("skip_xp_backends"):
         reason = marker.kwargs.get("reason") or "skipped for this backend"
-        if any(name == arg or name.startswith(arg + "-") for arg in marker.args):
+        if _named(name, marker.args):
             pytest.skip(f"{name}: {reason}")
         if marker.kwargs.get("cpu_only") and name in GPU_BACKENDS:
             pytest.skip(f"{name}: {reason}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """``slow_xp_backends``: mark the named backends' cases slow before ``-m`` selects."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend") if callspec is not None else None
+        if name is None:
+            continue
+        if any(_named(name, m.args) for m in item.iter_markers("slow_xp_backends")):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(params=BACKEND_PARAMS)

@@ -27,6 +27,13 @@ from refbilevel.solvers.itd import reverse_hypergradient
 # --------------------------------------------------------------------------- problems
 
 DX, DY = 2, 3          # quadratic sizes (tiny: array_api_strict is slow)
+
+#: The long convergence runs (hundreds of steps) on array_api_strict run with ``-m slow``:
+#: there a step costs ~100x NumPy's, and test_same_trajectory_as_numpy checks on that
+#: backend that every solver follows the NumPy trajectory; the shorter runs of the same
+#: tests stay in the default suite on array_api_strict.
+STRICT_SLOW = pytest.mark.slow_xp_backends(
+    "array_api_strict", reason="long run; the NumPy trajectory agreement is tested")
 N_LOG, D_LOG = 40, 4   # logistic HPO: 20 train / 20 validation rows, 4 features
 
 
@@ -272,7 +279,13 @@ def _quad_cases():
 QUAD_CASES = _quad_cases()
 
 
-@pytest.mark.parametrize("case", QUAD_CASES, ids=[c[0] for c in QUAD_CASES])
+#: over 100 steps: on array_api_strict with ``-m slow``
+QUAD_STRICT_SLOW = {"soba", "saba-full", "vpbgd", "vpbgd-normalized", "f2ba"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c[0], marks=STRICT_SLOW if c[0] in QUAD_STRICT_SLOW else ())
+    for c in QUAD_CASES])
 def test_converges_on_quadratic(case, xp, device):
     name, make_solver, n_iter, target, rtol = case
     m = quad_host()
@@ -339,7 +352,13 @@ LOGREG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", LOGREG_CASES, ids=[c[0] for c in LOGREG_CASES])
+#: over 40 steps, or exact Newton inner solves: on array_api_strict with ``-m slow``
+LOGREG_STRICT_SLOW = {"implicit", "soba", "vpbgd", "f2ba"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c[0], marks=STRICT_SLOW if c[0] in LOGREG_STRICT_SLOW else ())
+    for c in LOGREG_CASES])
 def test_lowers_exact_hypergradient_norm_on_logreg(case, xp, device):
     name, solver, n_iter = case
     P = logreg(xp, device, n_features=8)
@@ -481,6 +500,7 @@ def test_step_does_not_mutate_its_state(xp, device):
 
 # ------------------------------------------------------- MinimaxOPT paper comparison
 
+@STRICT_SLOW
 def test_minimaxopt_reaches_baselines_validation_loss_with_fewer_calls(xp, device):
     """MinimaxOPT paper, Figure 1 (synthetic logistic HPO), at small scale.
 

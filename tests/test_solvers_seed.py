@@ -6,7 +6,9 @@ array_api_strict trajectories), and the exact hypergradient of LogRegHPO.
 
 Long runs (multi-stage schedules, partial participation, LogRegHPO budgets) run on NumPy
 and CuPy only: array_api_strict costs ~100 µs per operation, and the cross-backend
-trajectory tests below show it follows the NumPy trajectory to 1e-12.
+trajectory tests below show it follows the NumPy trajectory to 1e-12. Of the
+closed-form runs, one representative case per test runs on array_api_strict in the
+default suite; the others run there with ``-m slow`` (``STRICT_SLOW``).
 """
 
 import dataclasses
@@ -22,6 +24,9 @@ from refbilevel.solvers import F2SA, FOSL, F2SAAdam, MemCS, MinimaxOPT, MinimaxO
 
 STRICT = ("array_api_strict",)
 SLOW_REASON = "long run: array_api_strict is ~100x slower; backend agreement is tested below"
+#: A further closed-form case of a test whose representative case runs on array_api_strict:
+#: there it runs with ``-m slow`` (test_same_seed_same_trajectory checks the agreement).
+STRICT_SLOW = pytest.mark.slow_xp_backends(*STRICT, reason=SLOW_REASON)
 
 
 def _host(a):
@@ -46,11 +51,12 @@ FIXED = 10.0
 
 @pytest.mark.parametrize("solver, n_iter", [
     (MinimaxOPT(lr=0.05, lam0=FIXED, tau=1.0), 500),
-    (F2SA(lr_y=0.05, lr_z=0.5, lam0=FIXED, delta=0.0, schedule="constant", n_inner=3), 400),
+    pytest.param(F2SA(lr_y=0.05, lr_z=0.5, lam0=FIXED, delta=0.0, schedule="constant",
+                      n_inner=3), 400, marks=STRICT_SLOW),
     # eps = 1: near the fixed point Adam's step is ~ lr*m/eps (with eps = 1e-8 the reset
     # y/z states make the first inner step sign-like, of size lr, and the error stalls at O(lr))
-    (F2SAAdam(lr_y=0.05, lr_z=0.5, xi=2.0, lam0=FIXED, delta=0.0, n_inner=3, eps=1.0),
-     400),
+    pytest.param(F2SAAdam(lr_y=0.05, lr_z=0.5, xi=2.0, lam0=FIXED, delta=0.0, n_inner=3,
+                          eps=1.0), 400, marks=STRICT_SLOW),
 ], ids=["minimaxopt", "f2sa", "f2sa_adam"])
 def test_fixed_multiplier_reaches_penalty_saddle(xp, device, solver, n_iter):
     P = _quadratic(xp, device)
@@ -116,7 +122,7 @@ def test_f2sa_schedules():
 
 # ------------------------------------------- toy_1d (docs/theory/quadratic.rst, toy_1d)
 @pytest.mark.parametrize("a, b", [
-    (2.0, 3.0), (2.0, 1.0),
+    (2.0, 3.0), pytest.param(2.0, 1.0, marks=STRICT_SLOW),
     pytest.param(-1.5, 4.0, marks=pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON)),
 ], ids=["outside", "inside", "outside-neg"])
 def test_minimaxopt_toy_1d(xp, device, a, b):
@@ -147,7 +153,7 @@ def _memcs(lam, **kw):
     return MemCS(lam0=lam, **kw)
 
 
-@pytest.mark.parametrize("lam", [10.0, 100.0])
+@pytest.mark.parametrize("lam", [10.0, pytest.param(100.0, marks=STRICT_SLOW)])
 def test_fosl_penalty_saddle_and_true_saddle(xp, device, lam):
     P = _minimax(xp, device)
     r = run(P, _fosl(lam), n_iter=500, record_every=500, metrics=())
@@ -160,6 +166,7 @@ def test_fosl_penalty_saddle_and_true_saddle(xp, device, lam):
     assert _err(r.x, x_s) < 1.01 * gap
 
 
+@STRICT_SLOW     # 1600 inner steps; FOSL's saddle above is the representative on strict
 @pytest.mark.parametrize("lam", [
     10.0, pytest.param(100.0, marks=pytest.mark.skip_xp_backends(*STRICT, reason=SLOW_REASON))])
 def test_memcs_penalty_saddle_and_true_saddle(xp, device, lam):
