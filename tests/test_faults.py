@@ -7,9 +7,10 @@ before the fault). The commands run in the test process (``refbilevel.cli.main``
 return value is the exit status of ``python -m refbilevel``; warnings ignored as with
 ``PYTHONWARNINGS=ignore``), except where the subject is the process itself: a run killed
 with SIGKILL, a closed output pipe, the umask, and sizes that must be refused before any
-memory is taken, which run ``python -m refbilevel`` in a subprocess. Disk-full cases mount a small tmpfs and therefore need root;
-elsewhere they are skipped with the reason. A read-only folder is a read-only remount of
-such a tmpfs under root, and a mode-0555 folder otherwise.
+memory is taken, which run ``python -m refbilevel`` in a subprocess. Disk-full cases
+mount a small tmpfs and therefore need root; elsewhere they are skipped with the reason.
+A read-only folder is a read-only remount of such a tmpfs under root, and a mode-0555
+folder otherwise.
 """
 
 from __future__ import annotations
