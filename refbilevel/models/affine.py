@@ -45,6 +45,18 @@ class AffineModel(LinearModel):
     n_classes : int or None
         ``C`` (multiclass) or ``None`` (binary).
 
+    Notes
+    -----
+    Scores :math:`S = A W + \mathbf 1 b^\top`; for a score cotangent :math:`G` the
+    parameter gradient is :math:`(A^\top G, \mathbf 1^\top G)` and a direction
+    :math:`(V, c)` moves the scores by :math:`A V + \mathbf 1 c^\top`. The loss
+    compositions of the base class (gradient, HVP, per-sample JVP, stacked forms) use
+    these three maps only, so they hold unchanged.
+
+    References
+    ----------
+    .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, §4.1.
+
     Examples
     --------
     The scores equal those of the linear model on the features with a ones column:
