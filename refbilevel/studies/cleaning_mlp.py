@@ -172,7 +172,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
                            "hline_label": "common accuracy"})
     return StudyResult(NAME, TITLE + f" on {dataset}", mode, seeds, runs, table, panels,
                        checks, notes, runtime=time.perf_counter() - t0,
-                       figure_columns=len(rates))
+                       figure_columns=len(rates), figure_size=(3.5 * len(rates), 3.3))
 
 
 def _axis(history, name):
