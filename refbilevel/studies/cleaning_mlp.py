@@ -37,8 +37,8 @@ TITLE = "Data hyper-cleaning with a two-layer network (MinimaxOPT §4.3): test a
 SETTINGS = {
     "quick": dict(n_train=300, n_val=100, n_test=300, hidden=16, batch=64, seeds=1,
                   corruptions=(0.2, 0.6), n_inner=10,
-                  iters=dict(minimaxopt=150, stocbio=30, itd=8, aid_cg=8),
-                  record=dict(minimaxopt=15, stocbio=3, itd=1, aid_cg=1)),
+                  iters=dict(minimaxopt=100, stocbio=20, itd=6, aid_cg=6),
+                  record=dict(minimaxopt=10, stocbio=2, itd=1, aid_cg=1)),
     "full": dict(n_train=1000, n_val=250, n_test=2000, hidden=32, batch=128, seeds=2,
                  corruptions=(0.2, 0.4, 0.6), n_inner=10,
                  iters=dict(minimaxopt=400, stocbio=100, itd=20, aid_cg=20),
