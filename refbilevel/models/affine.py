@@ -36,7 +36,7 @@ __all__ = ["AffineModel"]
 
 @dataclass(frozen=True)
 class AffineModel(LinearModel):
-    """A :class:`~refbilevel.models.linear.LinearModel` with a bias (intercept) per class.
+    r"""A :class:`~refbilevel.models.linear.LinearModel` with a bias (intercept) per class.
 
     Parameters
     ----------
