@@ -208,6 +208,14 @@ class MetaTestLoss:
         self._dev = None
 
     def __call__(self, problem, state) -> float:
+        from .problems.meta import RankedMetaLearning
+
+        if not isinstance(problem, RankedMetaLearning):
+            raise TypeError("MetaTestLoss needs a RankedMetaLearning problem; got "
+                            f"{type(problem).__name__}")
+        if problem.dim_z != self.arrays[0].shape[2]:
+            raise ValueError(f"the held-out tasks have {self.arrays[0].shape[2]} features, the "
+                             f"problem {problem.dim_z}")
         if self._dev is None or self._dev[0] is not problem:
             held_out = type(problem)(*(from_host(a.astype(np.float64), problem.xp,
                                                  dtype=problem.dtype, device=problem.device)

@@ -146,3 +146,7 @@ def test_meta_test_loss_adapts_held_out_tasks(loss):
         MetaTestLoss(t, kind="auc")
     with pytest.raises(ValueError, match="tasks must hold"):
         MetaTestLoss(D.Split(t.A_train, t.y_train, t.A_val[:2], t.y_val[:2]))
+    with pytest.raises(TypeError, match="RankedMetaLearning"):
+        metric(D.make_multitask_auc(2, 6, 6, 3, seed=0), state)
+    with pytest.raises(ValueError, match="features"):
+        metric(D.make_meta_learning(4, 6, 5, 2, seed=1), state)
