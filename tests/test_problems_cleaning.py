@@ -20,6 +20,9 @@ MODELS = {
     "mlp-tanh": dict(model="mlp", hidden=hidden, activation="tanh", reg=0.05),
     "mlp-relu": dict(model="mlp", hidden=hidden, activation="relu", reg=0.05),
 }
+#: The bias's batch and stacked paths are checked once, on NumPy, by the ones-column
+#: identity below (every backend runs its finite-difference and exact-oracle checks).
+WITHOUT_BIAS = [k for k in MODELS if k != "linear-bias"]
 
 
 def _host_data(rng):
@@ -62,7 +65,7 @@ def test_oracles_vs_finite_differences(kind, asxp, rng):
     assert_oracles(P, x, y, rng)
 
 
-@pytest.mark.parametrize("kind", ["linear", "linear-bias", "mlp-tanh"])
+@pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
 def test_oracles_on_a_batch(kind, asxp, rng):
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, y = _point(P, rng)
@@ -70,7 +73,7 @@ def test_oracles_on_a_batch(kind, asxp, rng):
     assert_oracles(P, x, y, rng, batch=batch)
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", WITHOUT_BIAS)
 def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     data = _host_data(rng)
     P = _make(asxp, data, **MODELS[kind])
@@ -96,7 +99,7 @@ def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     assert (to_host(P.grad_g_x(x, y, batch))[np.setdiff1d(np.arange(n_tr), inner)] == 0).all()
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", WITHOUT_BIAS)
 def test_stacked_oracles_equal_single_point(kind, asxp, rng):
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, y = _point(P, rng)
