@@ -89,3 +89,19 @@ def test_libsvm_standin_round_trips(tmp_path):
     n = s.A_train.shape[0] + s.A_val.shape[0] + s.A_test.shape[0]
     assert n == 569 and s.A_train.shape[1] == 30
     assert set(np.unique(s.y_train)) == {-1.0, 1.0}
+
+
+def test_layer_decay_quick_tuned_decay_beats_the_initial_one(tmp_path):
+    from refbilevel.studies.layer_decay import SETTINGS
+
+    res = run_study("layer_decay", "quick", out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    assert (tmp_path / "table_references.md").stat().st_size > 0
+    # the budgets from the per-step counts of the solvers' docstrings: MinimaxOPT 1 grad_f
+    # + 2 grad_g per step, one-step/ITD/AID T grad_g + 1 grad_f per outer step
+    cfg = SETTINGS["quick"]
+    calls = {row["method"]: row["gradient calls"][0] for row in res.table}
+    assert calls["MinimaxOPT"] == cfg["budget"]
+    many = cfg["many_budget"] * cfg["budget"]
+    assert calls[f"one-step (T={cfg['many']})"] == many - many % (cfg["many"] + 1)
+    assert len(res.table) == 8 and len(res.extra_tables["references"]) == 2

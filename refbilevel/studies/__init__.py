@@ -28,6 +28,9 @@ STUDIES = {
     "regsel_f2sa": ("refbilevel.studies.regsel_f2sa",
                     "F2SA vs F2SA-Adam (slides): regularisation selection on a LIBSVM "
                     "stand-in for ijcnn1"),
+    "layer_decay": ("refbilevel.studies.layer_decay",
+                    "MinimaxOPT §4.2: per-layer weight decay of an MLP on digits, MinimaxOPT "
+                    "vs one-step/ITD/AID with 1 and many inner steps"),
 }
 
 
