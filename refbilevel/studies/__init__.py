@@ -31,6 +31,9 @@ STUDIES = {
     "layer_decay": ("refbilevel.studies.layer_decay",
                     "MinimaxOPT §4.2: per-layer weight decay of an MLP on digits, MinimaxOPT "
                     "vs one-step/ITD/AID with 1 and many inner steps"),
+    "meta_rank": ("refbilevel.studies.meta_rank",
+                  "FOSL vs MemCS (sampled blocks S): rank-based robust meta-learning, "
+                  "meta-test loss"),
 }
 
 
