@@ -38,9 +38,11 @@ def test_hand_written_numpy_steps_equal_refbilevel(cp, solver, dtype):
     # float64: rounding of different summation orders over <= 40 data passes; float32
     # likewise at its precision (F2SA-Adam's sign-like first steps amplify it most)
     tol = 1e-11 if dtype == "float64" else 1e-3
-    assert set(err) == {"numpy-stacked", "numpy-matvec"}
+    # the two forms differ only for steps with point pairs; otherwise one is timed
+    forms = {"numpy-stacked", "numpy-matvec"} if solver in cp.PAIRED else {"numpy-matvec"}
+    assert set(err) == forms
     assert all(e <= tol for e in err.values()), err
-    assert set(cont.calls) == {"refbilevel", "numpy-stacked", "numpy-matvec"}
+    assert set(cont.calls) == {"refbilevel"} | forms
 
 
 def test_a_wrong_peer_is_left_out(cp, monkeypatch):

@@ -14,9 +14,11 @@ the ``n`` rows split into training and validation halves, written
   closed-over constants; Python loops unroll at trace time);
 * the same code in PyTorch eager, where PyTorch is installed.
 
-Each peer comes in two forms, the two gradients of a point pair as one stacked product
-(``A @ [y z]``) or as one matrix-vector product per point; a peer's time in a round is the
-faster of its forms. Every peer is first checked numerically equal to refbilevel's step
+Each peer of a step with point pairs (MinimaxOPT, F2SA, F2SA-Adam) comes in two forms, the
+two gradients of a pair as one stacked product (``A @ [y z]``) or as one matrix-vector
+product per point; a peer's time is that of its faster form (the lower median over the
+rounds), and its ratios are taken against that form's own time in each round. AID-CG and
+ITD have no pairs: their two forms would be the same code, so one is timed. Every peer is first checked numerically equal to refbilevel's step
 (:func:`check_peers`); one that is not is reported and left out.
 
 Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
@@ -61,6 +63,8 @@ DTYPES = ("float64", "float32")
 PEERS = ("numpy", "jax", "torch")
 #: the forms timed per peer (True: the pair products stacked, False: matrix-vector products)
 PEER_FORMS = {"numpy": (True, False), "jax": (True, False), "torch": (True, False)}
+#: the solvers whose steps take gradients of point pairs (the only ones whose forms differ)
+PAIRED = ("minimaxopt", "f2sa", "f2sa_adam")
 #: relative difference of (x, y[, z]) after one step accepted as "the same step"
 CHECK_RTOL = {"float64": 1e-9, "float32": 2e-3}
 
@@ -289,7 +293,10 @@ class Contenders:
             except ImportError as exc:
                 self.unavailable[peer] = f"not installed ({exc.name})"
                 continue
-            for stacked in PEER_FORMS[peer] if forms is None else forms:
+            wanted = PEER_FORMS[peer] if forms is None else forms
+            if solver not in PAIRED:         # both forms are the same code: time it once
+                wanted = (False,) if False in wanted else wanted[:1]
+            for stacked in wanted:
                 name = f"{peer}-{'stacked' if stacked else 'matvec'}"
                 fn = (jitted_steps(stacked) if peer == "jax" else plain_steps(peer, stacked))[solver]
                 self.family[name] = peer
@@ -492,16 +499,23 @@ def interleaved_times(cont: Contenders, *, rounds: int, min_time: float) -> tupl
 
 
 def summarize(times: dict, family: dict, prefix: str = "") -> dict:
-    """Per peer: median time of its faster form per round, and the median per-round ratio."""
+    """Per peer: the median time of its faster form and the median per-round ratio to it.
+
+    The faster form is the one with the lower median over the rounds; the ratio in a round
+    is refbilevel's time over that form's time in the same round. (Taking, in each round,
+    the faster of two forms would hand the peer the minimum of two noisy samples against
+    refbilevel's one: on a loaded machine that alone moves the ratio by several per cent,
+    even for two forms that run the same code.)
+    """
     ref = times["refbilevel"]
     out = {f"{prefix}t_refbilevel": statistics.median(ref)}
     for peer in sorted(set(family.values()) - {"refbilevel"}):
         forms = [n for n in times if family[n] == peer]
-        best = [min(times[n][r] for n in forms) for r in range(len(ref))]
-        out[f"{prefix}t_{peer}"] = statistics.median(best)
-        out[f"{prefix}ratio_{peer}"] = statistics.median(a / b for a, b in zip(ref, best))
-        out[f"{prefix}form_{peer}"] = min(forms, key=lambda n: statistics.median(times[n])
-                                          ).split("-")[1]
+        best = min(forms, key=lambda n: statistics.median(times[n]))
+        out[f"{prefix}t_{peer}"] = statistics.median(times[best])
+        out[f"{prefix}ratio_{peer}"] = statistics.median(
+            a / b for a, b in zip(ref, times[best]))
+        out[f"{prefix}form_{peer}"] = best.split("-")[1]
     return out
 
 
@@ -658,8 +672,9 @@ def render_markdown(R: dict, command: str | None = None) -> str:
              "rounds of the ratio within a round; **bold**: above 1. CPU: process CPU time "
              "(every library on one thread); wall: wall-clock time, which also counts the "
              "turns the process waited for a core. Times: medians of CPU ms per step. A "
-             "peer's time in a round is its faster form (stacked pair products or "
-             "matrix-vector products; the form shown). `check`: the largest relative "
+             "peer's time is that of its faster form by median (stacked pair products or "
+             "matrix-vector products; the form shown; AID-CG and ITD have no pairs, one "
+             "form). `check`: the largest relative "
              "difference of (x, y, z) after one step between a peer and refbilevel. Floor: "
              "needed data passes × data bytes / copy bandwidth, in CPU time; passes counted "
              "by the operation counter (refbilevel's step / needed).\n")
