@@ -68,6 +68,22 @@ def test_data_passes_match_hand_counts(cp):
         got = cp.data_passes(solver)
         assert got["needed"] == k, (solver, got)
         assert got["refbilevel"] == k, (solver, got)     # refbilevel reads no more
+        pairs, fwd, bwd = cp.PRODUCTS[solver]                # the floor breakdown's count
+        assert 2 * pairs + fwd + bwd == k, (solver, cp.PRODUCTS[solver])
+
+
+def test_floor_breakdown_runs(cp):
+    # smoke run at a tiny size: every number is a positive finite time or rate (times are
+    # never asserted); the function itself checks PRODUCTS against the counter
+    R = cp.floor_breakdown((200, 6), ("float64",), ("minimaxopt", "itd"), rounds=1,
+                           min_time=0.001, copy_bytes=1 << 20, log=lambda *a: None)
+    row = R["dtypes"]["float64"]
+    assert set(row["solvers"]) == {"minimaxopt", "itd"}
+    for r in row["solvers"].values():
+        for key in ("step_ms", "peer_ms", "blas_ms", "floor_ms"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+    assert all(math.isfinite(v) and v > 0 for v in row["read_bw"].values())
+    assert "| float64 | itd |" in cp.render_floor_breakdown(R)
 
 
 def test_compare_and_table(cp):

@@ -591,6 +591,116 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
     return {"env": env, "rows": rows}
 
 
+# ====================================================================== bytes floor breakdown
+#: matrix products of one step on the training or validation matrix: (point pairs, single
+#: forward products ``A @ x``, single transposed products ``A.T @ g``); a pair is one
+#: forward and one transposed product of two stacked points (:func:`refbilevel._backend.matvecs`)
+PRODUCTS = {"minimaxopt": (1, 1, 1),                       # the pair on g, one gradient of f
+            "f2sa": (F2SA_T, F2SA_T, F2SA_T), "f2sa_adam": (F2SA_T, F2SA_T, F2SA_T),
+            "aid_cg": (0, AID_INNER + 1 + 1 + AID_CG, AID_INNER + 1 + AID_CG),
+            "itd": (0, 2 * ITD_INNER, 2 * ITD_INNER)}
+
+
+def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
+                    min_time=0.05, copy_bytes=1 << 28, log=print) -> dict:
+    """Where one step's time goes, against its bytes floor (one thread, CPU time).
+
+    For each dtype, in interleaved rounds: the single-thread copy bandwidth
+    (:func:`copy_bandwidth`'s kernel), the products a step is made of on the training
+    matrix (``A @ x``, ``A.T @ g`` and refbilevel's own forms of a point pair), one
+    elementwise operation on an ``n``-vector, and every solver's refbilevel step and
+    hand-written NumPy step (its faster form). The step's BLAS time is its products
+    (:data:`PRODUCTS`, checked against the operation counter's pass count) times their
+    measured times; the rest of the step is elementwise work and Python. Each product's
+    read rate (data bytes / time) against the copy bandwidth is the BLAS's share of the
+    distance to the floor. Each contender runs a batch of at least ``min_time`` CPU
+    seconds per round.
+    """
+    limiter = limit_threads(1)
+    n, d = SIZES[size] if isinstance(size, str) else size
+    out = {"n": n, "d": d, "threads": thread_report(), "dtypes": {}}
+    for dt in dtypes:
+        data = host_data(n, d, dt)
+        A = data[0]
+        rng = np.random.default_rng(1)
+        x, g = rng.standard_normal(d).astype(dt), rng.standard_normal(A.shape[0]).astype(dt)
+        Xs, Gs = rng.standard_normal((2, d)).astype(dt), rng.standard_normal((2, A.shape[0])).astype(dt)
+        big = np.ones(copy_bytes // 8)
+        dst = np.empty_like(big)
+        xp = get_xp("numpy")
+        kernels = {"copy": lambda: np.copyto(dst, big), "A@x": lambda: A @ x,
+                   "A.T@g": lambda: A.T @ g,
+                   "pair A@[x z]": lambda: B.matvecs(A, Xs, xp=xp),
+                   "pair A.T@[g h]": lambda: B.matvecs(A, Gs, xp=xp, transpose=True),
+                   "n-vector op": lambda: g * g}
+        steps, passes = {}, {}
+        for solver in solvers:
+            passes[solver] = data_passes(solver)
+            pairs, fwd, bwd = PRODUCTS[solver]
+            if 2 * pairs + fwd + bwd != passes[solver]["refbilevel"]:
+                raise AssertionError(f"{solver}: PRODUCTS disagrees with the counter "
+                                     f"({passes[solver]})")
+            cont = Contenders(solver, data, dt, peers=("numpy",))
+            for name, call in cont.calls.items():
+                steps[(solver, name)] = call
+        fns = {**{("kernel", k): f for k, f in kernels.items()}, **steps}
+        reps = {key: max(1, int(min_time / max(_cpu_once(f), 1e-7))) for key, f in fns.items()}
+        t = {key: [] for key in fns}
+        for r in range(rounds):
+            keys = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+            for key in keys:
+                c0 = time.process_time()
+                for _ in range(reps[key]):
+                    fns[key]()
+                t[key].append((time.process_time() - c0) / reps[key])
+        med = {key: statistics.median(v) for key, v in t.items()}
+        k = {name: med[("kernel", name)] for name in kernels}
+        bw = 2 * big.nbytes / k["copy"]
+        nb = A.nbytes
+        row = {"data_bytes": nb, "copy_bw": bw, "kernel_ms": {n_: 1e3 * v for n_, v in k.items()},
+               "read_bw": {n_: (2 if n_.startswith("pair") else 1) * nb / k[n_]
+                           for n_ in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]")},
+               "solvers": {}}
+        for solver in solvers:
+            pairs, fwd, bwd = PRODUCTS[solver]
+            blas = (pairs * (k["pair A@[x z]"] + k["pair A.T@[g h]"]) + fwd * k["A@x"]
+                    + bwd * k["A.T@g"])
+            floor = passes[solver]["needed"] * nb / bw
+            step = med[(solver, "refbilevel")]
+            peer = min(v for (s_, name), v in med.items() if s_ == solver and name != "refbilevel")
+            row["solvers"][solver] = {
+                "passes": passes[solver], "step_ms": 1e3 * step, "peer_ms": 1e3 * peer,
+                "blas_ms": 1e3 * blas, "floor_ms": 1e3 * floor, "step_over_floor": step / floor,
+                "peer_over_floor": peer / floor, "blas_over_floor": blas / floor,
+                "rest_ms": 1e3 * (step - blas), "rest_share": (step - blas) / step}
+        out["dtypes"][dt] = row
+        log(dt, {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
+        del data, A, big, dst
+    limiter.restore_original_limits()
+    return out
+
+
+def render_floor_breakdown(R) -> str:
+    L = ["| dtype | solver | step ms | NumPy peer ms | BLAS ms | floor ms | step ÷ floor "
+         "| peer ÷ floor | BLAS ÷ floor | rest (elementwise, Python) |", "|---" * 10 + "|"]
+    for dt, row in R["dtypes"].items():
+        for solver, r in row["solvers"].items():
+            L.append(f"| {dt} | {solver} | {r['step_ms']:.1f} | {r['peer_ms']:.1f} | "
+                     f"{r['blas_ms']:.1f} | {r['floor_ms']:.1f} | {r['step_over_floor']:.2f} | "
+                     f"{r['peer_over_floor']:.2f} | {r['blas_over_floor']:.2f} | "
+                     f"{r['rest_ms']:.1f} ms ({100 * r['rest_share']:.0f} %) |")
+    L.append("\n| dtype | copy GB/s (read + write) | " + " | ".join(
+        f"{name} read GB/s" for name in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
+        + " | n-vector op µs |")
+    L.append("|---" * 7 + "|")
+    for dt, row in R["dtypes"].items():
+        L.append(f"| {dt} | {row['copy_bw'] / 1e9:.1f} | " + " | ".join(
+            f"{row['read_bw'][name] / 1e9:.1f}" for name in
+            ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
+            + f" | {1e3 * row['kernel_ms']['n-vector op']:.0f} |")
+    return "\n".join(L) + "\n"
+
+
 # ====================================================================== product forms
 def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15) -> list:
     """CPU time of the two forms of :func:`refbilevel._backend.matvecs` on NumPy, one thread.
@@ -724,8 +834,18 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--product-forms", action="store_true",
                     help="only time the two forms of the paired products (matvecs)")
+    ap.add_argument("--floor-breakdown", action="store_true",
+                    help="only break one size's steps down against their bytes floor "
+                         "(the first of --sizes)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.floor_breakdown:
+        R = floor_breakdown(args.sizes.split(",")[0], args.dtypes.split(","),
+                            args.solvers.split(","), rounds=args.rounds_tall)
+        with open(os.path.join(args.out, "floor_breakdown.json"), "w") as fh:
+            json.dump(R, fh, indent=1, default=str)
+        print(render_floor_breakdown(R))
+        return 0
     if args.product_forms:
         rows = product_forms(args.sizes.split(","), args.dtypes.split(","))
         with open(os.path.join(args.out, "product_forms.json"), "w") as fh:
