@@ -545,10 +545,10 @@ def linalg_solve(A, B):
 _ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
 
 #: Exceptions by dtype, ``(backend, dtype, orientation) -> (rows, fewest columns of A)``:
-#: OpenBLAS's float32 ``Gs @ A`` with two rows is 1.25 times slower than two ``A.T @ g``
-#: at 500 columns and 2 times at 2,000 (out of cache), while at 50 to 100 columns it is
-#: 1.5 to 1.8 times faster (docs/benchmarks.md, "Paired products"); float64 keeps one
-#: product at every width measured.
+#: OpenBLAS's float32 ``Gs @ A`` with two rows is slower than two ``A.T @ g`` at 500
+#: columns (1.1 to 1.25 times), while at 50 and 100 columns it is 1.5 to 2.7 times faster
+#: (docs/benchmarks.md, "Paired products"); float64 keeps one product at every width
+#: measured.
 _ROWWISE_WIDE = {("numpy", "float32", True): (2, 256)}
 
 
