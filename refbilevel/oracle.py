@@ -194,7 +194,8 @@ class Oracle:
         return self._counted_products(self.problem.linearize_g(x, y, batch), x, y, batch)
 
     def grad_and_linearize_g(self, x, y, batch=None):
-        """The problem's ``grad_and_linearize_g``: one ``grad_g``, products as :meth:`linearize_g`."""
+        """The problem's ``grad_and_linearize_g``: one ``grad_g``, then products as in
+        :meth:`linearize_g`."""
         grad, lin = self.problem.grad_and_linearize_g(x, y, batch)
         self._add("grad_g_y", "grad_g", 1, (x, y, batch))
         return grad, self._counted_products(lin, x, y, batch)

@@ -18,8 +18,9 @@ Each peer of a step with point pairs (MinimaxOPT, F2SA, F2SA-Adam) comes in two 
 two gradients of a pair as one stacked product (``A @ [y z]``) or as one matrix-vector
 product per point; a peer's time is that of its faster form (the lower median over the
 rounds), and its ratios are taken against that form's own time in each round. AID-CG and
-ITD have no pairs: their two forms would be the same code, so one is timed. Every peer is first checked numerically equal to refbilevel's step
-(:func:`check_peers`); one that is not is reported and left out.
+ITD have no pairs: their two forms would be the same code, so one is timed. Every peer is
+first checked numerically equal to refbilevel's step (:func:`check_peers`); one that is
+not is reported and left out.
 
 Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
 ``threadpoolctl``, PyTorch through ``torch.set_num_threads``, XLA through ``XLA_FLAGS``, set
@@ -624,7 +625,8 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
         A = data[0]
         rng = np.random.default_rng(1)
         x, g = rng.standard_normal(d).astype(dt), rng.standard_normal(A.shape[0]).astype(dt)
-        Xs, Gs = rng.standard_normal((2, d)).astype(dt), rng.standard_normal((2, A.shape[0])).astype(dt)
+        Xs = rng.standard_normal((2, d)).astype(dt)
+        Gs = rng.standard_normal((2, A.shape[0])).astype(dt)
         big = np.ones(copy_bytes // 8)
         dst = np.empty_like(big)
         xp = get_xp("numpy")
