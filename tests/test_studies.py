@@ -37,6 +37,13 @@ def test_multitask_auc_quick_lambda_robustness_and_memory(tmp_path):
     assert res.checks and all(res.checks.values()), res.checks
 
 
+def test_meta_rank_quick_ranked_range_is_robust_and_memcs_sampling_holds(tmp_path):
+    res = run_study("meta_rank", "quick", seeds=1, out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    # FOSL, MemCS at three S, and the average-loss reference; each with its run folder
+    assert len(res.table) == 5 == len(os.listdir(tmp_path / "runs"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(STUDIES))
 def test_quick_checks_hold_over_the_default_seeds(name, tmp_path):

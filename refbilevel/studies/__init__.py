@@ -28,6 +28,9 @@ STUDIES = {
     "regsel_f2sa": ("refbilevel.studies.regsel_f2sa",
                     "F2SA vs F2SA-Adam (slides): regularisation selection on a LIBSVM "
                     "stand-in for ijcnn1"),
+    "meta_rank": ("refbilevel.studies.meta_rank",
+                  "FOSL vs MemCS (sampled blocks S): rank-based robust meta-learning, "
+                  "meta-test loss"),
 }
 
 
