@@ -112,3 +112,18 @@ def test_layer_decay_quick_tuned_decay_beats_the_initial_one(tmp_path):
     many = cfg["many_budget"] * cfg["budget"]
     assert calls[f"one-step (T={cfg['many']})"] == many - many % (cfg["many"] + 1)
     assert len(res.table) == 8 and len(res.extra_tables["references"]) == 2
+
+
+def test_cleaning_mlp_quick_cleaning_learns_and_noise_hurts(tmp_path):
+    res = run_study("cleaning_mlp", "quick", out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    # four methods at each corruption rate; the figure has a wall-time and a
+    # gradient-call panel per rate; the dataset used is named in the title
+    rates = {r.config["corruption"] for r in res.runs}
+    assert len(res.table) == 4 * len(rates) and len(res.panels) == 2 * len(rates)
+    dataset = res.runs[0].config["dataset"]
+    assert dataset in res.title and dataset in ("Fashion-MNIST", "digits (stand-in)")
+    # the common accuracy is reached by every method (finite time and calls)
+    for row in res.table:
+        assert np.isfinite(row["time to reach it [s]"][2]), row["method"]
+        assert np.isfinite(row["gradient calls to reach it"][2]), row["method"]
