@@ -147,6 +147,11 @@ class Oracle:
         self.log: list = []
         self._step = 0
         self._cache: dict = {}
+        # the namespace and device are read several times a step: plain attributes, not
+        # a __getattr__ round trip (which first fails the normal look-up)
+        for name in ("xp", "device"):
+            if hasattr(problem, name):
+                setattr(self, name, getattr(problem, name))
         if self.counting or self.logging:
             for name in _METHODS:
                 if hasattr(problem, name):
@@ -156,7 +161,12 @@ class Oracle:
         # only reached for attributes not set on the oracle: the problem's own, uncounted
         if name == "problem":
             raise AttributeError(name)
-        return getattr(self.problem, name)
+        value = getattr(self.problem, name)
+        if getattr(value, "__self__", None) is self.problem:
+            # a bound method of the problem (uncounted: the oracle's methods are set in
+            # __init__) stays the same object: keep it, so the next call finds it directly
+            self.__dict__[name] = value
+        return value
 
     def reset_calls(self, calls: OracleCalls | None = None) -> None:
         """Set the counter (to zero, or to ``calls`` when resuming)."""
@@ -175,6 +185,21 @@ class Oracle:
     def _counted(self, name, method):
         kind, stacked = _METHODS[name]
         blocks_at = _BLOCKS_ARG.get(name) if self.minimax else None
+        if not self.logging and blocks_at is None:
+            # the driver's case (count, no log): one attribute increment per call
+            if stacked:
+                def call(*args, **kwargs):
+                    calls = self.calls
+                    setattr(calls, kind, getattr(calls, kind) + args[1].shape[0])
+                    return method(*args, **kwargs)
+            else:
+                def call(*args, **kwargs):
+                    calls = self.calls
+                    setattr(calls, kind, getattr(calls, kind) + 1)
+                    return method(*args, **kwargs)
+            call.__name__ = name
+            call.__doc__ = method.__doc__
+            return call
 
         def call(*args, **kwargs):
             m = args[1].shape[0] if stacked else 1
