@@ -218,6 +218,18 @@ class Oracle:
         lin = self.problem.linearize_g(x, y, batch)
         if not (self.counting or self.logging):
             return lin
+        if not self.logging:                     # the driver's case: count only
+            lin_hvp, lin_cross = lin.hvp, lin.cross
+
+            def hvp(v):
+                self.calls.hvp += 1
+                return lin_hvp(v)
+
+            def cross(v):
+                self.calls.cross += 1
+                return lin_cross(v)
+
+            return LinearizedG(hvp=hvp, cross=cross)
 
         def hvp(v):
             self._add("hvp_g", "hvp", 1, (x, y, v, batch))
