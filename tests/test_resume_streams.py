@@ -5,16 +5,17 @@ iterations than it will ever reach is killed (SIGKILL, no clean-up) once it has
 checkpointed, so the kill always lands mid-run, and is resumed with
 ``--resume --iters N`` for ``N`` a few steps past its checkpoint (no trajectory depends
 on the iteration target). The resumed results must equal, bit for bit, an uninterrupted
-run of the resumed configuration: the oracle is that run, made in this process through
-the Python API from the ``config.json`` the resumed run completed
-(:func:`refbilevel.config.build_from_config` and :func:`refbilevel.run.run`, what the
-command line calls), compared on the final arrays, every history column but the wall
-time, and the oracle counts.
+run of the resumed configuration. The resumed run is the command line's ``main`` in this
+process (nothing of the killed process survives but its files). The oracle is the
+uninterrupted run, made through the Python API from the ``config.json`` the resumed run
+completed (:func:`refbilevel.config.build_from_config` and :func:`refbilevel.run.run`,
+what the command line calls), compared on the final arrays, every history column but
+the wall time, and the oracle counts.
 
 One case per stream mode of :mod:`refbilevel.sampling`: i.i.d. minibatches (with
-replacement), per-epoch permutations (the resumed process starts with an empty
-permutation cache, mid-epoch), and sampled blocks of a minimax-bilevel problem. Each
-case is two short subprocesses on a small problem.
+replacement), per-epoch permutations (the resumed run starts mid-epoch with an empty
+permutation cache), and sampled blocks of a minimax-bilevel problem. Each
+case is one short subprocess on a small problem.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _read_history(path):
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize("mode", sorted(CASES))
-def test_resume_after_sigkill_is_bitwise(tmp_path, mode):
+def test_resume_after_sigkill_is_bitwise(tmp_path, capsys, mode):
+    from refbilevel.cli import main
     from refbilevel.config import build_from_config
     from refbilevel.results import final_arrays
     from refbilevel.run import run
@@ -90,12 +92,12 @@ def test_resume_after_sigkill_is_bitwise(tmp_path, mode):
     k = _killed_after_checkpoint(tmp_path, [str(a) for a in args])
     assert k > 0
     iters = k + EXTRA
-    resumed = subprocess.run([sys.executable, "-m", "refbilevel", "run", "--out", "a",
-                              "--resume", "--iters", str(iters), "--no-progress"],
-                             cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stderr and "checkpoint" in resumed.stdout + resumed.stderr
+    # the resumed run, in this process (what ``python -m refbilevel`` runs)
+    status = main(["run", "--out", str(tmp_path / "a"), "--resume", "--iters", str(iters),
+                   "--no-progress"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "resuming the run" in err and "restarting at iteration 0" not in err
 
     # oracle: the uninterrupted run of the configuration the resumed run completed
     config = json.loads((tmp_path / "a" / "config.json").read_text())
