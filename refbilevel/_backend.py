@@ -331,7 +331,8 @@ def from_host(a: Any, xp, *, dtype=None, device=None):
     a = np.asarray(a)
     if dtype is None and a.dtype.kind == "f":
         dtype = getattr(xp, a.dtype.name)
-    if backend_name(xp) == "jax":
+    name = backend_name(xp)
+    if name == "jax":
         import jax
 
         if not jax.config.jax_enable_x64 and dtype is not None and dtype_name(dtype) == "float64":
@@ -345,7 +346,7 @@ def from_host(a: Any, xp, *, dtype=None, device=None):
         chunks = ("auto",) + (-1,) * (a.ndim - 1) if a.ndim else ()
         return da.from_array(a.astype(dtype_name(dtype), copy=False) if dtype is not None
                              else a, chunks=chunks)
-    if backend_name(xp) == "array_api_strict" and device is not None:
+    if name == "array_api_strict" and device is not None:
         out = xp.asarray(a, device=None)
         out = xp.asarray(out, device=device, copy=True)
         return out if dtype is None else xp.astype(out, dtype)
