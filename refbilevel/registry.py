@@ -32,8 +32,9 @@ __all__ = ["CONFIGURATIONS", "DEFAULT_RUN", "NamedConfiguration", "PROBLEMS", "S
            "get_solver", "parse_settings", "problem_defaults", "solver_defaults",
            "suggested_settings", "usable_backends"]
 
-#: Builder arguments that are not problem parameters (they come from the CLI options).
-_RESERVED = ("seed", "xp", "dtype", "device", "data")
+#: Builder arguments that are not problem parameters (they come from the CLI options or,
+#: ``return_split``, from :func:`build_problem`).
+_RESERVED = ("seed", "xp", "dtype", "device", "data", "return_split")
 
 
 @dataclass(frozen=True)
@@ -446,11 +447,15 @@ def _load_dataset(dataset: str, seed: int):
 
 
 def build_problem(name: str, *, seed: int = 0, backend: str = "numpy", dtype: str = "float64",
-                  params: dict | None = None, dataset: str | None = None, device=None):
+                  params: dict | None = None, dataset: str | None = None, device=None,
+                  return_split: bool = False):
     """Build problem ``name`` on ``backend`` with ``params`` overriding its defaults.
 
     ``dataset`` (a name from :data:`refbilevel.datasets.DATASETS`, ``libsvm:PATH`` or
     ``fashion_mnist[:DIR]``) replaces the synthetic data where the problem accepts it.
+    ``return_split=True`` returns ``(problem, split)``: the host
+    :class:`~refbilevel.datasets.Split` the problem was built on (its test part feeds
+    :mod:`refbilevel.heldout`), or None when the builder does not hand one back.
     """
     spec = get_problem(name)
     xp = backend_namespace(backend)
@@ -470,8 +475,12 @@ def build_problem(name: str, *, seed: int = 0, backend: str = "numpy", dtype: st
                              f"{', '.join(spec.datasets) or '(none: synthetic only)'}; "
                              f"got {dataset!r}")
         call["data"] = _load_dataset(dataset, seed)
+    if return_split and "return_split" in sig:
+        call["return_split"] = True
     out = builder(**call)
-    return persist_data(out[0] if isinstance(out, tuple) else out)
+    problem, split = out if isinstance(out, tuple) else (out, None)
+    problem = persist_data(problem)
+    return (problem, split) if return_split else problem
 
 
 def suggested_settings(problem: str, solver: str) -> dict:
