@@ -37,7 +37,7 @@ NAME = "hpo_logreg_sweep"
 TITLE = "MinimaxOPT's τ, K and step on the logistic-regression HPO of MinimaxOPT §4.1"
 
 #: The grid per mode (sizes, budget and seeds: study ``hpo_logreg``'s).
-GRIDS = {"quick": dict(tau=(1.1, 1.2, 2.0), steps_per_stage=(50, 250), lr=(0.5, 1.0),
+GRIDS = {"quick": dict(tau=(1.1, 2.0), steps_per_stage=(50, 250), lr=(0.5, 1.0),
                        seeds=2),
          "full": dict(tau=(1.0, 1.05, 1.1, 1.2, 1.5, 2.0),
                       steps_per_stage=(100, 200, 400, 1000, 2000),
