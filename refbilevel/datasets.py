@@ -354,14 +354,22 @@ def multitask_auc_data(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
 
 def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0,
                        task_spread=0.3, noise=0.1, n_outlier_tasks=0, outlier_noise=3.0,
-                       task="regression") -> Split:
+                       task="regression", outlier="noise", n_test_tasks=0) -> Split:
     r"""Few-shot linear-regression task family: arrays ``(T, n, d)``, targets ``(T, n)``.
 
     Task *i* has :math:`w_i = w_0 + \text{spread}\,\epsilon_i`, targets
-    :math:`b = A w_i + \text{noise}\,\epsilon`; the first ``n_outlier_tasks`` tasks get
-    targets with noise ``outlier_noise`` instead (the tasks a ranked-range loss should
-    discard); ``info["outliers"]`` lists them. ``task="classification"`` returns the signs
-    of these targets (labels ±1; outlier tasks are then mostly label noise).
+    :math:`b = A w_i + \text{noise}\,\epsilon`; the first ``n_outlier_tasks`` tasks are
+    corrupted (the tasks a ranked-range loss should discard); ``info["outliers"]`` lists
+    them. ``outlier="noise"``: their targets carry noise ``outlier_noise`` instead;
+    ``outlier="flip"``: their targets are negated, :math:`b = -(A w_i + \text{noise}\,
+    \epsilon)` (a systematically wrong task, the analogue of flipped labels).
+    ``task="classification"`` returns the signs of the targets (labels ±1).
+
+    ``n_test_tasks`` clean tasks more of the same family (same :math:`w_0`, spread and
+    noise, never corrupted) are drawn after everything else, so the training tasks do not
+    depend on it; they are returned as ``info["test_tasks"]``, a :class:`Split` of support
+    (``A_train``, ``y_train``) and query (``A_val``, ``y_val``) rows, the meta-test tasks of
+    :class:`refbilevel.heldout.MetaTestLoss`.
 
     Examples
     --------
@@ -369,28 +377,44 @@ def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
     >>> split = meta_learning_data(n_tasks=4, n_support=6, n_query=6, n_features=3, seed=0)
     >>> split.A_train.shape, split.y_val.shape
     ((4, 6, 3), (4, 6))
+    >>> split = meta_learning_data(4, 6, 6, 3, seed=0, n_test_tasks=5)
+    >>> split.info["test_tasks"].A_val.shape
+    (5, 6, 3)
     """
     check_choice(task, "task", ("regression", "classification"))
+    check_choice(outlier, "outlier", ("noise", "flip"))
     T = check_int(n_tasks, "n_tasks", minimum=1)
     ns = check_int(n_support, "n_support", minimum=1)
     nq = check_int(n_query, "n_query", minimum=1)
     d = check_int(n_features, "n_features", minimum=1)
     n_out = check_int(n_outlier_tasks, "n_outlier_tasks", minimum=0)
+    n_test = check_int(n_test_tasks, "n_test_tasks", minimum=0)
     if n_out > T:
         raise ValueError(f"n_outlier_tasks must be <= n_tasks={T}; got {n_out}")
-    check_memory(3 * T * (ns + nq) * (d + 1), f"meta-learning data (n_tasks={T}, "
-                 f"n_support={ns}, n_query={nq}, n_features={d})")
+    check_memory(3 * (T + n_test) * (ns + nq) * (d + 1), f"meta-learning data (n_tasks={T}, "
+                 f"n_support={ns}, n_query={nq}, n_features={d}, n_test_tasks={n_test})")
     rng = host_rng(seed)
     w0 = rng.standard_normal(d)
     W = w0 + task_spread * rng.standard_normal((T, d))
-    sig = np.where(np.arange(T) < n_out, outlier_noise, noise)[:, None]
+    corrupt = np.arange(T) < n_out
+    sig = np.where(corrupt & (outlier == "noise"), outlier_noise, noise)[:, None]
+    sign = np.where(corrupt & (outlier == "flip"), -1.0, 1.0)[:, None]
     A_s, A_q = rng.standard_normal((T, ns, d)), rng.standard_normal((T, nq, d))
-    b_s = np.einsum("tnd,td->tn", A_s, W) + sig * rng.standard_normal((T, ns))
-    b_q = np.einsum("tnd,td->tn", A_q, W) + sig * rng.standard_normal((T, nq))
-    if task == "classification":
-        b_s, b_q = np.where(b_s >= 0, 1.0, -1.0), np.where(b_q >= 0, 1.0, -1.0)
-    return Split(A_s, b_s, A_q, b_q, info={"w0": w0, "task_weights": W,
-                                             "outliers": np.arange(n_out)})
+    b_s = sign * (np.einsum("tnd,td->tn", A_s, W) + sig * rng.standard_normal((T, ns)))
+    b_q = sign * (np.einsum("tnd,td->tn", A_q, W) + sig * rng.standard_normal((T, nq)))
+
+    def labels(b):
+        return np.where(b >= 0, 1.0, -1.0) if task == "classification" else b
+
+    info = {"w0": w0, "task_weights": W, "outliers": np.arange(n_out)}
+    if n_test:
+        W_t = w0 + task_spread * rng.standard_normal((n_test, d))
+        At_s, At_q = rng.standard_normal((n_test, ns, d)), rng.standard_normal((n_test, nq, d))
+        bt_s = np.einsum("tnd,td->tn", At_s, W_t) + noise * rng.standard_normal((n_test, ns))
+        bt_q = np.einsum("tnd,td->tn", At_q, W_t) + noise * rng.standard_normal((n_test, nq))
+        info["test_tasks"] = Split(At_s, labels(bt_s), At_q, labels(bt_q),
+                                   info={"task_weights": W_t})
+    return Split(A_s, labels(b_s), A_q, labels(b_q), info=info)
 
 
 # ---------------------------------------------------------------- problem builders
@@ -504,10 +528,12 @@ def make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
 
 
 def make_meta_learning(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0, xp=None,
-                       dtype="float64", device=None, n_outlier_tasks=0, **problem_kw):
+                       dtype="float64", device=None, n_outlier_tasks=0, outlier="noise",
+                       **problem_kw):
     """:class:`~refbilevel.problems.meta.RankedMetaLearning` on :func:`meta_learning_data`.
 
-    ``loss="logistic"`` (in ``problem_kw``) draws classification tasks (labels ±1).
+    ``loss="logistic"`` (in ``problem_kw``) draws classification tasks (labels ±1);
+    ``n_outlier_tasks`` and ``outlier`` go to :func:`meta_learning_data`.
 
     Examples
     --------
@@ -521,7 +547,7 @@ def make_meta_learning(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
     xp, dt, device = _backend_args(xp, dtype, device)
     task = "classification" if problem_kw.get("loss") == "logistic" else "regression"
     s = meta_learning_data(n_tasks, n_support, n_query, n_features, seed=seed,
-                           n_outlier_tasks=n_outlier_tasks, task=task)
+                           n_outlier_tasks=n_outlier_tasks, task=task, outlier=outlier)
     return RankedMetaLearning(*(_fl(a, xp, dt, device) for a in (s.A_train, s.y_train, s.A_val,
                                                                    s.y_val)), **problem_kw)
 

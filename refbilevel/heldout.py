@@ -12,6 +12,10 @@ synchronise) and records one column each, like ``value``.
   counted one half), averaged over the tasks of a
   :class:`~refbilevel.problems.auc.MultiTaskAUC`; the task heads are the exact lower-level
   solutions :math:`z_i^*(x)` at the outer iterate.
+* :class:`MetaTestLoss` — meta-test loss (or accuracy) of a
+  :class:`~refbilevel.problems.meta.RankedMetaLearning`: held-out tasks are adapted from
+  the meta-model on their support rows, exactly as the training tasks are, and scored on
+  their query rows.
 
 The held-out rows never enter an oracle: a solver cannot see them.
 
@@ -25,7 +29,7 @@ import numpy as np
 
 from ._backend import from_host, to_host
 
-__all__ = ["HELDOUT", "TestAccuracy", "TestAUC", "auc_score", "heldout_metric"]
+__all__ = ["HELDOUT", "MetaTestLoss", "TestAccuracy", "TestAUC", "auc_score", "heldout_metric"]
 
 #: Held-out metric names -> what they need of the problem.
 HELDOUT = {"test_accuracy": "a classification model (logreg, multinomial, cleaning)",
@@ -155,6 +159,83 @@ class TestAUC:
         feats = problem._features(self._dev[1], state.x)          # (T, n, r)
         s = np.asarray(to_host(xp.sum(feats * z[:, None, :], axis=-1)))
         return float(np.mean([auc_score(s[t], self.y[t]) for t in range(s.shape[0])]))
+
+
+class MetaTestLoss:
+    r"""Mean query loss (or accuracy) of held-out tasks adapted from the meta-model.
+
+    Parameters
+    ----------
+    tasks : Split
+        Held-out tasks: support rows ``A_train`` ``(T, n_s, d)``, ``y_train`` ``(T, n_s)``
+        and query rows ``A_val`` ``(T, n_q, d)``, ``y_val`` ``(T, n_q)``, e.g.
+        ``meta_learning_data(..., n_test_tasks=T).info["test_tasks"]``.
+    kind : {"loss", "accuracy"}
+        ``"loss"``: mean over tasks of the query loss; ``"accuracy"`` (labels ±1): share
+        of query rows whose score sign (zero counts as +1) equals the label.
+    name : str, optional
+        History column (default ``"test_loss"`` or ``"test_accuracy"``).
+
+    Notes
+    -----
+    With :math:`x = (w, \lambda)` the meta-model, task :math:`j` is adapted as the problem
+    adapts its own tasks, :math:`z_j^*(w) = \arg\min_z \frac1{n_s}\sum_r
+    \ell(a_r^\top z, b_r) + \frac\mu2\|z - w\|^2` on its support rows (the problem's
+    ``loss`` and ``mu``; :meth:`RankedMetaLearning.inner_solution` on the held-out
+    tasks), and the reported loss is
+    :math:`\frac1T\sum_j \frac1{n_q}\sum_r \ell(a_r^\top z_j^*, b_r)` over the query rows.
+    It is the plain mean over the held-out tasks, none of which is corrupted: the ranked
+    range is a training device, the meta-test asks how well the meta-model adapts to
+    clean new tasks.
+    """
+
+    __test__ = False
+
+    def __init__(self, tasks, *, kind: str = "loss", name: str | None = None):
+        if kind not in ("loss", "accuracy"):
+            raise ValueError(f"kind must be 'loss' or 'accuracy'; got {kind!r}")
+        arrays = [_host(getattr(tasks, f, None), f) if getattr(tasks, f, None) is not None
+                  else None for f in ("A_train", "y_train", "A_val", "y_val")]
+        if any(a is None for a in arrays):
+            raise ValueError("tasks must hold support (A_train, y_train) and query (A_val, "
+                             "y_val) rows")
+        A_s, b_s, A_q, b_q = arrays
+        if A_s.ndim != 3 or A_q.ndim != 3 or b_s.shape != A_s.shape[:2] \
+                or b_q.shape != A_q.shape[:2] or A_q.shape[0] != A_s.shape[0] \
+                or A_q.shape[2] != A_s.shape[2]:
+            raise ValueError("tasks must hold A_train (T, n_s, d), y_train (T, n_s), A_val "
+                             f"(T, n_q, d), y_val (T, n_q); got {A_s.shape}, {b_s.shape}, "
+                             f"{A_q.shape}, {b_q.shape}")
+        if kind == "accuracy" and not np.all(np.abs(b_q) == 1):
+            raise ValueError("kind='accuracy' needs query labels in {-1, +1}")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError("name must be a non-empty string")
+        self.arrays, self.kind = (A_s, b_s, A_q, b_q), kind
+        self.name = name or ("test_loss" if kind == "loss" else "test_accuracy")
+        self._dev = None
+
+    def __call__(self, problem, state) -> float:
+        from .problems.meta import RankedMetaLearning
+
+        if not isinstance(problem, RankedMetaLearning):
+            raise TypeError("MetaTestLoss needs a RankedMetaLearning problem; got "
+                            f"{type(problem).__name__}")
+        if problem.dim_z != self.arrays[0].shape[2]:
+            raise ValueError(f"the held-out tasks have {self.arrays[0].shape[2]} features, the "
+                             f"problem {problem.dim_z}")
+        if self._dev is None or self._dev[0] is not problem:
+            held_out = type(problem)(*(from_host(a.astype(np.float64), problem.xp,
+                                                 dtype=problem.dtype, device=problem.device)
+                                       for a in self.arrays),
+                                     mu=problem.mu, loss=problem.loss)
+            self._dev = (problem, held_out)
+        held_out = self._dev[1]
+        z = held_out.inner_solution(state.x)
+        if self.kind == "loss":
+            return float(np.mean(to_host(held_out.task_losses(z, held_out.all_blocks()))))
+        xp = problem.xp
+        score = np.asarray(to_host(xp.sum(held_out.A_val * z[:, None, :], axis=-1)))
+        return float(np.mean(np.where(score >= 0, 1.0, -1.0) == self.arrays[3]))
 
 
 def heldout_metric(name: str, problem, split, *, problem_name: str | None = None):

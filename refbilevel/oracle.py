@@ -17,7 +17,8 @@ Counting rule: a call counts one of its kind; a stacked call (``*_many``, the po
 stacked on axis 0) counts one per stacked point; a minimax-bilevel call on ``S`` blocks
 counts ``S`` per point. A function value (``f``, ``g``) counts as one call of the
 gradient of that function (one pass over the data). An HVP or cross product obtained from
-:meth:`Oracle.linearize_g` counts as one ``hvp`` or ``cross`` each time it is applied.
+:meth:`Oracle.linearize_g` counts as one ``hvp`` or ``cross`` each time it is applied;
+:meth:`Oracle.grad_and_linearize_g` counts one ``grad_g`` and its products the same way.
 
 ``solver.step`` also accepts a bare problem (:func:`as_oracle` wraps it in an uncounted,
 unlogged oracle): this is the form to use when reading or teaching a solver; the driver
@@ -190,7 +191,17 @@ class Oracle:
 
     def linearize_g(self, x, y, batch=None) -> LinearizedG:
         """The problem's ``linearize_g`` with each application of ``hvp``/``cross`` counted."""
-        lin = self.problem.linearize_g(x, y, batch)
+        return self._counted_products(self.problem.linearize_g(x, y, batch), x, y, batch)
+
+    def grad_and_linearize_g(self, x, y, batch=None):
+        """The problem's ``grad_and_linearize_g``: one ``grad_g``, then products as in
+        :meth:`linearize_g`."""
+        grad, lin = self.problem.grad_and_linearize_g(x, y, batch)
+        self._add("grad_g_y", "grad_g", 1, (x, y, batch))
+        return grad, self._counted_products(lin, x, y, batch)
+
+    def _counted_products(self, lin, x, y, batch) -> LinearizedG:
+        """``lin`` with each application of its ``hvp``/``cross`` counted (and logged)."""
         if not (self.counting or self.logging):
             return lin
 

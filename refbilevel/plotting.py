@@ -87,7 +87,7 @@ def summarize(curves, *, budget: float | None = None, points: int = 200, band=(0
     return grid, med, lo, hi
 
 
-def plot_study(panels, *, out, title: str, size=(6.8, 3.0)) -> list[str]:
+def plot_study(panels, *, out, title: str, size=(6.8, 3.0), ncols=None) -> list[str]:
     """One figure of study panels: median curve and band per method, vector PDF and PNG.
 
     Parameters
@@ -105,8 +105,10 @@ def plot_study(panels, *, out, title: str, size=(6.8, 3.0)) -> list[str]:
     title : str
         Figure title (the study's, not registry names).
     size : (float, float)
-        Figure size in inches (default fits a two-column paper's full width); with heat
-        maps at least 3.4 inches per panel.
+        Figure size in inches (default fits a two-column paper's full width); with
+        ``ncols``, the size of one row; with heat maps at least 3.4 inches per column.
+    ncols : int, optional
+        Panels per row (default: all in one row); more panels wrap into further rows.
 
     Returns
     -------
@@ -119,10 +121,14 @@ def plot_study(panels, *, out, title: str, size=(6.8, 3.0)) -> list[str]:
     from matplotlib.figure import Figure
 
     stem = os.path.splitext(os.fspath(out))[0]
+    ncols = len(panels) if ncols is None else max(1, min(int(ncols), len(panels)))
+    nrows = -(-len(panels) // ncols)
     if any("heatmap" in panel for panel in panels):   # annotated cells need the room
-        size = (max(size[0], 3.4 * len(panels)), size[1])
-    fig = Figure(figsize=size, dpi=150)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        size = (max(size[0], 3.4 * ncols), size[1])
+    fig = Figure(figsize=(size[0], size[1] * nrows), dpi=150)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, panel in zip(axes, panels):
         if "heatmap" in panel:
             _heatmap(fig, ax, panel)

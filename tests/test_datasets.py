@@ -70,6 +70,27 @@ def test_meta_learning_data():
     assert not _same(s, D.meta_learning_data(6, 4, 3, 2, seed=1, n_outlier_tasks=2))
 
 
+def test_meta_learning_flipped_outliers_and_test_tasks():
+    kw = {"seed": 3, "n_outlier_tasks": 2, "noise": 0.0}
+    noisy = D.meta_learning_data(5, 4, 3, 2, **kw)
+    flip = D.meta_learning_data(5, 4, 3, 2, outlier="flip", n_test_tasks=4, **kw)
+    W = flip.info["task_weights"]
+    # noise-free targets: clean tasks b = A w_i, flipped tasks b = -A w_i (closed form)
+    sign = np.array([-1, -1, 1, 1, 1])[:, None]
+    for A, b in ((flip.A_train, flip.y_train), (flip.A_val, flip.y_val)):
+        np.testing.assert_allclose(b, sign * np.einsum("tnd,td->tn", A, W), rtol=1e-15)
+    # the held-out tasks are drawn last: the training tasks do not depend on them
+    np.testing.assert_array_equal(flip.A_train, noisy.A_train)
+    np.testing.assert_array_equal(flip.y_train[2:], noisy.y_train[2:])
+    t = flip.info["test_tasks"]
+    assert t.A_train.shape == (4, 4, 2) and t.y_val.shape == (4, 3)
+    np.testing.assert_allclose(t.y_val, np.einsum("tnd,td->tn", t.A_val, t.info["task_weights"]),
+                               rtol=1e-15)
+    assert "test_tasks" not in noisy.info
+    with pytest.raises(ValueError, match="outlier"):
+        D.meta_learning_data(5, 4, 3, 2, outlier="swap")
+
+
 def test_builders_identical_across_backends(backend):
     kw = {"xp": backend.xp, "device": backend.device}
     pairs = [(D.make_multitask_auc(2, 6, 6, 3, seed=4, **kw), D.make_multitask_auc(2, 6, 6, 3, seed=4),

@@ -11,7 +11,7 @@ import pytest
 
 from refbilevel import datasets as D
 from refbilevel._backend import backend_namespace, to_host
-from refbilevel.heldout import TestAccuracy, TestAUC, auc_score
+from refbilevel.heldout import MetaTestLoss, TestAccuracy, TestAUC, auc_score
 from refbilevel.run import run
 from refbilevel.solvers import AID, FOSL
 
@@ -101,3 +101,52 @@ def test_make_cleaning_subset_of_real_data():
     assert split.info["corrupted"].sum() == 15
     P2, _ = D.make_cleaning(50, 20, corruption=0.3, seed=1, data=s)
     assert P2.n_inner == s.A_train.shape[0]       # without subset the data is used whole
+
+
+def _adapt(A, b, w, mu, loss):
+    """One task's adaptation argmin_z mean_r loss(a_r^T z, b_r) + mu/2 |z - w|^2 (SciPy)."""
+    from scipy.optimize import minimize
+
+    def fun(z):
+        t = A @ z
+        if loss == "squared":
+            r = t - b
+            return 0.5 * np.mean(r * r) + 0.5 * mu * np.sum((z - w) ** 2), \
+                A.T @ r / len(b) + mu * (z - w)
+        return np.mean(np.logaddexp(0.0, -b * t)) + 0.5 * mu * np.sum((z - w) ** 2), \
+            A.T @ (-b / (1.0 + np.exp(b * t))) / len(b) + mu * (z - w)
+
+    return minimize(fun, w, jac=True, method="BFGS", options={"gtol": 1e-12}).x
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic"])
+def test_meta_test_loss_adapts_held_out_tasks(loss):
+    """Oracle: each held-out task adapted by SciPy BFGS, its query loss and accuracy in NumPy."""
+    task = "classification" if loss == "logistic" else "regression"
+    s = D.meta_learning_data(4, 6, 5, 3, seed=1, n_test_tasks=3, task=task)
+    P = D.make_meta_learning(4, 6, 5, 3, seed=1, loss=loss, mu=0.7)
+    x = np.array([0.3, -0.2, 0.5, 1.7])                    # (w, λ): λ plays no part
+    t = s.info["test_tasks"]
+    Z = np.stack([_adapt(t.A_train[j], t.y_train[j], x[:-1], 0.7, loss) for j in range(3)])
+    score = np.einsum("tnd,td->tn", t.A_val, Z)
+    per_row = 0.5 * (score - t.y_val) ** 2 if loss == "squared" else \
+        np.logaddexp(0.0, -t.y_val * score)
+    state = type("State", (), {"x": x})()
+    metric = MetaTestLoss(t)
+    assert metric.name == "test_loss"
+    assert metric(P, state) == pytest.approx(per_row.mean(), rel=1e-9)
+    if loss == "logistic":
+        acc = MetaTestLoss(t, kind="accuracy")
+        assert acc.name == "test_accuracy"
+        assert acc(P, state) == np.mean(np.where(score >= 0, 1.0, -1.0) == t.y_val)
+    else:
+        with pytest.raises(ValueError, match="accuracy"):
+            MetaTestLoss(t, kind="accuracy")
+    with pytest.raises(ValueError, match="kind"):
+        MetaTestLoss(t, kind="auc")
+    with pytest.raises(ValueError, match="tasks must hold"):
+        MetaTestLoss(D.Split(t.A_train, t.y_train, t.A_val[:2], t.y_val[:2]))
+    with pytest.raises(TypeError, match="RankedMetaLearning"):
+        metric(D.make_multitask_auc(2, 6, 6, 3, seed=0), state)
+    with pytest.raises(ValueError, match="features"):
+        metric(D.make_meta_learning(4, 6, 5, 2, seed=1), state)

@@ -1,4 +1,5 @@
-"""DataCleaning (linear and MLP): oracles vs finite differences, batches, stacked and exact oracles."""
+"""DataCleaning (linear, linear with bias, MLP): oracles vs finite differences and PyTorch
+autodiff, batches, stacked and exact oracles."""
 
 import numpy as np
 import pytest
@@ -15,9 +16,13 @@ pytestmark = pytest.mark.eager_libraries
 n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
 MODELS = {
     "linear": dict(model="linear", reg=0.1),
+    "linear-bias": dict(model="linear", reg=0.1, bias=True),
     "mlp-tanh": dict(model="mlp", hidden=hidden, activation="tanh", reg=0.05),
     "mlp-relu": dict(model="mlp", hidden=hidden, activation="relu", reg=0.05),
 }
+#: The bias's batch and stacked paths are checked once, on NumPy, by the ones-column
+#: identity below (every backend runs its finite-difference and exact-oracle checks).
+WITHOUT_BIAS = [k for k in MODELS if k != "linear-bias"]
 
 
 def _host_data(rng):
@@ -68,7 +73,7 @@ def test_oracles_on_a_batch(kind, asxp, rng):
     assert_oracles(P, x, y, rng, batch=batch)
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", WITHOUT_BIAS)
 def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     data = _host_data(rng)
     P = _make(asxp, data, **MODELS[kind])
@@ -94,7 +99,7 @@ def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     assert (to_host(P.grad_g_x(x, y, batch))[np.setdiff1d(np.arange(n_tr), inner)] == 0).all()
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", WITHOUT_BIAS)
 def test_stacked_oracles_equal_single_point(kind, asxp, rng):
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, y = _point(P, rng)
@@ -103,14 +108,14 @@ def test_stacked_oracles_equal_single_point(kind, asxp, rng):
     assert_stacked(P, x, Ys, batch=Batch(inner=asxp(np.array([5, 5, 0, 17]))))
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+@pytest.mark.parametrize("kind", ["linear", "linear-bias", "mlp-tanh"])
 def test_exact_oracles(kind, asxp, rng):
     # ReLU is left out on purpose: its inner minimiser generically sits on a kink, where g
     # is not twice differentiable (documented in DataCleaning's Notes).
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, _ = _point(P, rng)
     ys, hg = assert_exact_oracles(P, x, rng)
-    assert P.strongly_convex_inner == (kind == "linear")
+    assert P.strongly_convex_inner == kind.startswith("linear")
     if kind == "linear":
         # docs/theory/cleaning.rst: ∇F(x)_i = -(1/n) σ'(x_i) <A_i V*, P_i - Y_i>, V* = H⁻¹ ∇_W f
         A, xh, W = to_host(P.A_train), to_host(x), to_host(ys).reshape(d, C)
@@ -166,6 +171,10 @@ def test_bad_input_names_the_argument(asxp, rng):
         DataCleaning(*ok, n_classes=C, model="mlp", activation="gelu")
     with pytest.raises(TypeError, match="hidden"):
         DataCleaning(*ok, n_classes=C, model="mlp", hidden=2.5)
+    with pytest.raises(TypeError, match="bias"):
+        DataCleaning(*ok, n_classes=C, bias=1)
+    with pytest.raises(ValueError, match="bias"):
+        DataCleaning(*ok, n_classes=C, model="mlp", bias=True)
 
 
 def test_synthetic_corruption_seed_and_defaults(xp, device):
@@ -185,3 +194,72 @@ def test_synthetic_corruption_seed_and_defaults(xp, device):
     assert to_host(P.init_x()).tolist() == [0.0] * 400
     desc = P.describe()
     assert desc["name"] == "cleaning" and desc["hidden"] == 3 and desc["reg"] == 0.002
+
+
+def test_bias_oracles_vs_torch_autodiff(rng):
+    """Every oracle of the linear model with a bias against PyTorch's reverse mode on
+    ``g = mean σ(x_i) CE(A_i W + b, y_i) + (c/2)(‖W‖² + ‖b‖²)`` (double backward for the
+    HVP and the cross term), on the full data and on a batch with a repeated row."""
+    torch = pytest.importorskip("torch")
+    data = _host_data(rng)
+    P = _make(np.asarray, data, **MODELS["linear-bias"])
+    x, y = _point(P, rng)
+    v = point_like(y, rng)
+    A_tr, l_tr, A_val, l_val = (torch.as_tensor(a) for a in data)
+
+    def t(a, grad=False):
+        return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
+
+    def scores(wt, A):
+        return A @ wt[:d * C].reshape(d, C) + wt[d * C:]
+
+    for rows in (None, np.array([3, 0, 3, 29])):
+        batch = None if rows is None else Batch(inner=rows)
+        sel = slice(None) if rows is None else torch.as_tensor(rows)
+        xt, wt = t(x, True), t(y, True)
+        ce = torch.nn.functional.cross_entropy(scores(wt, A_tr[sel]), l_tr[sel],
+                                               reduction="none")
+        g = (torch.sigmoid(xt[sel]) * ce).mean() + 0.05 * (wt * wt).sum()
+        gx, gw = torch.autograd.grad(g, (xt, wt), create_graph=True)
+        hv, = torch.autograd.grad(gw @ t(v), wt, retain_graph=True)
+        cr, = torch.autograd.grad(gw @ t(v), xt)
+        ours = P.grad_g(x, y, batch)
+        np.testing.assert_allclose(P.g(x, y, batch), g.item(), rtol=1e-13)
+        np.testing.assert_allclose(ours[0], gx.detach().numpy(), rtol=1e-12, atol=1e-16)
+        np.testing.assert_allclose(ours[1], gw.detach().numpy(), rtol=1e-12, atol=1e-16)
+        np.testing.assert_allclose(P.hvp_g(x, y, v, batch), hv.numpy(), rtol=1e-12,
+                                   atol=1e-16)
+        np.testing.assert_allclose(P.cross_g(x, y, v, batch), cr.numpy(), rtol=1e-12,
+                                   atol=1e-16)
+        lin = P.linearize_g(x, y, batch)
+        np.testing.assert_array_equal(lin.hvp(v), P.hvp_g(x, y, v, batch))
+        np.testing.assert_array_equal(lin.cross(v), P.cross_g(x, y, v, batch))
+    wt = t(y, True)
+    f = torch.nn.functional.cross_entropy(scores(wt, A_val), l_val)
+    fw, = torch.autograd.grad(f, wt)
+    np.testing.assert_allclose(P.f(x, y), f.item(), rtol=1e-13)
+    np.testing.assert_allclose(P.grad_f_y(x, y), fw.numpy(), rtol=1e-12, atol=1e-16)
+
+
+def test_bias_is_the_linear_model_on_a_ones_column(rng):
+    """An identity: the biased problem equals the bias-free one whose features carry a
+    column of ones (same parameter layout), up to rounding, for every oracle and the
+    exact hypergradient."""
+    data = _host_data(rng)
+    P = _make(np.asarray, data, **MODELS["linear-bias"])
+    ones = [np.concatenate([a, np.ones((a.shape[0], 1))], axis=1) for a in data[::2]]
+    Q = _make(np.asarray, (ones[0], data[1], ones[1], data[3]), **MODELS["linear"])
+    assert P.dim_y == Q.dim_y == (d + 1) * C
+    x, y = _point(P, rng)
+    v = point_like(y, rng)
+    Ys = np.stack([y, 0.5 * y])
+    for batch in (None, Batch(outer=np.array([2, 2]), inner=np.array([5, 0, 5]))):
+        for name, args in (("g", (x, y)), ("grad_g", (x, y)), ("f", (x, y)),
+                           ("grad_f", (x, y)), ("hvp_g", (x, y, v)), ("cross_g", (x, y, v)),
+                           ("grad_g_many", (x, Ys))):
+            a, b = getattr(P, name)(*args, batch), getattr(Q, name)(*args, batch)
+            for u, w in zip(*(r if isinstance(r, tuple) else (r,) for r in (a, b))):
+                np.testing.assert_allclose(u, w, rtol=1e-12, atol=1e-17, err_msg=name)
+    np.testing.assert_allclose(P.hypergradient(x), Q.hypergradient(x), rtol=1e-9,
+                               atol=1e-15)
+    assert P.describe()["bias"] is True and "bias" not in Q.describe()

@@ -94,6 +94,9 @@ def test_ranked_range_identity_small_temperature(rng):
     lams = loss   # convex piecewise-linear in λ: the minimum is at a breakpoint
     vals = [to_host_scalar(P.value(np.append(w, lam))) for lam in lams]
     assert min(vals) == pytest.approx(target, abs=1e-5)
+    # ranked_range_loss is that average directly, for any λ
+    assert to_host_scalar(P.ranked_range_loss(np.append(w, 3.0))) == pytest.approx(target,
+                                                                                 rel=1e-14)
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
@@ -104,7 +107,7 @@ def test_dtype_device_and_float32(backend, loss):
     z = P.inner_solution(x)
     y = backend.asarray(np.array([1e4]), "float32")
     for o in (z, P.f(x, y, z, bl), *P.grad_f(x, y, z, bl), *P.grad_g(x, z, bl),
-              P.dual_solution(x), P.saddle_gradient(x)):
+              P.dual_solution(x), P.saddle_gradient(x), P.ranked_range_loss(x)):
         assert o.dtype == backend.xp.float32 and dev_of(o) == dev_of(x)
         assert np.all(np.isfinite(to_host(o)))
 

@@ -81,6 +81,13 @@ def test_multitask_auc_quick_lambda_robustness_and_memory(tmp_path):
     assert res.checks and all(res.checks.values()), res.checks
 
 
+def test_meta_rank_quick_ranked_range_is_robust_and_memcs_sampling_holds(tmp_path):
+    res = run_study("meta_rank", "quick", seeds=1, out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    # FOSL, MemCS at three S, and the average-loss reference; each with its run folder
+    assert len(res.table) == 5 == len(os.listdir(tmp_path / "runs"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(STUDIES))
 def test_quick_checks_hold_over_the_default_seeds(name, tmp_path):
@@ -133,3 +140,18 @@ def test_libsvm_standin_round_trips(tmp_path):
     n = s.A_train.shape[0] + s.A_val.shape[0] + s.A_test.shape[0]
     assert n == 569 and s.A_train.shape[1] == 30
     assert set(np.unique(s.y_train)) == {-1.0, 1.0}
+
+
+def test_cleaning_mlp_quick_cleaning_learns_and_noise_hurts(tmp_path):
+    res = run_study("cleaning_mlp", "quick", out=tmp_path)
+    assert res.checks and all(res.checks.values()), res.checks
+    # four methods at each corruption rate; the figure has a wall-time and a
+    # gradient-call panel per rate; the dataset used is named in the title
+    rates = {r.config["corruption"] for r in res.runs}
+    assert len(res.table) == 4 * len(rates) and len(res.panels) == 2 * len(rates)
+    dataset = res.runs[0].config["dataset"]
+    assert dataset in res.title and dataset in ("Fashion-MNIST", "digits (stand-in)")
+    # the common accuracy is reached by every method (finite time and calls)
+    for row in res.table:
+        assert np.isfinite(row["time to reach it [s]"][2]), row["method"]
+        assert np.isfinite(row["gradient calls to reach it"][2]), row["method"]

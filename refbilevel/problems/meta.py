@@ -312,6 +312,20 @@ class RankedMetaLearning(MinimaxBilevelProblem):
             hi = xp.where(slope > 0, hi, mid)
         return xp.reshape(0.5 * (lo + hi), (1,))
 
+    def ranked_range_loss(self, x):
+        r"""The ranked-range average of the adapted task losses at ``x``, a 0-d array.
+
+        :math:`R(w) = \frac1{k-m}\sum_{i=m+1}^{k}\ell_{[i]}(z^*(w))` with
+        :math:`\ell_{[1]} \ge \ell_{[2]} \ge \dots` the query losses of the tasks adapted
+        exactly (:meth:`inner_solution`): the hinge, not its smoothing, and independent of
+        λ. It is the value of :math:`\min_\lambda\Phi(w, \lambda)` in the limit
+        τ → 0, ρ = 0 (Hu et al. 2020), the training loss the ranked range defines.
+        """
+        xp = self.xp
+        loss = self.task_losses(self.inner_solution(x), self.all_blocks())
+        ranked = xp.sort(loss, descending=True)
+        return xp.mean(ranked[self.m:self.k])
+
     def value(self, x):
         r""":math:`\Phi(x) = \max_{\hat\lambda} \frac1T\sum_i f_i(x, \hat\lambda, z_i^*)`, 0-d."""
         z = self.inner_solution(x)

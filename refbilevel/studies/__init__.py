@@ -28,9 +28,15 @@ STUDIES = {
     "cleaning_f2sa": ("refbilevel.studies.cleaning_f2sa",
                       "F2SA vs F2SA-Adam (slides): data hyper-cleaning, test accuracy vs "
                       "iterations"),
+    "cleaning_mlp": ("refbilevel.studies.cleaning_mlp",
+                     "MinimaxOPT §4.3: data hyper-cleaning with a two-layer network, test "
+                     "accuracy vs time and gradient calls"),
     "regsel_f2sa": ("refbilevel.studies.regsel_f2sa",
                     "F2SA vs F2SA-Adam (slides): regularisation selection on a LIBSVM "
                     "stand-in for ijcnn1"),
+    "meta_rank": ("refbilevel.studies.meta_rank",
+                  "FOSL vs MemCS (sampled blocks S): rank-based robust meta-learning, "
+                  "meta-test loss"),
 }
 
 

@@ -77,6 +77,10 @@ class StudyResult:
     notes: list = field(default_factory=list)
     runtime: float = 0.0
     extra_tables: dict = field(default_factory=dict)
+    #: Panels per row of the figure (None: all panels in one row).
+    figure_columns: int | None = None
+    #: Size in inches of one row of the figure (None: :func:`plot_study`'s default).
+    figure_size: tuple | None = None
 
 
 def run_methods(methods, problem_for_seed, seeds, *, metrics, label_prefix="",
@@ -210,7 +214,9 @@ def write(result: StudyResult, out) -> dict:
     for name, rows in result.extra_tables.items():
         atomic_write_text(os.path.join(out, f"table_{name}.md"), table_markdown(rows))
         atomic_write_text(os.path.join(out, f"table_{name}.csv"), _table_csv(rows))
-    figures = plot_study(result.panels, out=os.path.join(out, "figure"), title=result.title)
+    size = {} if result.figure_size is None else {"size": tuple(result.figure_size)}
+    figures = plot_study(result.panels, out=os.path.join(out, "figure"), title=result.title,
+                         ncols=result.figure_columns, **size)
     summary = {
         "study": result.name, "title": result.title, "mode": result.mode,
         "seeds": list(result.seeds), "runtime_s": round(result.runtime, 2),

@@ -10,8 +10,8 @@ weights (:math:`y^*(x_0)`, computed exactly), and corruption 0.7 is harder than 
 Data: scikit-learn's bundled digits (1797 images of 8 x 8 pixels, 10 classes) stands in
 for (Fashion-)MNIST, which this project cannot download; the split is seeded, the
 training labels are corrupted by :func:`refbilevel.datasets.corrupt_labels` (a corrupted
-label is a uniformly drawn *other* class). The slides' model has a bias; the project's
-linear cleaning model has none (a deviation, stated on the page).
+label is a uniformly drawn *other* class). The classifier has a bias, as the slides'
+model does (``DataCleaning(..., bias=True)``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
         for s in seeds:
             P, split = make_cleaning(cfg["n_train"], cfg["n_val"], corruption=p, seed=s,
                                      data=load_digits(seed=s), subset=True,
-                                     n_test=cfg["n_test"])
+                                     n_test=cfg["n_test"], bias=True)
             acc = TestAccuracy(split.A_test, split.y_test)
             x0 = P.init_x()
             y_uniform = P.inner_solution(x0)
