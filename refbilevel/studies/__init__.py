@@ -20,6 +20,9 @@ STUDIES = {
     "hpo_logreg": ("refbilevel.studies.hpo_logreg",
                    "MinimaxOPT §4.1: synthetic logistic HPO, MinimaxOPT vs ITD/AID-Neumann/"
                    "AID-CG"),
+    "hpo_logreg_sweep": ("refbilevel.studies.hpo_logreg_sweep",
+                         "MinimaxOPT's stage factor, stage length and step swept on the "
+                         "problem of hpo_logreg"),
     "multitask_auc": ("refbilevel.studies.multitask_auc",
                       "FOSL: multi-task AUC, robustness of test AUC to λ; MemCS memory vs S"),
     "cleaning_f2sa": ("refbilevel.studies.cleaning_f2sa",
