@@ -331,7 +331,8 @@ def from_host(a: Any, xp, *, dtype=None, device=None):
     a = np.asarray(a)
     if dtype is None and a.dtype.kind == "f":
         dtype = getattr(xp, a.dtype.name)
-    if backend_name(xp) == "jax":
+    name = backend_name(xp)
+    if name == "jax":
         import jax
 
         if not jax.config.jax_enable_x64 and dtype is not None and dtype_name(dtype) == "float64":
@@ -345,7 +346,7 @@ def from_host(a: Any, xp, *, dtype=None, device=None):
         chunks = ("auto",) + (-1,) * (a.ndim - 1) if a.ndim else ()
         return da.from_array(a.astype(dtype_name(dtype), copy=False) if dtype is not None
                              else a, chunks=chunks)
-    if backend_name(xp) == "array_api_strict" and device is not None:
+    if name == "array_api_strict" and device is not None:
         out = xp.asarray(a, device=None)
         out = xp.asarray(out, device=device, copy=True)
         return out if dtype is None else xp.astype(out, dtype)
@@ -544,10 +545,22 @@ def linalg_solve(A, B):
 #: ways. CuPy (cuBLAS) and PyTorch stream ``A`` once for the whole stack.
 _ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
 
+#: Exceptions by dtype, ``(backend, dtype, orientation) -> (rows, fewest columns of A)``:
+#: OpenBLAS's float32 ``Gs @ A`` with two rows is slower than two ``A.T @ g`` at 500
+#: columns (1.1 to 1.25 times), while at 50 and 100 columns it is 1.5 to 2.7 times faster
+#: (docs/benchmarks.md, "Paired products"); float64 keeps one product at every width
+#: measured.
+_ROWWISE_WIDE = {("numpy", "float32", True): (2, 256)}
+
 
 @functools.lru_cache(maxsize=None)
-def _rowwise_max(xp) -> dict:
-    return _ROWWISE_MAX.get(backend_name(xp), {False: 0, True: 0})
+def _rowwise_max(xp, dtype=None) -> dict:
+    """``{orientation: (largest stack run row-wise, fewest columns of A for that)}``."""
+    name = backend_name(xp)
+    out = {t: (_ROWWISE_MAX.get(name, {}).get(t, 0), 0) for t in (False, True)}
+    for t in (False, True):
+        out[t] = _ROWWISE_WIDE.get((name, dtype_name(dtype), t), out[t])
+    return out
 
 
 def matvecs(A, Xs, *, xp, transpose: bool = False):
@@ -574,12 +587,14 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
     The result is :math:`X_s A^\top` (or :math:`X_s A`) whichever way it is computed: as
     one matrix product (``A`` streamed once for the whole stack) or, for short stacks on
     backends where a skinny matrix product is slower than matrix-vector products (NumPy
-    with OpenBLAS), as :math:`m` products stacked. The choice is a per-backend table,
-    never a property of the caller; the two forms agree to rounding (each entry is one
+    with OpenBLAS; in float32 also ``Gs @ A`` once ``A`` is wide), as :math:`m` products
+    stacked. The choice is a per-backend table (by dtype and width where measurements
+    differ), never a property of the caller; the two forms agree to rounding (each entry is one
     inner product of length ``d`` or ``n``, summed in a BLAS-chosen order).
     """
     m = Xs.shape[0]
-    if m <= _rowwise_max(xp)[transpose]:
+    rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
+    if m <= rows and A.shape[-1] >= min_cols:
         At = A.T if transpose else A
         return xp.stack([At @ Xs[j, ...] for j in range(m)])
     return Xs @ A if transpose else Xs @ A.T

@@ -317,6 +317,9 @@ def _summary(result, config, out) -> str:
             ("iterations", str(result.n_iter)),
             ("final outer value f(x, y)", f"{h['value'][-1]:.8g}" if "value" in h else "-"),
             ("inner residual", f"{h['inner_residual'][-1]:.4g}" if "inner_residual" in h else "-")]
+    for name in ("test_accuracy", "test_auc"):
+        if name in h:
+            rows.append((name.replace("_", " "), f"{h[name][-1]:.4g} (start {h[name][0]:.4g})"))
     if "hypergradient_norm" in h and np.isfinite(h["hypergradient_norm"][-1]):
         rows.append(("exact hypergradient norm", f"{h['hypergradient_norm'][-1]:.4g} "
                                                  f"(start {h['hypergradient_norm'][0]:.4g})"))
@@ -337,22 +340,21 @@ def _prepare(config: dict, args):
     """``(problem, solver, n_iter, metrics)`` of a run configuration; completes ``config``."""
     from ._backend import backend_namespace
     from .results import environment
-    from .run import METRICS
 
     backend_namespace(config["backend"])  # unknown or unavailable: raises the precise reason
     if args.iters is not None:
         config["iters"] = args.iters
-    from .config import build_from_config
+    from .config import build_from_config, run_metrics
 
-    problem, solver, n_iter = build_from_config(config)
+    problem, solver, n_iter, split = build_from_config(config, return_split=True)
     config["iters"] = n_iter
     config["hyperparameters"] = solver.hyperparameters()
     config.update(environment(problem.xp))
     config["problem_description"] = problem.describe()
-    metrics = tuple(config.get("metrics") or METRICS)
-    for m in metrics:
-        if m not in METRICS:
-            raise UsageError(f"--metrics: unknown metric {m!r}; valid: {', '.join(METRICS)}")
+    try:
+        metrics = run_metrics(config, problem, split)
+    except ValueError as exc:
+        raise UsageError(f"--metrics: {exc}") from None
     return problem, solver, n_iter, metrics
 
 
@@ -633,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "record point)")
     p.add_argument("--metrics", default=None, type=lambda s: tuple(m for m in s.split(",") if m),
                    help="comma-separated metrics to record: value, inner_residual, "
-                        "hypergradient_norm (default: all three)")
+                        "hypergradient_norm (default: all three); held out: test_accuracy "
+                        "(classification problems), test_auc (multitask_auc), on the "
+                        "problem's test split")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="results folder (default: runs/PROBLEM-SOLVER-BACKEND-seedN)")
     p.add_argument("--resume", action="store_true",

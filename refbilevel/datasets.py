@@ -419,11 +419,12 @@ def meta_learning_data(n_tasks=8, n_support=10, n_query=10, n_features=5, *, see
 
 # ---------------------------------------------------------------- problem builders
 def make_logreg_hpo(n=1000, p=100, *, seed=0, xp=None, dtype="float64", device=None,
-                    data: Split | None = None, noise=0.1, **problem_kw):
+                    data: Split | None = None, noise=0.1, return_split=False, **problem_kw):
     """:class:`~refbilevel.problems.logreg.LogRegHPO` (binary) on :func:`logreg_hpo_data`.
 
     ``data`` (labels ±1) replaces the synthetic data; ``problem_kw`` go to the constructor
-    (``reduction``, ``parametrization``).
+    (``reduction``, ``parametrization``). ``return_split=True`` returns ``(problem, split)``,
+    the host data with its test part (none for the synthetic data).
 
     Examples
     --------
@@ -436,14 +437,19 @@ def make_logreg_hpo(n=1000, p=100, *, seed=0, xp=None, dtype="float64", device=N
 
     xp, dt, device = _backend_args(xp, dtype, device)
     s = logreg_hpo_data(n, p, seed=seed, noise=noise) if data is None else data
-    return LogRegHPO(_fl(s.A_train, xp, dt, device), _fl(s.y_train, xp, dt, device),
-                     _fl(s.A_val, xp, dt, device), _fl(s.y_val, xp, dt, device),
-                     task="binary", **problem_kw)
+    problem = LogRegHPO(_fl(s.A_train, xp, dt, device), _fl(s.y_train, xp, dt, device),
+                        _fl(s.A_val, xp, dt, device), _fl(s.y_val, xp, dt, device),
+                        task="binary", **problem_kw)
+    return (problem, s) if return_split else problem
 
 
 def make_multinomial_hpo(n=600, p=20, n_classes=3, *, seed=0, xp=None, dtype="float64",
-                         device=None, data: Split | None = None, **problem_kw):
+                         device=None, data: Split | None = None, return_split=False,
+                         **problem_kw):
     """Multinomial :class:`~refbilevel.problems.logreg.LogRegHPO` on :func:`classification_data`.
+
+    ``return_split=True`` returns ``(problem, split)``: the host data with its test part
+    (a quarter of the synthetic rows, held out of both levels).
 
     Examples
     --------
@@ -457,9 +463,10 @@ def make_multinomial_hpo(n=600, p=20, n_classes=3, *, seed=0, xp=None, dtype="fl
     xp, dt, device = _backend_args(xp, dtype, device)
     s = classification_data(n, p, n_classes, seed=seed) if data is None else data
     n_classes = int(max(s.y_train.max(), s.y_val.max())) + 1 if data is not None else n_classes
-    return LogRegHPO(_fl(s.A_train, xp, dt, device), _int(s.y_train, xp, device),
-                     _fl(s.A_val, xp, dt, device), _int(s.y_val, xp, device),
-                     task="multinomial", n_classes=n_classes, **problem_kw)
+    problem = LogRegHPO(_fl(s.A_train, xp, dt, device), _int(s.y_train, xp, device),
+                        _fl(s.A_val, xp, dt, device), _int(s.y_val, xp, device),
+                        task="multinomial", n_classes=n_classes, **problem_kw)
+    return (problem, s) if return_split else problem
 
 
 def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, seed=0,
@@ -496,8 +503,12 @@ def make_cleaning(n_train=400, n_val=200, p=20, n_classes=5, *, corruption=0.5, 
 
 
 def make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ratio=0.2,
-                       seed=0, xp=None, dtype="float64", device=None, **problem_kw):
+                       seed=0, xp=None, dtype="float64", device=None, n_test=0,
+                       return_split=False, **problem_kw):
     """:class:`~refbilevel.problems.auc.MultiTaskAUC` on :func:`multitask_auc_data`.
+
+    ``n_test`` rows per task are drawn as a held-out test part (after the others, which
+    do not depend on it); ``return_split=True`` returns ``(problem, split)``.
 
     Examples
     --------
@@ -509,9 +520,11 @@ def make_multitask_auc(n_tasks=4, n_train=40, n_val=40, n_features=10, *, pos_ra
     from .problems.auc import MultiTaskAUC
 
     xp, dt, device = _backend_args(xp, dtype, device)
-    s = multitask_auc_data(n_tasks, n_train, n_val, n_features, pos_ratio=pos_ratio, seed=seed)
-    return MultiTaskAUC(*(_fl(a, xp, dt, device) for a in (s.A_train, s.y_train, s.A_val,
-                                                             s.y_val)), **problem_kw)
+    s = multitask_auc_data(n_tasks, n_train, n_val, n_features, pos_ratio=pos_ratio, seed=seed,
+                           n_test=n_test)
+    problem = MultiTaskAUC(*(_fl(a, xp, dt, device) for a in (s.A_train, s.y_train, s.A_val,
+                                                                s.y_val)), **problem_kw)
+    return (problem, s) if return_split else problem
 
 
 def make_meta_learning(n_tasks=8, n_support=10, n_query=10, n_features=5, *, seed=0, xp=None,

@@ -18,6 +18,9 @@ synchronise) and records one column each, like ``value``.
   their query rows.
 
 The held-out rows never enter an oracle: a solver cannot see them.
+
+:data:`HELDOUT` names them for ``refbilevel run --metrics``; :func:`heldout_metric` builds
+one from a name, the problem and the test part of the data split it was built on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ import numpy as np
 
 from ._backend import from_host, to_host
 
-__all__ = ["MetaTestLoss", "TestAccuracy", "TestAUC", "auc_score"]
+__all__ = ["HELDOUT", "MetaTestLoss", "TestAccuracy", "TestAUC", "auc_score", "heldout_metric"]
+
+#: Held-out metric names -> what they need of the problem.
+HELDOUT = {"test_accuracy": "a classification model (logreg, multinomial, cleaning)",
+           "test_auc": "a multi-task AUC problem (multitask_auc)"}
 
 
 def _host(a, name):
@@ -229,3 +236,42 @@ class MetaTestLoss:
         xp = problem.xp
         score = np.asarray(to_host(xp.sum(held_out.A_val * z[:, None, :], axis=-1)))
         return float(np.mean(np.where(score >= 0, 1.0, -1.0) == self.arrays[3]))
+
+
+def heldout_metric(name: str, problem, split, *, problem_name: str | None = None):
+    """The held-out metric ``name`` (a key of :data:`HELDOUT`) on the test part of ``split``.
+
+    Parameters
+    ----------
+    name : str
+        ``"test_accuracy"`` (:class:`TestAccuracy`) or ``"test_auc"`` (:class:`TestAUC`).
+    problem : BilevelProblem or MinimaxBilevelProblem
+        The problem the run solves (it must have the model the metric evaluates).
+    split : Split or None
+        The host data the problem was built on (``registry.build_problem(...,
+        return_split=True)``); its ``A_test`` and ``y_test`` are the held-out rows.
+    problem_name : str, optional
+        The problem's registry name, for the error messages.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, a problem the metric does not apply to, or no test part in ``split``.
+    """
+    from .problems.auc import MultiTaskAUC
+    from .problems.base import MinimaxBilevelProblem
+
+    what = f"problem {problem_name!r}" if problem_name else type(problem).__name__
+    if name not in HELDOUT:
+        raise ValueError(f"unknown held-out metric {name!r}; valid: {', '.join(HELDOUT)}")
+    auc = isinstance(problem, MultiTaskAUC)
+    fits = auc if name == "test_auc" else (not isinstance(problem, MinimaxBilevelProblem)
+                                           and hasattr(problem, "model"))
+    if not fits:
+        raise ValueError(f"{name} needs {HELDOUT[name]}; {what} is not one")
+    if split is None or split.A_test is None or len(split.A_test) == 0:
+        raise ValueError(f"{name} needs the held-out test part of the data; {what} was "
+                         "built without one")
+    if name == "test_auc":
+        return TestAUC(split.A_test, split.y_test)
+    return TestAccuracy(split.A_test, split.y_test)

@@ -17,7 +17,8 @@ Counting rule: a call counts one of its kind; a stacked call (``*_many``, the po
 stacked on axis 0) counts one per stacked point; a minimax-bilevel call on ``S`` blocks
 counts ``S`` per point. A function value (``f``, ``g``) counts as one call of the
 gradient of that function (one pass over the data). An HVP or cross product obtained from
-:meth:`Oracle.linearize_g` counts as one ``hvp`` or ``cross`` each time it is applied.
+:meth:`Oracle.linearize_g` counts as one ``hvp`` or ``cross`` each time it is applied;
+:meth:`Oracle.grad_and_linearize_g` counts one ``grad_g`` and its products the same way.
 
 ``solver.step`` also accepts a bare problem (:func:`as_oracle` wraps it in an uncounted,
 unlogged oracle): this is the form to use when reading or teaching a solver; the driver
@@ -147,6 +148,11 @@ class Oracle:
         self.log: list = []
         self._step = 0
         self._cache: dict = {}
+        # the namespace and device are read several times a step: plain attributes, not
+        # a __getattr__ round trip (which first fails the normal look-up)
+        for name in ("xp", "device"):
+            if hasattr(problem, name):
+                setattr(self, name, getattr(problem, name))
         if self.counting or self.logging:
             for name in _METHODS:
                 if hasattr(problem, name):
@@ -156,7 +162,12 @@ class Oracle:
         # only reached for attributes not set on the oracle: the problem's own, uncounted
         if name == "problem":
             raise AttributeError(name)
-        return getattr(self.problem, name)
+        value = getattr(self.problem, name)
+        if getattr(value, "__self__", None) is self.problem:
+            # a bound method of the problem (uncounted: the oracle's methods are set in
+            # __init__) stays the same object: keep it, so the next call finds it directly
+            self.__dict__[name] = value
+        return value
 
     def reset_calls(self, calls: OracleCalls | None = None) -> None:
         """Set the counter (to zero, or to ``calls`` when resuming)."""
@@ -175,6 +186,21 @@ class Oracle:
     def _counted(self, name, method):
         kind, stacked = _METHODS[name]
         blocks_at = _BLOCKS_ARG.get(name) if self.minimax else None
+        if not self.logging and blocks_at is None:
+            # the driver's case (count, no log): one attribute increment per call
+            if stacked:
+                def call(*args, **kwargs):
+                    calls = self.calls
+                    setattr(calls, kind, getattr(calls, kind) + args[1].shape[0])
+                    return method(*args, **kwargs)
+            else:
+                def call(*args, **kwargs):
+                    calls = self.calls
+                    setattr(calls, kind, getattr(calls, kind) + 1)
+                    return method(*args, **kwargs)
+            call.__name__ = name
+            call.__doc__ = method.__doc__
+            return call
 
         def call(*args, **kwargs):
             m = args[1].shape[0] if stacked else 1
@@ -190,9 +216,31 @@ class Oracle:
 
     def linearize_g(self, x, y, batch=None) -> LinearizedG:
         """The problem's ``linearize_g`` with each application of ``hvp``/``cross`` counted."""
-        lin = self.problem.linearize_g(x, y, batch)
+        return self._counted_products(self.problem.linearize_g(x, y, batch), x, y, batch)
+
+    def grad_and_linearize_g(self, x, y, batch=None):
+        """The problem's ``grad_and_linearize_g``: one ``grad_g``, then products as in
+        :meth:`linearize_g`."""
+        grad, lin = self.problem.grad_and_linearize_g(x, y, batch)
+        self._add("grad_g_y", "grad_g", 1, (x, y, batch))
+        return grad, self._counted_products(lin, x, y, batch)
+
+    def _counted_products(self, lin, x, y, batch) -> LinearizedG:
+        """``lin`` with each application of its ``hvp``/``cross`` counted (and logged)."""
         if not (self.counting or self.logging):
             return lin
+        if not self.logging:                     # the driver's case: count only
+            lin_hvp, lin_cross = lin.hvp, lin.cross
+
+            def hvp(v):
+                self.calls.hvp += 1
+                return lin_hvp(v)
+
+            def cross(v):
+                self.calls.cross += 1
+                return lin_cross(v)
+
+            return LinearizedG(hvp=hvp, cross=cross)
 
         def hvp(v):
             self._add("hvp_g", "hvp", 1, (x, y, v, batch))

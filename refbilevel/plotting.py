@@ -96,14 +96,17 @@ def plot_study(panels, *, out, title: str, size=(6.8, 3.0), ncols=None) -> list[
         One subplot each, with ``groups`` (label -> list of ``(xs, ys)``, one per repeat),
         ``xlabel``, ``ylabel`` and optionally ``budget`` (common cap of the x axis),
         ``logy`` (default True), ``logx`` (default False), ``title``, ``hline`` (a
-        horizontal reference, e.g. a target loss, and its label ``hline_label``).
+        horizontal reference, e.g. a target loss, and its label ``hline_label``). A panel
+        with ``heatmap`` (a 2-D array, NaN drawn blank) is a heat map instead: rows
+        labelled by ``yticks``, columns by ``xticks``, each cell annotated with its value,
+        the colour bar titled ``cbar_label``, the cell ``mark`` (row, column) outlined.
     out : path
         Output path without extension, or with ``.png``/``.pdf``: both files are written.
     title : str
         Figure title (the study's, not registry names).
     size : (float, float)
         Figure size in inches (default fits a two-column paper's full width); with
-        ``ncols``, the size of one row.
+        ``ncols``, the size of one row; with heat maps at least 3.4 inches per column.
     ncols : int, optional
         Panels per row (default: all in one row); more panels wrap into further rows.
 
@@ -120,11 +123,16 @@ def plot_study(panels, *, out, title: str, size=(6.8, 3.0), ncols=None) -> list[
     stem = os.path.splitext(os.fspath(out))[0]
     ncols = len(panels) if ncols is None else max(1, min(int(ncols), len(panels)))
     nrows = -(-len(panels) // ncols)
+    if any("heatmap" in panel for panel in panels):   # annotated cells need the room
+        size = (max(size[0], 3.4 * ncols), size[1])
     fig = Figure(figsize=(size[0], size[1] * nrows), dpi=150)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     for ax, panel in zip(axes, panels):
+        if "heatmap" in panel:
+            _heatmap(fig, ax, panel)
+            continue
         for label, curves in panel["groups"].items():
             grid, med, lo, hi = summarize(curves, budget=panel.get("budget"))
             line, = ax.plot(grid, med, label=label, linewidth=1.4)
@@ -154,6 +162,37 @@ def plot_study(panels, *, out, title: str, size=(6.8, 3.0), ncols=None) -> list[
         atomic_write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
+
+
+def _heatmap(fig, ax, panel) -> None:
+    """One heat-map panel of :func:`plot_study` (annotated cells, optional marked cell)."""
+    M = np.asarray(panel["heatmap"], dtype=float)
+    image = ax.imshow(np.ma.masked_invalid(M), cmap="viridis_r", aspect="auto",
+                      origin="lower")
+    for (i, j), v in np.ndenumerate(M):
+        ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.3g}", ha="center", va="center",
+                fontsize=5, color="w" if np.isfinite(v) and v > np.nanmedian(M) else "k")
+    if panel.get("mark") is not None:
+        i, j = panel["mark"]
+        ax.add_patch(_rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="r",
+                                linewidth=1.5))
+    ax.set_xticks(range(M.shape[1]), [str(t) for t in panel["xticks"]])
+    ax.set_yticks(range(M.shape[0]), [str(t) for t in panel["yticks"]])
+    ax.set_xlabel(panel["xlabel"], fontsize=8)
+    ax.set_ylabel(panel["ylabel"], fontsize=8)
+    if panel.get("title"):
+        ax.set_title(panel["title"], fontsize=8)
+    ax.tick_params(labelsize=6)
+    bar = fig.colorbar(image, ax=ax)
+    bar.ax.tick_params(labelsize=6)
+    if panel.get("cbar_label"):
+        bar.set_label(panel["cbar_label"], fontsize=7)
+
+
+def _rectangle(*args, **kwargs):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle(*args, **kwargs)
 
 
 def _x_values(history, x):

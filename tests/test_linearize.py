@@ -67,6 +67,24 @@ def test_linearized_products_equal_one_shot_oracles(backend, rng, name, batched)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_with_linearization_equals_separate_oracles(backend, rng, name):
+    """``grad_and_linearize_g``: the gradient equals ``grad_g_y`` and the products equal
+    ``hvp_g``/``cross_g`` bit for bit (same operations, the forward pass shared); through
+    the oracle layer it counts one ``grad_g`` and one ``hvp``/``cross`` per product."""
+    from refbilevel.oracle import Oracle, OracleCalls
+
+    P = _problem(name, backend)
+    x, y = _point(P, rng)
+    v = unit_like(y, rng)
+    o = Oracle(P)
+    grad, lin = o.grad_and_linearize_g(x, y)
+    assert _bitwise(grad, P.grad_g_y(x, y)), name
+    assert _bitwise(lin.hvp(v), P.hvp_g(x, y, v)), name
+    assert _bitwise(lin.cross(v), P.cross_g(x, y, v)), name
+    assert o.calls == OracleCalls(grad_g=1, hvp=1, cross=1)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_linearized_products_vs_finite_differences(backend, rng, name):
     P = _problem(name, backend)
     if name == "cleaning_mlp_relu" and backend.name != "numpy":
@@ -159,6 +177,26 @@ def test_linearized_hvp_reads_the_data_twice(measure, name):
     # and nothing else is added: the linearised HVP runs a subset of the one-shot operations
     assert sum(ops_lin.values()) < sum(ops_once.values()), (dict(ops_lin), dict(ops_once))
     assert all(ops_lin[k] <= ops_once[k] for k in ops_lin), (dict(ops_lin), dict(ops_once))
+
+
+def test_gradient_and_hvp_at_one_point_read_the_data_four_times():
+    """Hand count for the logistic problem: the gradient reads ``A`` twice (``A W``,
+    ``Aᵀ(·)``) and a later HVP at the same point twice more (``A V``, ``Aᵀ(·)``): 4 reads
+    with ``grad_and_linearize_g``, 5 with ``grad_g_y`` then ``linearize_g`` (the scores
+    ``A W`` formed twice)."""
+    import array_api_strict as xps
+
+    P = CASES["logreg_binary"]({"xp": xps})
+    rng = np.random.default_rng(0)
+    x, y = _point(P, rng)
+    v = unit_like(y, rng)
+    with _data_reads(P.A_train) as shared:
+        _, lin = P.grad_and_linearize_g(x, y)
+        lin.hvp(v)
+    with _data_reads(P.A_train) as separate:
+        P.grad_g_y(x, y)
+        P.linearize_g(x, y).hvp(v)
+    assert (shared[0], separate[0]) == (4, 5)
 
 
 def test_asv_linearize_benchmark_runs(measure):

@@ -155,3 +155,19 @@ def test_synthetic_seed_defaults_and_description(xp, device):
     assert relative_error(E.g(E.init_x(), E.init_y()), P.g(P.init_x(), P.init_y())) <= 1e-14
     desc = P.describe()
     assert desc["name"] == "layer_decay" and desc["decayed"] == ("W1", "W2")
+
+
+def test_test_accuracy_is_the_host_mlp_prediction(asxp, rng):
+    """Held-out accuracy at the iterate against a NumPy forward pass of the documented layout."""
+    from refbilevel.heldout import TestAccuracy
+
+    P = _make(asxp, _host_data(rng))
+    _, y = _point(P, rng)
+    A, labels = rng.standard_normal((40, d)), rng.integers(0, C, 40)
+    theta = to_host(y)
+    W1, b1 = theta[:d * hidden].reshape(d, hidden), theta[d * hidden:d * hidden + hidden]
+    W2 = theta[d * hidden + hidden:-C].reshape(hidden, C)
+    pred = (np.tanh(A @ W1 + b1) @ W2 + theta[-C:]).argmax(1)
+    state = type("S", (), {"x": P.init_x(), "y": y})()
+    assert TestAccuracy(A, labels)(P, state) == np.mean(pred == labels)
+    assert 0 < np.mean(pred == labels) < 1       # the comparison is not vacuous

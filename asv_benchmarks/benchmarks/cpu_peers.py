@@ -14,10 +14,13 @@ the ``n`` rows split into training and validation halves, written
   closed-over constants; Python loops unroll at trace time);
 * the same code in PyTorch eager, where PyTorch is installed.
 
-Each peer comes in two forms, the two gradients of a point pair as one stacked product
-(``A @ [y z]``) or as one matrix-vector product per point; a peer's time in a round is the
-faster of its forms. Every peer is first checked numerically equal to refbilevel's step
-(:func:`check_peers`); one that is not is reported and left out.
+Each peer of a step with point pairs (MinimaxOPT, F2SA, F2SA-Adam) comes in two forms, the
+two gradients of a pair as one stacked product (``A @ [y z]``) or as one matrix-vector
+product per point; a peer's time is that of its faster form (the lower median over the
+rounds), and its ratios are taken against that form's own time in each round. AID-CG and
+ITD have no pairs: their two forms would be the same code, so one is timed. Every peer is
+first checked numerically equal to refbilevel's step (:func:`check_peers`); one that is
+not is reported and left out.
 
 Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
 ``threadpoolctl``, PyTorch through ``torch.set_num_threads``, XLA through ``XLA_FLAGS``, set
@@ -61,6 +64,8 @@ DTYPES = ("float64", "float32")
 PEERS = ("numpy", "jax", "torch")
 #: the forms timed per peer (True: the pair products stacked, False: matrix-vector products)
 PEER_FORMS = {"numpy": (True, False), "jax": (True, False), "torch": (True, False)}
+#: the solvers whose steps take gradients of point pairs (the only ones whose forms differ)
+PAIRED = ("minimaxopt", "f2sa", "f2sa_adam")
 #: relative difference of (x, y[, z]) after one step accepted as "the same step"
 CHECK_RTOL = {"float64": 1e-9, "float32": 2e-3}
 
@@ -289,7 +294,10 @@ class Contenders:
             except ImportError as exc:
                 self.unavailable[peer] = f"not installed ({exc.name})"
                 continue
-            for stacked in PEER_FORMS[peer] if forms is None else forms:
+            wanted = PEER_FORMS[peer] if forms is None else forms
+            if solver not in PAIRED:         # both forms are the same code: time it once
+                wanted = (False,) if False in wanted else wanted[:1]
+            for stacked in wanted:
                 name = f"{peer}-{'stacked' if stacked else 'matvec'}"
                 fn = (jitted_steps(stacked) if peer == "jax" else plain_steps(peer, stacked))[solver]
                 self.family[name] = peer
@@ -492,16 +500,23 @@ def interleaved_times(cont: Contenders, *, rounds: int, min_time: float) -> tupl
 
 
 def summarize(times: dict, family: dict, prefix: str = "") -> dict:
-    """Per peer: median time of its faster form per round, and the median per-round ratio."""
+    """Per peer: the median time of its faster form and the median per-round ratio to it.
+
+    The faster form is the one with the lower median over the rounds; the ratio in a round
+    is refbilevel's time over that form's time in the same round. (Taking, in each round,
+    the faster of two forms would hand the peer the minimum of two noisy samples against
+    refbilevel's one: on a loaded machine that alone moves the ratio by several per cent,
+    even for two forms that run the same code.)
+    """
     ref = times["refbilevel"]
     out = {f"{prefix}t_refbilevel": statistics.median(ref)}
     for peer in sorted(set(family.values()) - {"refbilevel"}):
         forms = [n for n in times if family[n] == peer]
-        best = [min(times[n][r] for n in forms) for r in range(len(ref))]
-        out[f"{prefix}t_{peer}"] = statistics.median(best)
-        out[f"{prefix}ratio_{peer}"] = statistics.median(a / b for a, b in zip(ref, best))
-        out[f"{prefix}form_{peer}"] = min(forms, key=lambda n: statistics.median(times[n])
-                                          ).split("-")[1]
+        best = min(forms, key=lambda n: statistics.median(times[n]))
+        out[f"{prefix}t_{peer}"] = statistics.median(times[best])
+        out[f"{prefix}ratio_{peer}"] = statistics.median(
+            a / b for a, b in zip(ref, times[best]))
+        out[f"{prefix}form_{peer}"] = best.split("-")[1]
     return out
 
 
@@ -575,6 +590,117 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
     env["copy_bw_after"], env["copy_bw_cpu_after"] = copy_bandwidth(copy_bytes)
     limiter.restore_original_limits()
     return {"env": env, "rows": rows}
+
+
+# ====================================================================== bytes floor breakdown
+#: matrix products of one step on the training or validation matrix: (point pairs, single
+#: forward products ``A @ x``, single transposed products ``A.T @ g``); a pair is one
+#: forward and one transposed product of two stacked points (:func:`refbilevel._backend.matvecs`)
+PRODUCTS = {"minimaxopt": (1, 1, 1),                       # the pair on g, one gradient of f
+            "f2sa": (F2SA_T, F2SA_T, F2SA_T), "f2sa_adam": (F2SA_T, F2SA_T, F2SA_T),
+            "aid_cg": (0, AID_INNER + 1 + 1 + AID_CG, AID_INNER + 1 + AID_CG),
+            "itd": (0, 2 * ITD_INNER, 2 * ITD_INNER)}
+
+
+def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
+                    min_time=0.05, copy_bytes=1 << 28, log=print) -> dict:
+    """Where one step's time goes, against its bytes floor (one thread, CPU time).
+
+    For each dtype, in interleaved rounds: the single-thread copy bandwidth
+    (:func:`copy_bandwidth`'s kernel), the products a step is made of on the training
+    matrix (``A @ x``, ``A.T @ g`` and refbilevel's own forms of a point pair), one
+    elementwise operation on an ``n``-vector, and every solver's refbilevel step and
+    hand-written NumPy step (its faster form). The step's BLAS time is its products
+    (:data:`PRODUCTS`, checked against the operation counter's pass count) times their
+    measured times; the rest of the step is elementwise work and Python. Each product's
+    read rate (data bytes / time) against the copy bandwidth is the BLAS's share of the
+    distance to the floor. Each contender runs a batch of at least ``min_time`` CPU
+    seconds per round.
+    """
+    limiter = limit_threads(1)
+    n, d = SIZES[size] if isinstance(size, str) else size
+    out = {"n": n, "d": d, "threads": thread_report(), "dtypes": {}}
+    for dt in dtypes:
+        data = host_data(n, d, dt)
+        A = data[0]
+        rng = np.random.default_rng(1)
+        x, g = rng.standard_normal(d).astype(dt), rng.standard_normal(A.shape[0]).astype(dt)
+        Xs = rng.standard_normal((2, d)).astype(dt)
+        Gs = rng.standard_normal((2, A.shape[0])).astype(dt)
+        big = np.ones(copy_bytes // 8)
+        dst = np.empty_like(big)
+        xp = get_xp("numpy")
+        kernels = {"copy": lambda: np.copyto(dst, big), "A@x": lambda: A @ x,
+                   "A.T@g": lambda: A.T @ g,
+                   "pair A@[x z]": lambda: B.matvecs(A, Xs, xp=xp),
+                   "pair A.T@[g h]": lambda: B.matvecs(A, Gs, xp=xp, transpose=True),
+                   "n-vector op": lambda: g * g}
+        steps, passes = {}, {}
+        for solver in solvers:
+            passes[solver] = data_passes(solver)
+            pairs, fwd, bwd = PRODUCTS[solver]
+            if 2 * pairs + fwd + bwd != passes[solver]["refbilevel"]:
+                raise AssertionError(f"{solver}: PRODUCTS disagrees with the counter "
+                                     f"({passes[solver]})")
+            cont = Contenders(solver, data, dt, peers=("numpy",))
+            for name, call in cont.calls.items():
+                steps[(solver, name)] = call
+        fns = {**{("kernel", k): f for k, f in kernels.items()}, **steps}
+        reps = {key: max(1, int(min_time / max(_cpu_once(f), 1e-7))) for key, f in fns.items()}
+        t = {key: [] for key in fns}
+        for r in range(rounds):
+            keys = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+            for key in keys:
+                c0 = time.process_time()
+                for _ in range(reps[key]):
+                    fns[key]()
+                t[key].append((time.process_time() - c0) / reps[key])
+        med = {key: statistics.median(v) for key, v in t.items()}
+        k = {name: med[("kernel", name)] for name in kernels}
+        bw = 2 * big.nbytes / k["copy"]
+        nb = A.nbytes
+        row = {"data_bytes": nb, "copy_bw": bw, "kernel_ms": {n_: 1e3 * v for n_, v in k.items()},
+               "read_bw": {n_: (2 if n_.startswith("pair") else 1) * nb / k[n_]
+                           for n_ in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]")},
+               "solvers": {}}
+        for solver in solvers:
+            pairs, fwd, bwd = PRODUCTS[solver]
+            blas = (pairs * (k["pair A@[x z]"] + k["pair A.T@[g h]"]) + fwd * k["A@x"]
+                    + bwd * k["A.T@g"])
+            floor = passes[solver]["needed"] * nb / bw
+            step = med[(solver, "refbilevel")]
+            peer = min(v for (s_, name), v in med.items() if s_ == solver and name != "refbilevel")
+            row["solvers"][solver] = {
+                "passes": passes[solver], "step_ms": 1e3 * step, "peer_ms": 1e3 * peer,
+                "blas_ms": 1e3 * blas, "floor_ms": 1e3 * floor, "step_over_floor": step / floor,
+                "peer_over_floor": peer / floor, "blas_over_floor": blas / floor,
+                "rest_ms": 1e3 * (step - blas), "rest_share": (step - blas) / step}
+        out["dtypes"][dt] = row
+        log(dt, {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
+        del data, A, big, dst
+    limiter.restore_original_limits()
+    return out
+
+
+def render_floor_breakdown(R) -> str:
+    L = ["| dtype | solver | step ms | NumPy peer ms | BLAS ms | floor ms | step ÷ floor "
+         "| peer ÷ floor | BLAS ÷ floor | rest (elementwise, Python) |", "|---" * 10 + "|"]
+    for dt, row in R["dtypes"].items():
+        for solver, r in row["solvers"].items():
+            L.append(f"| {dt} | {solver} | {r['step_ms']:.1f} | {r['peer_ms']:.1f} | "
+                     f"{r['blas_ms']:.1f} | {r['floor_ms']:.1f} | {r['step_over_floor']:.2f} | "
+                     f"{r['peer_over_floor']:.2f} | {r['blas_over_floor']:.2f} | "
+                     f"{r['rest_ms']:.1f} ms ({100 * r['rest_share']:.0f} %) |")
+    L.append("\n| dtype | copy GB/s (read + write) | " + " | ".join(
+        f"{name} read GB/s" for name in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
+        + " | n-vector op µs |")
+    L.append("|---" * 7 + "|")
+    for dt, row in R["dtypes"].items():
+        L.append(f"| {dt} | {row['copy_bw'] / 1e9:.1f} | " + " | ".join(
+            f"{row['read_bw'][name] / 1e9:.1f}" for name in
+            ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
+            + f" | {1e3 * row['kernel_ms']['n-vector op']:.0f} |")
+    return "\n".join(L) + "\n"
 
 
 # ====================================================================== product forms
@@ -658,8 +784,9 @@ def render_markdown(R: dict, command: str | None = None) -> str:
              "rounds of the ratio within a round; **bold**: above 1. CPU: process CPU time "
              "(every library on one thread); wall: wall-clock time, which also counts the "
              "turns the process waited for a core. Times: medians of CPU ms per step. A "
-             "peer's time in a round is its faster form (stacked pair products or "
-             "matrix-vector products; the form shown). `check`: the largest relative "
+             "peer's time is that of its faster form by median (stacked pair products or "
+             "matrix-vector products; the form shown; AID-CG and ITD have no pairs, one "
+             "form). `check`: the largest relative "
              "difference of (x, y, z) after one step between a peer and refbilevel. Floor: "
              "needed data passes × data bytes / copy bandwidth, in CPU time; passes counted "
              "by the operation counter (refbilevel's step / needed).\n")
@@ -709,8 +836,18 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--product-forms", action="store_true",
                     help="only time the two forms of the paired products (matvecs)")
+    ap.add_argument("--floor-breakdown", action="store_true",
+                    help="only break one size's steps down against their bytes floor "
+                         "(the first of --sizes)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.floor_breakdown:
+        R = floor_breakdown(args.sizes.split(",")[0], args.dtypes.split(","),
+                            args.solvers.split(","), rounds=args.rounds_tall)
+        with open(os.path.join(args.out, "floor_breakdown.json"), "w") as fh:
+            json.dump(R, fh, indent=1, default=str)
+        print(render_floor_breakdown(R))
+        return 0
     if args.product_forms:
         rows = product_forms(args.sizes.split(","), args.dtypes.split(","))
         with open(os.path.join(args.out, "product_forms.json"), "w") as fh:

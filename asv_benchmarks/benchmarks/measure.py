@@ -7,6 +7,8 @@
 * :func:`record_step_oracles` — the oracle calls a solver step makes (the log of
   :class:`refbilevel.oracle.Oracle`), so that each can be replayed and timed alone (the
   "sum of the step's oracles");
+* :func:`step_overhead` — step time over the sum of its oracle calls' times, the two
+  interleaved in rounds (median of the per-round ratios);
 * :func:`peak_step_memory` — peak extra memory of one step (CuPy pool / tracemalloc);
 * :func:`count_step_syncs` — implicit host-device synchronisations inside one step
   (CuPy only, through ``cupyx.allow_synchronize(False)``);
@@ -113,6 +115,74 @@ def oracle_sum_time(problem, calls, xp, **kw) -> tuple[float, dict]:
         total += cache[key]
         per_name[name] = per_name.get(name, 0.0) + cache[key]
     return total, per_name
+
+
+def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
+                  min_time: float | None = None) -> dict:
+    """Step time over the sum of its oracle calls' standalone times, interleaved.
+
+    The step runs through a counting :class:`refbilevel.oracle.Oracle` (what
+    :func:`refbilevel.run.run` passes); its oracle calls come from the oracle's log
+    (:func:`record_step_oracles`), each distinct call (name and argument shapes) timed
+    once per round and weighted by how often the step makes it. Every round times one
+    batch of steps and one batch of each call, back to back, so the load of other
+    processes moves both alike; the ratio is taken within each round, then the median
+    over ``rounds``. Wall-clock and process CPU time (``time.process_time``) both.
+
+    Returns
+    -------
+    dict
+        ``t_step``, ``t_sum`` (median seconds), ``ratio`` (median of the per-round
+        ratios), and the same three with a ``cpu_`` prefix.
+    """
+    from refbilevel.oracle import Oracle
+
+    if min_time is None:
+        min_time = MIN_TIME
+    oracle = Oracle(problem)
+    calls = record_step_oracles(problem, solver, state)
+    distinct: dict = {}
+    for name, args, kwargs in calls:
+        key = (name, tuple(tuple(getattr(a, "shape", ())) if a is not None else None
+                           for a in args), tuple(sorted(kwargs)))
+        if key in distinct:
+            distinct[key][1] += 1
+        else:
+            meth = getattr(problem, name)
+            distinct[key] = [lambda meth=meth, args=args, kwargs=kwargs: meth(*args, **kwargs),
+                             1]
+    contenders = [(lambda: solver.step(oracle, state), 1)] + [tuple(v) for v in
+                                                               distinct.values()]
+
+    def batch_length(f):
+        f()
+        B.synchronize(xp)
+        t0 = time.perf_counter()
+        f()
+        B.synchronize(xp)
+        return max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+
+    ks = [batch_length(f) for f, _ in contenders]
+    per_round = {"wall": [], "cpu": []}
+    for _ in range(rounds):
+        wall, cpu = [], []
+        for (f, _), k in zip(contenders, ks):
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(k):
+                f()
+            B.synchronize(xp)
+            wall.append((time.perf_counter() - t0) / k)
+            cpu.append((time.process_time() - c0) / k)
+        for clock, ts in (("wall", wall), ("cpu", cpu)):
+            t_sum = sum(t * m for t, (_, m) in zip(ts[1:], contenders[1:]))
+            per_round[clock].append((ts[0], t_sum))
+    out = {}
+    for clock, prefix in (("wall", ""), ("cpu", "cpu_")):
+        pairs = per_round[clock]
+        out[prefix + "t_step"] = statistics.median(a for a, _ in pairs)
+        out[prefix + "t_sum"] = statistics.median(b for _, b in pairs)
+        out[prefix + "ratio"] = statistics.median(a / b for a, b in pairs)
+    return out
 
 
 def state_nbytes(state) -> int:

@@ -8,7 +8,8 @@
   pool on cupy, tracemalloc on numpy);
 * ``SolverTracks.track_state_memory`` — bytes held by the solver state (MB);
 * ``SolverTracks.track_overhead`` — framework overhead: step time / sum of the standalone
-  times of the oracle calls the step makes (1.0 = no overhead);
+  times of the oracle calls the step makes, interleaved in rounds, median of the
+  per-round ratios (1.0 = no overhead);
 * ``SyncTracks.track_syncs`` — implicit host-device synchronisations in one step (cupy
   only; 0 expected);
 * ``ArrayOpTracks.track_array_ops`` — array operations of one step, counted on
@@ -23,8 +24,8 @@ import functools
 
 from .common import (SOLVERS, XPBenchmark, backend_device, make_problem, on_gpu, oracle_calls,
                      oracle_points, solver_step_setup)
-from .measure import (copy_bandwidth, count_step_ops, count_step_syncs, oracle_sum_time,
-                      peak_step_memory, record_step_oracles, state_nbytes, throughput_time)
+from .measure import (copy_bandwidth, count_step_ops, count_step_syncs, peak_step_memory,
+                      state_nbytes, step_overhead, throughput_time)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,13 +85,8 @@ class SolverTracks(_SolverSetup):
     """Framework overhead (step / Σ oracles) and state memory, every backend but strict."""
 
     def track_overhead(self, backend, size, dtype, solver):
-        from refbilevel.oracle import Oracle
-
-        oracle = Oracle(self.problem)          # counting, as refbilevel.run steps
-        t_step = throughput_time(lambda: self.solver.step(oracle, self.state), self.xp)
-        calls = record_step_oracles(self.problem, self.solver, self.state)
-        t_sum, _ = oracle_sum_time(self.problem, calls, self.xp)
-        return t_step / t_sum
+        # counting oracle, as refbilevel.run steps; step and calls interleaved in rounds
+        return step_overhead(self.problem, self.solver, self.state, self.xp)["ratio"]
     track_overhead.unit = "step / sum of oracles"
 
     def track_state_memory(self, backend, size, dtype, solver):

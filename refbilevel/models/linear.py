@@ -225,6 +225,18 @@ class LinearModelAt:
     def _score_grad(self):
         return self.loss.score_grad(self.scores, self.T, xp=self.xp)
 
+    def grad(self):
+        r""":math:`\frac1n A^\top (c \odot \partial_S \ell)`, flat, from the point's scores.
+
+        Equals :meth:`LinearModel.grad` at the point bit for bit (the same operations); once
+        the scores are formed it reads ``A`` once (:math:`A^\top(\cdot)`). The score
+        gradient is not kept (a point linearised for its gradient and HVPs holds the
+        scores and, from the first HVP, the curvature).
+        """
+        model = self.model
+        G = model._weighted_score_grad(self.scores, self.T, self.loss, self.weights, self.xp)
+        return model.vjp(self.A, G, xp=self.xp) / self.A.shape[0]
+
     def hvp(self, v):
         r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat (``A`` read twice)."""
         model, A, xp = self.model, self.A, self.xp

@@ -330,6 +330,18 @@ class BilevelProblem(_ProblemData):
         return LinearizedG(hvp=lambda v: self.hvp_g(x, y, v, batch),
                            cross=lambda v: self.cross_g(x, y, v, batch))
 
+    def grad_and_linearize_g(self, x, y, batch: Batch | None = None):
+        r"""``(∇_y g(x, y), linearize_g(x, y, batch))``: a gradient and the products at one point.
+
+        For loops that step from a point with :math:`\nabla_y g` and apply second-order
+        products at the same point later (ITD's forward and reverse passes). Problems whose
+        gradient and products share a forward pass (the logistic model: the scores
+        :math:`A W`) override this so that the point's forward pass is computed once; this
+        default calls :meth:`grad_g_y` and :meth:`linearize_g`. The gradient and the
+        products equal those of the two calls bit for bit.
+        """
+        return self.grad_g_y(x, y, batch), self.linearize_g(x, y, batch)
+
     # ---------------------------------------------------- narrow oracles
     def grad_f_x(self, x, y, batch: Batch | None = None):
         """``∇_x f`` (one ``grad_f`` call)."""

@@ -206,11 +206,27 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
         reads them three times. ``cross`` reads no data. Products equal :meth:`hvp_g` and
         :meth:`cross_g` bit for bit.
         """
+        return self._linearized(x, y, batch)[2]
+
+    def grad_and_linearize_g(self, x, y, batch: Batch | None = None):
+        r"""``(∇_y g, linearize_g)`` at ``(x, y)`` from one forward pass.
+
+        The gradient is formed from the scores :math:`A W` that the products reuse
+        (:meth:`refbilevel.models.linear.LinearModelAt.grad`): the point costs the two data
+        passes of its gradient, and each later HVP two more, where :meth:`grad_g_y`
+        followed by :meth:`linearize_g` forms the scores twice. Equals those two calls bit
+        for bit.
+        """
+        model, lam, lin = self._linearized(x, y, batch)
+        return model.grad() + self._row_scale(lam, y), lin
+
+    def _linearized(self, x, y, batch):
+        """``(LinearModelAt, s λ(x), LinearizedG)`` at ``(x, y)`` (no data read yet)."""
         A, T = self._train(batch)
         lam, dlam = self._decay(x)
         model = self.model.linearize(y, A, T, xp=self.xp)
-        return LinearizedG(hvp=lambda v: model.hvp(v) + self._row_scale(lam, v),
-                           cross=lambda v: dlam * self._row_inner(y, v))
+        return model, lam, LinearizedG(hvp=lambda v: model.hvp(v) + self._row_scale(lam, v),
+                                       cross=lambda v: dlam * self._row_inner(y, v))
 
     # ------------------------------------------------------------ stacked oracles
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):

@@ -19,7 +19,7 @@ from ..oracle import as_oracle
 from ..problems.base import Batch
 from ._common import (COUNT1, COUNT1_OR_NONE, FLAG, FRACTION, NONNEGATIVE, POSITIVE,
                       POSITIVE_OR_NONE, SAMPLING, choice, data_streams, project_x, resolve_seed,
-                      start_point, validate_fields)
+                      stack_points, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
@@ -212,6 +212,8 @@ class F2SA(Solver):
     def _draw(self, problem, state):
         """Per-oracle batches: (outer list of T+1, inner list of 2T+2), or None (stacked)."""
         draws = problem.draw(state, self.streams(problem))
+        if not draws:                                  # full batch: no stream at all
+            return None
         T = self.n_inner
         outs = draws.get("outer", [None] * (T + 1))
         ins = draws.get("inner", [None] * (2 * T + 2))
@@ -223,7 +225,7 @@ class F2SA(Solver):
         """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
         xp = problem.xp
         if draws is None:
-            gys = problem.grad_g_y_many(x, xp.stack([z, y]))     # one stacked call (2 calls)
+            gys = problem.grad_g_y_many(x, stack_points(xp, [z, y]))   # one stacked call (2 calls)
             h_gz, h_gy = gys[0, ...], gys[1, ...]
             h_fy = problem.grad_f_y(x, y)
         else:
@@ -238,7 +240,7 @@ class F2SA(Solver):
         xp = problem.xp
         T = self.n_inner
         if draws is None:
-            gxs = problem.grad_g_x_many(x, xp.stack([y, z]))
+            gxs = problem.grad_g_x_many(x, stack_points(xp, [y, z]))
             h_gxy, h_gxz = gxs[0, ...], gxs[1, ...]
             h_fx = problem.grad_f_x(x, y)
         else:

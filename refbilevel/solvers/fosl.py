@@ -27,7 +27,8 @@ from ..optim import inverse_power
 from ..oracle import as_oracle
 from ..sampling import stream_spec
 from ._common import (BOUNDS, COUNT1_OR_NONE, FLAG, NONNEGATIVE, POSITIVE, data_streams,
-                      paired_batches, resolve_seed, start_point, validate_fields)
+                      memo_streams, paired_batches, resolve_seed, stack_points, start_point,
+                      validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["FOSL", "FOSLState", "block_directions", "block_z_directions", "scatter_rows"]
@@ -71,11 +72,16 @@ def _check_common(solver):
 
 def _streams(solver, problem, n_batches):
     """The block stream (S of n blocks, one draw) and ``n_batches`` outer and inner batches."""
-    if solver.n_sampled is not None and solver.n_sampled > problem.n_blocks:
-        raise ValueError(f"n_sampled must be <= the problem's n_blocks = {problem.n_blocks}; "
-                         f"got {solver.n_sampled}")
-    blocks = stream_spec("blocks", problem.n_blocks, solver.n_sampled)
-    return (blocks, *data_streams(problem, solver, n_batches, n_batches))
+    n_blocks = getattr(problem, "problem", problem).n_blocks
+
+    def build():
+        if solver.n_sampled is not None and solver.n_sampled > n_blocks:
+            raise ValueError(f"n_sampled must be <= the problem's n_blocks = {n_blocks}; "
+                             f"got {solver.n_sampled}")
+        blocks = stream_spec("blocks", n_blocks, solver.n_sampled)
+        return (blocks, *data_streams(problem, solver, n_batches, n_batches))
+
+    return memo_streams(solver, ("blocks", n_blocks, n_batches), build)
 
 
 def _draw_blocks(problem, solver, state, n_batches):
@@ -101,7 +107,8 @@ def block_directions(problem, x, y, z, v, idx, lam, batch):
     direction and the y gradient (ascent), at the given point.
     """
     fx, fy, fz = problem.grad_f(x, y, z, idx, batch)
-    gxs, gzs = problem.grad_g_many(x, problem.xp.stack([z, v]), idx, batch)  # one data pass
+    zv = stack_points(problem.xp, [z, v])
+    gxs, gzs = problem.grad_g_many(x, zv, idx, batch)          # one data pass
     d_z = fz + lam * gzs[0, ...]              # ∇_z f_i + λ ∇_z g_i(x, z_i)
     d_v = gzs[1, ...]                         # ∇_z g_i(x, v_i)
     d_x = fx + lam * (gxs[0, ...] - gxs[1, ...])  # (1/S) Σ [∇_x f_i + λ(∇_x g_i(z_i) − ∇_x g_i(v_i))]
@@ -115,7 +122,7 @@ def block_z_directions(problem, x, y, z, v, idx, lam, batch):
     a pass over the data each) that an inner step would discard.
     """
     fz = problem.grad_f_z(x, y, z, idx, batch)
-    gzs = problem.grad_g_z_many(x, problem.xp.stack([z, v]), idx, batch)
+    gzs = problem.grad_g_z_many(x, stack_points(problem.xp, [z, v]), idx, batch)
     return fz + lam * gzs[0, ...], gzs[1, ...]
 
 

@@ -29,9 +29,16 @@ class ITDState(SolverState):
 def reverse_hypergradient(problem, x, y0, *, lr: float, n_steps: int, truncate: int):
     r"""Truncated reverse-mode gradient of :math:`x \mapsto f(x, y_T(x))` (``y0`` fixed).
 
-    Runs the forward pass :math:`y_{t+1} = y_t - \eta\nabla_y g(x, y_t)`, keeping only the
-    last ``truncate`` iterates (memory ``truncate * dim_y``), then the backward pass of
+    Runs the forward pass :math:`y_{t+1} = y_t - \eta\nabla_y g(x, y_t)`, keeping the
+    linearisations of ``g`` at the last ``truncate`` iterates, then the backward pass of
     :doc:`/algorithms/baselines`. Returns ``(h, y_T)``.
+
+    Each kept iterate's gradient and its later products share one forward pass
+    (:meth:`~refbilevel.problems.base.BilevelProblem.grad_and_linearize_g`; for the
+    logistic problem the scores :math:`A y_t`, so a backward HVP reads the data twice, not
+    three times). Memory: the K linearisations, each the iterate (``dim_y``) and whatever
+    forward state the problem keeps (the ``n`` training scores for the logistic problem);
+    each is released once the backward pass has used it.
 
     Costs ``grad_g`` T, ``grad_f`` 1, ``cross`` K and ``hvp`` K − 1 (the adjoint after the
     last backward step is not needed), with K = ``truncate``, T = ``n_steps``.
@@ -39,15 +46,18 @@ def reverse_hypergradient(problem, x, y0, *, lr: float, n_steps: int, truncate: 
     problem = as_oracle(problem)
     K = truncate
     y = y0
-    kept = []  # the last K iterates y_{T-K}, ..., y_{T-1}
+    kept = []  # linearisations at the last K iterates y_{T-K}, ..., y_{T-1}
     for t in range(n_steps):
         if t >= n_steps - K:
-            kept.append(y)
-        y = y - lr * problem.grad_g_y(x, y)
+            gy, lin = problem.grad_and_linearize_g(x, y)   # one forward pass for both
+            kept.append(lin)
+        else:
+            gy = problem.grad_g_y(x, y)
+        y = y - lr * gy
     fx, fy = problem.grad_f(x, y)
     h, a = fx, fy
-    for j, y_t in enumerate(reversed(kept)):  # t = T-1 down to T-K
-        lin = problem.linearize_g(x, y_t)     # J_t and H_t share one forward pass
+    for j in range(K):                        # t = T-1 down to T-K
+        lin = kept.pop()                      # J_t and H_t at y_t; released after use
         h = h - lr * lin.cross(a)
         if j < K - 1:
             a = a - lr * lin.hvp(a)
@@ -95,7 +105,10 @@ class ITD(Solver):
 
     With K = T, ``h`` is the exact gradient of the unrolled objective
     :math:`x \mapsto f(x, y_T(x))` for the fixed start :math:`y_0`. Memory: the K stored
-    iterates, :math:`O(K \cdot \mathrm{dim}_y)`. At a warm-started fixed point
+    iterates, :math:`O(K \cdot \mathrm{dim}_y)`, with the forward state the problem keeps
+    per point so that the backward products reuse the forward pass of line 2 (for the
+    logistic problem the training scores, :math:`O(K \cdot n)`; see
+    :func:`reverse_hypergradient`). At a warm-started fixed point
     (:math:`y_0 = y_T = y^*`), ``h`` equals AID's Neumann estimate with K terms,
     :math:`\nabla_x f - J\,\eta\sum_{q=0}^{K-1}(I-\eta H)^q \nabla_y f`.
 

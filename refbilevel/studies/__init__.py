@@ -20,6 +20,9 @@ STUDIES = {
     "hpo_logreg": ("refbilevel.studies.hpo_logreg",
                    "MinimaxOPT §4.1: synthetic logistic HPO, MinimaxOPT vs ITD/AID-Neumann/"
                    "AID-CG"),
+    "hpo_logreg_sweep": ("refbilevel.studies.hpo_logreg_sweep",
+                         "MinimaxOPT's stage factor, stage length and step swept on the "
+                         "problem of hpo_logreg"),
     "multitask_auc": ("refbilevel.studies.multitask_auc",
                       "FOSL: multi-task AUC, robustness of test AUC to λ; MemCS memory vs S"),
     "cleaning_f2sa": ("refbilevel.studies.cleaning_f2sa",
@@ -31,6 +34,9 @@ STUDIES = {
     "regsel_f2sa": ("refbilevel.studies.regsel_f2sa",
                     "F2SA vs F2SA-Adam (slides): regularisation selection on a LIBSVM "
                     "stand-in for ijcnn1"),
+    "layer_decay": ("refbilevel.studies.layer_decay",
+                    "MinimaxOPT §4.2: per-layer weight decay of an MLP on digits, MinimaxOPT "
+                    "vs one-step/ITD/AID with 1 and many inner steps"),
     "meta_rank": ("refbilevel.studies.meta_rank",
                   "FOSL vs MemCS (sampled blocks S): rank-based robust meta-learning, "
                   "meta-test loss"),
