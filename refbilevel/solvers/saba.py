@@ -199,8 +199,7 @@ class SABA(Solver):
                                                                        inner=rows_in)
         x, y, v = state.x, state.y, state.v
         fx, fy = problem.grad_f(x, y, batch)                     # outer batch D_l
-        gy = problem.grad_g_y(x, y, batch)                       # inner batch B_j
-        lin = problem.linearize_g(x, y, batch)
+        gy, lin = problem.grad_and_linearize_g(x, y, batch)      # inner batch B_j, one pass
         hv, cv = lin.hvp(v), lin.cross(v)
         news = (gy, hv, cv, fy, fx)
         idx = (j_in, j_in, j_in, j_out, j_out)

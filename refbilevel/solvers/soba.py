@@ -122,8 +122,8 @@ class SOBA(Solver):
         (batch,) = paired_batches(problem.draw(state, self.streams(problem)), 1)
         x, y, v = state.x, state.y, state.v
         fx, fy = problem.grad_f(x, y, batch)                     # outer batch
-        d_y = problem.grad_g_y(x, y, batch)                      # line 1 (inner batch)
-        lin = problem.linearize_g(x, y, batch)                   # H and J share one pass
+        # line 1 (inner batch); the gradient, H and J share one forward pass
+        d_y, lin = problem.grad_and_linearize_g(x, y, batch)
         d_v = lin.hvp(v) + fy
         d_x = lin.cross(v) + fx                                  # line 2
         rho = decayed(self.lr_inner, self.lr_schedule, state.iteration)
