@@ -117,6 +117,14 @@ def by_method(runs):
     return groups
 
 
+def runs_by_key(runs) -> dict:
+    """``{key: [RunOutcome, ...]}`` in the order methods first appear (one entry per table row)."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.key, []).append(r)
+    return groups
+
+
 def curves(runs, x, y):
     """``{label: [(xs, ys), ...]}`` of the runs for axis ``x`` and history column ``y``."""
     return {label: [(curve_x(h, x), np.asarray(h[y], dtype=float)) for h in hs]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from ._core import Method, StudyResult, curves, run_methods, spread
+from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
 
 NAME = "cleaning_f2sa"
 TITLE = "Data hyper-cleaning on digits (F2SA slides): test accuracy vs iterations"
@@ -71,8 +71,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
             for r in runs[-4:]:
                 r.key = f"{r.key}_p{p}"
     table = []
-    for key in dict.fromkeys(r.key for r in runs):
-        rs = [r for r in runs if r.key == key]
+    for rs in runs_by_key(runs).values():
         p = rs[0].config["corruption"]
         table.append({"method": rs[0].label,
                       "final test accuracy": spread(r.history["test_accuracy"][-1] for r in rs),

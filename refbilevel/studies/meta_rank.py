@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 
-from ._core import Method, StudyResult, curves, first_reach, run_methods, spread
+from ._core import Method, StudyResult, curves, first_reach, run_methods, runs_by_key, spread
 
 NAME = "meta_rank"
 TITLE = "Rank-based robust meta-learning (FOSL, MemCS): ranked-range loss, meta-test loss"
@@ -106,12 +106,10 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
         runs += run_methods([Method("FOSL, average loss (m=0)", "fosl_average",
                                     lambda seed: FOSL(**STEPS), cfg["iters"], cfg["record"])],
                             lambda seed: average, [s], metrics=metrics)
-    keys = list(dict.fromkeys(r.key for r in runs))
     best = {s: min(r.history["ranked_loss"][-1] for r in runs
                    if r.seed == s and r.key != "fosl_average") for s in seeds}
     table = []
-    for key in keys:
-        rs = [r for r in runs if r.key == key]
+    for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
                       "final ranked-range loss": spread(r.history["ranked_loss"][-1] for r in rs),
                       "meta-test loss at start": spread(r.history["test_loss"][0] for r in rs),

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
-from ._core import Method, StudyResult, curves, run_methods, spread
+from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
 
 NAME = "multitask_auc"
 TITLE = "Multi-task AUC (FOSL, NeurIPS 2024): AUC-M objective, λ robustness, MemCS memory"
@@ -110,10 +109,8 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
                          cfg["iters"], cfg["record"]))
         runs += run_methods(ms, lambda seed: problems[seed], [s],
                             metrics=("value", test_auc[s]))
-    keys = list(dict.fromkeys(r.key for r in runs))
     table = []
-    for key in keys:
-        rs = [r for r in runs if r.key == key]
+    for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
                       "final AUC-M objective": spread(r.history["value"][-1] for r in rs),
                       "test AUC at start": spread(r.history["test_auc"][0] for r in rs),

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from ._core import Method, StudyResult, curves, run_methods, spread
+from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
 
 NAME = "regsel_f2sa"
 TITLE = "Regularisation selection, LIBSVM stand-in for ijcnn1 (F2SA slides)"
@@ -76,7 +76,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_standin(os.path.join(tmp, "breast_cancer.libsvm"))
         splits = {s: load_libsvm(path, seed=s, standardize_features=True) for s in seeds}
-    runs, F0, F_end = [], {}, {}
+    runs, F0 = [], {}
     for s in seeds:
         P = make_logreg_hpo(data=splits[s])
         acc = TestAccuracy(splits[s].A_test, splits[s].y_test)
@@ -84,8 +84,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
         runs += run_methods(_methods(cfg), lambda seed, P=P: P, [s],
                             metrics=("value", acc))
     table = []
-    for key in dict.fromkeys(r.key for r in runs):
-        rs = [r for r in runs if r.key == key]
+    for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
                       "final outer objective f(x, y)": spread(r.history["value"][-1] for r in rs),
                       "test accuracy at start": spread(r.history["test_accuracy"][0] for r in rs),
