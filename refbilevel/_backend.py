@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "BACKEND_NAMES",
+    "ScalarOperands",
     "array_namespace",
     "asarray",
     "available_backends",
@@ -44,6 +45,7 @@ __all__ = [
     "materialize",
     "matvecs",
     "persist_data",
+    "stack",
     "synchronize",
     "to_device",
     "to_host",
@@ -596,8 +598,79 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
     rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
     if m <= rows and A.shape[-1] >= min_cols:
         At = A.T if transpose else A
-        return xp.stack([At @ Xs[j, ...] for j in range(m)])
+        if xp is _numpy_namespace():
+            # each product written into its row of the result: the same BLAS call as
+            # ``At @ x``, without a stack of the products afterwards (about 3 µs a pair)
+            out = np.empty((m, At.shape[0]), dtype=np.result_type(At.dtype, Xs.dtype))
+            for j in range(m):
+                np.matmul(At, Xs[j, ...], out=out[j, ...])
+            return out
+        return stack([At @ Xs[j, ...] for j in range(m)], xp=xp)
     return Xs @ A if transpose else Xs @ A.T
+
+
+def stack(arrays, *, xp):
+    """``xp.stack(arrays)``: the arrays along a new leading axis, in the backend's cheapest form.
+
+    Parameters
+    ----------
+    arrays : sequence of array
+        Arrays of one shape and dtype, in namespace ``xp``.
+    xp : namespace
+        Their namespace.
+
+    Notes
+    -----
+    Every form only copies, so the result is the same array bit for bit. NumPy copies the
+    list into a new array with ``numpy.array`` (about 0.7 µs for two short vectors against
+    3 µs for ``numpy.stack``, whose Python-level checks a stacked oracle call of a step
+    pays every time); every other backend concatenates the arrays viewed with a leading
+    axis of one, one array operation (a kernel on a GPU).
+    """
+    if xp is _numpy_namespace():
+        return np.array(arrays)
+    return xp.concat([a[None, ...] for a in arrays])
+
+
+class ScalarOperands:
+    """Python floats an update uses many times, as operands of the arrays they meet.
+
+    Parameters
+    ----------
+    *values : float
+        The constants (decay rates, epsilons).
+
+    Notes
+    -----
+    ``ops.like(a)`` gives the constants for arithmetic with ``a``: on NumPy, read-only
+    0-d arrays of ``a``'s dtype (made once per dtype); on every other backend the floats.
+    NumPy (2.x) spends about 0.4 µs more on an operation between an array and a Python
+    float than between two arrays: the float is a "weak" scalar (NEP 50) whose dtype is
+    resolved on every call. It then computes in the array's dtype with the float rounded
+    to that dtype, which is the value of the 0-d array, so the results are the same bit
+    for bit. The 0-d arrays must only meet arrays of their own dtype (a 0-d array is not
+    weak: against another dtype it promotes).
+    """
+
+    __slots__ = ("values", "_by_dtype")
+
+    def __init__(self, *values: float):
+        self.values = tuple(float(v) for v in values)
+        self._by_dtype: dict = {}
+
+    def like(self, a) -> tuple:
+        """The constants as operands for arithmetic with array ``a``."""
+        if type(a) is not np.ndarray:
+            return self.values
+        ops = self._by_dtype.get(a.dtype)
+        if ops is None:
+            ops = []
+            for v in self.values:
+                k = np.asarray(v, dtype=a.dtype)
+                k.flags.writeable = False
+                ops.append(k)
+            ops = self._by_dtype[a.dtype] = tuple(ops)
+        return ops
 
 
 def host_rng(seed: int | np.random.Generator | None) -> np.random.Generator:

@@ -44,7 +44,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._backend import array_namespace
+from ._backend import ScalarOperands, array_namespace
 from ._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
@@ -94,7 +94,7 @@ def sgd() -> Optimizer:
         return SGDState(count=0)
 
     def update(grad, state, lr):
-        return -lr * grad, SGDState(count=state.count + 1)
+        return -lr * grad, SGDState(state.count + 1)
 
     return Optimizer(init, update)
 
@@ -138,7 +138,7 @@ def momentum(mu: float = 0.9) -> Optimizer:
 
     def update(grad, state, lr):
         buf = mu * state.buf + grad
-        return -lr * buf, MomentumState(buf=buf, count=state.count + 1)
+        return -lr * buf, MomentumState(buf, state.count + 1)
 
     return Optimizer(init, update)
 
@@ -205,10 +205,15 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
     def init(params):
         return AdamState(m=_zeros_like(params), v=_zeros_like(params), count=0)
 
+    constants = ScalarOperands(b1, 1.0 - b1, b2, 1.0 - b2, eps)
+
     def update(grad, state, lr):
         t = state.count + 1
-        m = b1 * state.m + (1.0 - b1) * grad
-        v = b2 * state.v + (1.0 - b2) * (grad * grad)
+        # the constants as operands of grad's dtype: the same values, bit for bit
+        # (refbilevel._backend.ScalarOperands), a cheaper operation on NumPy
+        k_b1, k_1mb1, k_b2, k_1mb2, k_eps = constants.like(grad)
+        m = k_b1 * state.m + k_1mb1 * grad
+        v = k_b2 * state.v + k_1mb2 * (grad * grad)
         if bias_correction:
             c1 = 1.0 - b1**t
             c2 = 1.0 - b2**t
@@ -216,10 +221,10 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, *,
         else:
             m_hat, v_hat = m, v
         xp = _namespace(grad)
-        delta = -lr * m_hat / (xp.sqrt(v_hat) + eps)
+        delta = -lr * m_hat / (xp.sqrt(v_hat) + k_eps)
         if keep_corrected:
             m, v = m_hat, v_hat
-        return delta, AdamState(m=m, v=v, count=t)
+        return delta, AdamState(m, v, t)
 
     return Optimizer(init, update)
 

@@ -154,3 +154,39 @@ def test_jax_float64_without_x64_is_refused():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stack_equals_a_stack_of_copies(xp, device, dtype):
+    # oracle: the arrays themselves, copied row by row on the host (the stack is a copy)
+    rows = [np.random.default_rng(k).standard_normal(7).astype(dtype) for k in range(3)]
+    arrays = [from_host(r, xp, device=device) for r in rows]
+    out = _backend.stack(arrays, xp=xp)
+    assert array_namespace(out) is xp
+    assert out.dtype == getattr(xp, dtype)
+    assert _backend.device(out) == _backend.device(arrays[0])
+    host = to_host(out)
+    assert host.shape == (3, 7)
+    for k, r in enumerate(rows):
+        assert host[k].tobytes() == r.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scalar_operands_compute_what_python_floats_compute(xp, device, dtype):
+    # oracle: the same operations with the Python floats, bit for bit (NumPy rounds a weak
+    # float to the array's dtype; the operands hold that rounded value)
+    values = (0.9, 1.0 - 0.99, 1e-8, 1.0 / 3.0)
+    ops = _backend.ScalarOperands(*values)
+    a = from_host(np.random.default_rng(1).standard_normal(11).astype(dtype), xp, device=device)
+    got = ops.like(a)
+    assert ops.like(a) is got or got == values          # NumPy: made once per dtype
+    for v, k in zip(values, got):
+        for with_float, with_operand in ((v * a, k * a), (a + v, a + k), (a / v, a / k)):
+            assert with_operand.dtype == a.dtype
+            assert to_host(with_operand).tobytes() == to_host(with_float).tobytes()
+    if xp is array_namespace(np.zeros(1)):
+        assert all(k.shape == () and not k.flags.writeable for k in got)
+        with pytest.raises(ValueError, match="read-only"):
+            got[0][...] = 1.0
+    else:
+        assert got == values

@@ -274,6 +274,7 @@ class Contenders:
     """
 
     def __init__(self, solver: str, data, dtype: str, peers=PEERS, forms=None):
+        from refbilevel.oracle import Oracle
         from refbilevel.problems import LogRegHPO
 
         self.solver, self.dtype = solver, dtype
@@ -283,7 +284,10 @@ class Contenders:
         rb = refbilevel_solver(solver)
         state = rb.init(problem, xp.asarray(x0), xp.asarray(y0), np.random.default_rng(0))
         self.problem, self.rb_solver, self.rb_state = problem, rb, state
-        self.calls = {"refbilevel": lambda: rb.step(problem, state)}
+        # the step as refbilevel.run makes it: through one counting oracle layer, built
+        # once (a bare problem would be wrapped in a fresh uncounted one at every step)
+        oracle = Oracle(problem)
+        self.calls = {"refbilevel": lambda: rb.step(oracle, state)}
         self.waits = {"refbilevel": lambda: None}
         self.family = {"refbilevel": "refbilevel"}
         self.unavailable = {}

@@ -129,11 +129,19 @@ def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
     processes moves both alike; the ratio is taken within each round, then the median
     over ``rounds``. Wall-clock and process CPU time (``time.process_time``) both.
 
+    A second denominator replays the step's calls in the step's order (same arguments,
+    on the bare problem): what the oracle work costs when the calls follow one another
+    as in the step, so that one call's data has left the caches when the next reads
+    another matrix. ``step / replay`` is the step's own cost (Python, its arithmetic on
+    parameter-sized vectors, the oracle layer); ``replay / sum`` is what the calls lose
+    to each other.
+
     Returns
     -------
     dict
-        ``t_step``, ``t_sum`` (median seconds), ``ratio`` (median of the per-round
-        ratios), and the same three with a ``cpu_`` prefix.
+        ``t_step``, ``t_sum``, ``t_replay`` (median seconds), ``ratio`` (step / sum) and
+        ``ratio_replay`` (step / replay), medians of the per-round ratios, and the same
+        five with a ``cpu_`` prefix.
     """
     from refbilevel.oracle import Oracle
 
@@ -151,8 +159,15 @@ def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
             meth = getattr(problem, name)
             distinct[key] = [lambda meth=meth, args=args, kwargs=kwargs: meth(*args, **kwargs),
                              1]
-    contenders = [(lambda: solver.step(oracle, state), 1)] + [tuple(v) for v in
-                                                               distinct.values()]
+    replayed = [(getattr(problem, name), args, kwargs) for name, args, kwargs in calls]
+
+    def replay():
+        for meth, args, kwargs in replayed:
+            meth(*args, **kwargs)
+
+    # the step, the replay (weight 0: not part of the sum), then the distinct calls
+    contenders = ([(lambda: solver.step(oracle, state), 1), (replay, 0)]
+                  + [tuple(v) for v in distinct.values()])
 
     def batch_length(f):
         f()
@@ -174,14 +189,16 @@ def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
             wall.append((time.perf_counter() - t0) / k)
             cpu.append((time.process_time() - c0) / k)
         for clock, ts in (("wall", wall), ("cpu", cpu)):
-            t_sum = sum(t * m for t, (_, m) in zip(ts[1:], contenders[1:]))
-            per_round[clock].append((ts[0], t_sum))
+            t_sum = sum(t * m for t, (_, m) in zip(ts[2:], contenders[2:]))
+            per_round[clock].append((ts[0], t_sum, ts[1]))
     out = {}
     for clock, prefix in (("wall", ""), ("cpu", "cpu_")):
-        pairs = per_round[clock]
-        out[prefix + "t_step"] = statistics.median(a for a, _ in pairs)
-        out[prefix + "t_sum"] = statistics.median(b for _, b in pairs)
-        out[prefix + "ratio"] = statistics.median(a / b for a, b in pairs)
+        rows = per_round[clock]
+        out[prefix + "t_step"] = statistics.median(a for a, _, _ in rows)
+        out[prefix + "t_sum"] = statistics.median(b for _, b, _ in rows)
+        out[prefix + "t_replay"] = statistics.median(c for _, _, c in rows)
+        out[prefix + "ratio"] = statistics.median(a / b for a, b, _ in rows)
+        out[prefix + "ratio_replay"] = statistics.median(a / c for a, _, c in rows)
     return out
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._backend import (array_namespace, device, eps, from_host, host_namespace, host_rng,
-                        materialize, to_host_scalar)
+                        materialize, stack, to_host_scalar)
 from .._validation import check_choice
 from ..linalg import cg_solve
 
@@ -367,15 +367,15 @@ class BilevelProblem(_ProblemData):
         to read the data once for all points.
         """
         gxs, gys = zip(*(self.grad_g(x, Ys[j, ...], batch) for j in range(Ys.shape[0])))
-        return self.xp.stack(gxs), self.xp.stack(gys)
+        return stack(gxs, xp=self.xp), stack(gys, xp=self.xp)
 
     def grad_g_y_many(self, x, Ys, batch: Batch | None = None):
         """``∇_y g`` at the points ``(x, Ys[j])``, shape ``(m, dim_y)``."""
-        return self.xp.stack([self.grad_g_y(x, Ys[j, ...], batch) for j in range(Ys.shape[0])])
+        return stack([self.grad_g_y(x, Ys[j, ...], batch) for j in range(Ys.shape[0])], xp=self.xp)
 
     def grad_g_x_many(self, x, Ys, batch: Batch | None = None):
         """``∇_x g`` at the points ``(x, Ys[j])``, shape ``(m, dim_x)``."""
-        return self.xp.stack([self.grad_g_x(x, Ys[j, ...], batch) for j in range(Ys.shape[0])])
+        return stack([self.grad_g_x(x, Ys[j, ...], batch) for j in range(Ys.shape[0])], xp=self.xp)
 
     # ------------------------------------------------------ exact oracles
     def inner_residual(self, x, y):
@@ -627,7 +627,7 @@ class MinimaxBilevelProblem(_ProblemData):
         data-bound problems override it to read each block's data once for all points.
         """
         gxs, gzs = zip(*(self.grad_g(x, Zs[j, ...], blocks, batch) for j in range(Zs.shape[0])))
-        return self.xp.stack(gxs), self.xp.stack(gzs)
+        return stack(gxs, xp=self.xp), stack(gzs, xp=self.xp)
 
     def grad_f_z(self, x, y, z, blocks, batch: Batch | None = None):
         """Per-block ``∇_z f_i`` only, ``(len(blocks), dim_z)`` (``len(blocks)`` ``grad_f`` calls)."""
