@@ -601,7 +601,8 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
         if xp is _numpy_namespace():
             # each product written into its row of the result: the same BLAS call as
             # ``At @ x``, without a stack of the products afterwards (about 3 µs a pair)
-            out = np.empty((m, At.shape[0]), dtype=np.result_type(At.dtype, Xs.dtype))
+            dtype = At.dtype if At.dtype == Xs.dtype else np.result_type(At.dtype, Xs.dtype)
+            out = np.empty((m, At.shape[0]), dtype=dtype)
             for j in range(m):
                 np.matmul(At, Xs[j, ...], out=out[j, ...])
             return out

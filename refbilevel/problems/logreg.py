@@ -124,7 +124,9 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
         For ``"raw"`` the derivative is the Python float ``s`` (no array operation).
         """
         if self.parametrization == "exp":
-            w = self._s * self.xp.exp(x)
+            w = self.xp.exp(x)
+            if self._s != 1.0:                   # "mean"; for "sum" 1·e^x is e^x exactly
+                w = self._s * w
             return w, w
         return self._s * x, self._s
 
