@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from .._backend import device
+from .._backend import ScalarOperands, device
 
 __all__ = [
     "BINARY_LOGISTIC",
@@ -85,6 +85,25 @@ def exp_limit(dtype, *, xp) -> float:
 _EXP_LIMITS: dict = {}
 
 
+def _logistic_constants(t, *, xp) -> tuple:
+    r"""``(1, −1, c)`` (:math:`c` = :func:`exp_limit` of ``t``'s dtype) as operands for ``t``.
+
+    The logistic formulas below evaluate on every oracle call; their constants go through
+    :class:`refbilevel._backend.ScalarOperands` (on NumPy 0-d arrays of ``t``'s dtype,
+    the same values and results bit for bit as the Python floats, each operation cheaper),
+    made once per (namespace, dtype).
+    """
+    key = (xp, t.dtype)
+    ops = _LOGISTIC_CONSTANTS.get(key)
+    if ops is None:
+        ops = _LOGISTIC_CONSTANTS[key] = ScalarOperands(1.0, -1.0, exp_limit(t.dtype, xp=xp))
+    return ops.like(t)
+
+
+#: :func:`_logistic_constants` by (namespace, dtype), keyed as :data:`_EXP_LIMITS`
+_LOGISTIC_CONSTANTS: dict = {}
+
+
 def sigmoid(t, *, xp):
     r"""Stable logistic function :math:`\sigma(t) = 1 / (1 + e^{-t})`.
 
@@ -96,7 +115,8 @@ def sigmoid(t, *, xp):
     number. Elsewhere measured within 2 ulps of a 60-digit reference (float64 and float32,
     NumPy), the rounding of one exponential, one addition and one division.
     """
-    return 1.0 / (1.0 + xp.exp(xp.minimum(-t, exp_limit(t.dtype, xp=xp))))
+    one, _, c = _logistic_constants(t, xp=xp)
+    return one / (one + xp.exp(xp.minimum(-t, c)))
 
 
 def sigmoid_prime(t, *, xp):
@@ -105,7 +125,7 @@ def sigmoid_prime(t, *, xp):
     Stable (underflows to 0, never NaN); within 2 ulps of a 60-digit reference.
     """
     e = xp.exp(-xp.abs(t))
-    q = 1.0 + e
+    q = _logistic_constants(e, xp=xp)[0] + e
     return e / (q * q)
 
 
@@ -219,7 +239,9 @@ class BinaryLogistic:
         clamped at :func:`exp_limit` as in :func:`sigmoid`. The clamp stays: without it
         :math:`e^{m}` overflows for :math:`m > c` (the value would still be right, ``±0``),
         and NumPy reports every such overflow as a ``RuntimeWarning``."""
-        return b / (-1.0 - xp.exp(xp.minimum(b * S, exp_limit(S.dtype, xp=xp))))
+        m = b * S
+        _, minus_one, c = _logistic_constants(m, xp=xp)
+        return b / (minus_one - xp.exp(xp.minimum(m, c)))
 
     @staticmethod
     def score_hvp(S, b, R, *, xp):
