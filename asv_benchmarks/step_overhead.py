@@ -10,7 +10,10 @@ Times a step through a counting :class:`refbilevel.oracle.Oracle` (what
 (NumPy, float64 by default), and each oracle call of that step alone (the calls come
 from the oracle's log), interleaved in rounds (:func:`benchmarks.measure.step_overhead`).
 A ratio of 1 means the step costs exactly its oracle calls; the rest is Python
-bookkeeping and the step's own arithmetic on parameter-sized vectors.
+bookkeeping and the step's own arithmetic on parameter-sized vectors. The second ratio
+divides by the step's calls replayed in the step's order (what the calls cost when they
+follow one another as in the step). Brackets: 95 % confidence intervals of the median
+per-round ratio (:func:`benchmarks.measure.median_interval`).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     for name in args.solvers:
         r = overhead(name, dtype=args.dtype, rounds=args.rounds)
+        ci = "[{:.3f}, {:.3f}]".format
         print(f"{name:>12}: step {r['t_step'] * 1e6:9.1f} us, sum of oracles "
               f"{r['t_sum'] * 1e6:9.1f} us, ratio {r['ratio']:.3f} "
-              f"(CPU time: {r['cpu_ratio']:.3f}); oracles replayed in order "
-              f"{r['t_replay'] * 1e6:9.1f} us, ratio {r['ratio_replay']:.3f} "
-              f"(CPU time: {r['cpu_ratio_replay']:.3f})", flush=True)
+              f"(CPU time: {r['cpu_ratio']:.3f} {ci(*r['cpu_ratio_ci'])}); oracles replayed "
+              f"in order {r['t_replay'] * 1e6:9.1f} us, ratio {r['ratio_replay']:.3f} "
+              f"(CPU time: {r['cpu_ratio_replay']:.3f} {ci(*r['cpu_ratio_replay_ci'])})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,43 @@ def test_asv_classes_run(cp, monkeypatch):
     finally:
         r.teardown()
     assert all(math.isfinite(v) and v > 0 for v in ratios)
+
+
+@pytest.mark.parametrize("n", [1, 5, 7, 9, 15, 16, 40])
+def test_median_interval_is_the_binomial_order_statistic_interval(cp, n):
+    # oracle: the closed form, coverage 1 - 2 P(Binomial(n, 1/2) <= j - 1), j the largest
+    # rank reaching 95 % (the range when none does), evaluated here by brute-force sums
+    from benchmarks.measure import median_interval
+
+    values = [((7 * k) % n) + 0.5 * k / n for k in range(n)]     # distinct, shuffled
+    lo, hi, coverage = median_interval(values)
+
+    def cover(j):
+        return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(j)) / 2.0 ** n
+
+    ranks = [j for j in range(1, (n + 1) // 2 + 1) if cover(j) >= 0.95]
+    j = max(ranks) if ranks else 1
+    xs = sorted(values)
+    assert (lo, hi) == (xs[j - 1], xs[n - j])
+    assert coverage == pytest.approx(cover(j), rel=1e-12)
+    assert lo <= sorted(values)[(n - 1) // 2] <= hi
+    if n == 15:                              # the value the docs quote
+        assert (j, round(coverage, 4)) == (4, 0.9648)
+    if n == 5:
+        assert j == 1 and coverage == pytest.approx(0.9375)
+
+
+def test_summarize_reports_the_interval_of_the_per_round_ratios(cp):
+    # oracle: the ratios built by hand, their median and their order-statistic interval
+    from benchmarks.measure import median_interval
+
+    ref = [1.0, 1.1, 0.9, 1.2, 1.05, 0.95, 1.0]
+    peer = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]
+    slow = [2.0] * 7
+    times = {"refbilevel": ref, "numpy-matvec": peer, "numpy-stacked": slow}
+    family = {"refbilevel": "refbilevel", "numpy-matvec": "numpy", "numpy-stacked": "numpy"}
+    out = cp.summarize(times, family, prefix="cpu_")
+    ratios = [a / b for a, b in zip(ref, peer)]
+    assert out["cpu_form_numpy"] == "matvec"
+    assert out["cpu_ratio_numpy"] == sorted(ratios)[3]
+    assert out["cpu_ratio_numpy_ci"] == median_interval(ratios)[:2] == (0.5, 1.2)

@@ -9,6 +9,8 @@
   "sum of the step's oracles");
 * :func:`step_overhead` — step time over the sum of its oracle calls' times, the two
   interleaved in rounds (median of the per-round ratios);
+* :func:`median_interval` — a distribution-free confidence interval for the median of
+  per-round ratios (order statistics);
 * :func:`peak_step_memory` — peak extra memory of one step (CuPy pool / tracemalloc);
 * :func:`count_step_syncs` — implicit host-device synchronisations inside one step
   (CuPy only, through ``cupyx.allow_synchronize(False)``);
@@ -22,6 +24,7 @@ import collections
 import contextlib
 import functools
 import gc
+import math
 import statistics
 import time
 import tracemalloc
@@ -33,6 +36,39 @@ MIN_TIME = 0.05
 #: bytes of the copy used for the CPU copy bandwidth
 COPY_BYTES_CPU = 1 << 28
 
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    r"""Distribution-free confidence interval for the median of ``values``.
+
+    With the values sorted, :math:`x_{(1)} \le \dots \le x_{(n)}`, the interval
+    :math:`[x_{(j)}, x_{(n-j+1)}]` contains the population median with probability
+    :math:`1 - 2\,P(B \le j - 1)`, :math:`B \sim \mathrm{Binomial}(n, 1/2)`, whatever the
+    distribution (each value falls below the median with probability one half). The
+    largest :math:`j` whose coverage reaches ``confidence`` is taken; when even the range
+    (:math:`j = 1`) falls short (fewer than 6 values at 95 %), the range is returned with
+    its actual coverage.
+
+    Returns
+    -------
+    (lower, upper, coverage)
+        E.g. 15 values at 95 %: the 4th and 12th smallest, coverage 96.5 %; 7 values: the
+        range, 98.4 %.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value")
+    below = 0                                   # P(B <= j - 1) for the current j
+    best = (1, 1.0 - 2.0 * 0.5 ** n)            # j = 1: the range
+    for j in range(1, (n + 1) // 2 + 1):
+        below += math.comb(n, j - 1) * 0.5 ** n
+        coverage = 1.0 - 2.0 * below
+        if coverage < confidence:
+            break
+        best = (j, coverage)
+    j, coverage = best
+    return xs[j - 1], xs[n - j], coverage
 
 
 def throughput_time(f, xp, *, min_time: float | None = None, repeat: int = 3,
@@ -140,8 +176,9 @@ def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
     -------
     dict
         ``t_step``, ``t_sum``, ``t_replay`` (median seconds), ``ratio`` (step / sum) and
-        ``ratio_replay`` (step / replay), medians of the per-round ratios, and the same
-        five with a ``cpu_`` prefix.
+        ``ratio_replay`` (step / replay), medians of the per-round ratios, with
+        ``ratio_ci`` and ``ratio_replay_ci`` (:func:`median_interval`, 95 %), and the same
+        seven with a ``cpu_`` prefix.
     """
     from refbilevel.oracle import Oracle
 
@@ -197,8 +234,10 @@ def step_overhead(problem, solver, state, xp, *, rounds: int = 7,
         out[prefix + "t_step"] = statistics.median(a for a, _, _ in rows)
         out[prefix + "t_sum"] = statistics.median(b for _, b, _ in rows)
         out[prefix + "t_replay"] = statistics.median(c for _, _, c in rows)
-        out[prefix + "ratio"] = statistics.median(a / b for a, b, _ in rows)
-        out[prefix + "ratio_replay"] = statistics.median(a / c for a, _, c in rows)
+        for key, ratios in (("ratio", [a / b for a, b, _ in rows]),
+                            ("ratio_replay", [a / c for a, _, c in rows])):
+            out[prefix + key] = statistics.median(ratios)
+            out[prefix + key + "_ci"] = median_interval(ratios)[:2]
     return out
 
 
