@@ -51,7 +51,7 @@ import numpy as np
 from refbilevel import _backend as B
 
 from .common import PROFILE, XPBenchmark, get_xp
-from .measure import median_interval
+from .measure import counting_array_ops, median_interval
 
 #: XLA on the CPU: one thread (read when JAX is first imported)
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -399,38 +399,25 @@ def cpu_model() -> str:
 
 
 # ====================================================================== data passes
+#: the operations that read a matrix operand once (names as :func:`counting_array_ops` counts)
+_PRODUCTS = frozenset({"__matmul__", "__rmatmul__", "matmul", "linalg.matmul", "tensordot",
+                       "vecdot"})
+
+
 def _count_data_passes(step, data_shapes):
-    """Matrix products with a data-matrix operand made by ``step()`` on array_api_strict."""
-    import array_api_strict as strict
+    """Matrix products with a data-matrix operand made by ``step()`` on array_api_strict
+    (:func:`.measure.counting_array_ops` restricted to them)."""
     from array_api_strict._array_object import Array
 
     shapes = {tuple(s) for s in data_shapes} | {tuple(s)[::-1] for s in data_shapes}
-    count = [0]
-    depth = [0]
 
-    def wrap(fn):
-        def wrapper(*args, **kwargs):
-            if not depth[0] and any(isinstance(a, Array) and a.ndim == 2 and
-                                    tuple(a.shape) in shapes for a in args):
-                count[0] += 1
-            depth[0] += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return wrapper
+    def reads_data(name, args):
+        return name in _PRODUCTS and any(isinstance(a, Array) and a.ndim == 2
+                                         and tuple(a.shape) in shapes for a in args)
 
-    patched = [(Array, "__matmul__"), (Array, "__rmatmul__"), (strict, "matmul"),
-               (strict.linalg, "matmul"), (strict, "tensordot"), (strict, "vecdot")]
-    saved = [(o, n, getattr(o, n)) for o, n in patched]
-    for o, n, f in saved:
-        setattr(o, n, wrap(f))
-    try:
+    with counting_array_ops(select=reads_data) as counts:
         step()
-    finally:
-        for o, n, f in saved:
-            setattr(o, n, f)
-    return count[0]
+    return sum(counts.values())
 
 
 def data_passes(solver: str, n: int = 64, d: int = 8) -> dict:

@@ -339,7 +339,7 @@ COUNTED_OPERATORS = tuple(
 
 
 @contextlib.contextmanager
-def counting_array_ops():
+def counting_array_ops(select=None):
     """Count the array operations run on ``array_api_strict`` arrays inside the block.
 
     Yields a :class:`collections.Counter` (operation name -> calls). Every namespace
@@ -349,6 +349,10 @@ def counting_array_ops():
     On CuPy almost every counted operation is one kernel launch (a reduction or a matrix
     product may be two), so the count is a lower-bound proxy for launches that any CPU
     can measure. The namespace is restored on exit.
+
+    ``select(name, args)``, if given, restricts the count to the calls it accepts (e.g.
+    matrix products with a data matrix operand: the data passes of a step); a call it
+    rejects is not counted and does not hide the calls made inside it.
     """
     import array_api_strict as strict
     from array_api_strict._array_object import Array
@@ -359,7 +363,8 @@ def counting_array_ops():
     def counted(name, fn, gate=None):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            if depth[0] or (gate is not None and not gate(*args)):
+            if (depth[0] or (gate is not None and not gate(*args))
+                    or (select is not None and not select(name, args))):
                 return fn(*args, **kwargs)
             counts[name] += 1
             depth[0] += 1
