@@ -108,6 +108,17 @@ def test_summarize_median_and_band():
     assert spread([1.0, np.inf, 3.0]) == (3.0, 1.0, np.inf)
 
 
+def test_table_cells_of_a_spread():
+    # oracle: the cell format, written out (median [low, high]; one number when the seeds
+    # agree; "n/a" once, not three times, when no seed has a value)
+    from refbilevel.studies._core import _fmt
+
+    assert _fmt((2.0, 1.5, 3.0)) == "2 [1.5, 3]"
+    assert _fmt((2.0, 2.0, 2.0)) == "2"
+    assert _fmt((np.nan, np.nan, np.nan)) == "n/a"
+    assert _fmt((np.inf, 1.0, np.inf)) == "not reached [1, not reached]"
+
+
 def test_cli_study_errors_and_list(capsys):
     assert main(["study", "list"]) == 0
     assert "hpo_logreg" in capsys.readouterr().out

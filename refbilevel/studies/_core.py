@@ -157,7 +157,7 @@ def spread(values):
 def _fmt(v) -> str:
     if isinstance(v, tuple) and len(v) == 3:
         med, lo, hi = v
-        if lo == hi:
+        if lo == hi or all(math.isnan(float(t)) for t in v):    # one value, or none
             return _num(med)
         return f"{_num(med)} [{_num(lo)}, {_num(hi)}]"
     return _num(v) if isinstance(v, (int, float, np.floating, np.integer)) else str(v)

@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from ._core import Method, StudyResult, calls_to_reach, curves, run_methods, spread
+from ._core import (Method, StudyResult, calls_to_reach, curves, run_methods, runs_by_key,
+                    spread)
 
 NAME = "hpo_logreg"
 TITLE = "Logistic-regression HPO (MinimaxOPT §4.1): validation loss vs gradient calls"
@@ -108,10 +109,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     problem_for_seed = _problem(cfg)
     ms = methods(cfg)
     runs = run_methods(ms, problem_for_seed, seeds, metrics=("value", OuterObjective()))
-    labels = [m.label for m in ms]
-    by_key = {}
-    for r in runs:
-        by_key.setdefault(r.key, []).append(r)
+    by_key = runs_by_key(runs)
     finals = {m.key: spread(r.history["value"][-1] for r in by_key[m.key]) for m in ms}
     # the common validation loss of a seed: the largest final loss over the methods on
     # that seed's data (every method reaches it)
@@ -162,6 +160,5 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
          "xlabel": "gradient calls (grad f + grad g)", "ylabel": "validation loss",
          "budget": cfg["budget"], "hline": target, "title": "tuned baselines"},
     ]
-    del labels
     return StudyResult(NAME, TITLE, mode, seeds, runs, table, panels, checks, notes,
                        runtime=time.perf_counter() - t0)

@@ -31,7 +31,8 @@ import numpy as np
 
 from . import hpo_logreg
 from .hpo_logreg import OuterObjective
-from ._core import Method, StudyResult, calls_to_reach, curves, run_methods, spread
+from ._core import (Method, StudyResult, calls_to_reach, curves, run_methods, runs_by_key,
+                    spread)
 
 NAME = "hpo_logreg_sweep"
 TITLE = "MinimaxOPT's τ, K and step on the logistic-regression HPO of MinimaxOPT §4.1"
@@ -86,9 +87,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     with np.errstate(over="ignore", invalid="ignore"):
         grid_runs = run_methods(grid_ms, problem_for_seed, seeds,
                                 metrics=("value", OuterObjective()))
-    by_key: dict = {}
-    for r in grid_runs:
-        by_key.setdefault(r.key, []).append(r)
+    by_key = runs_by_key(grid_runs)
     rows, score = [], {}
     for (tau, K, lr), m in zip(itertools.product(grid["tau"], grid["steps_per_stage"],
                                                  grid["lr"]), grid_ms):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 
-from ._core import Method, StudyResult, curves, run_methods, spread
+from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
 
 NAME = "layer_decay"
 TITLE = "Per-layer weight decay on digits (MinimaxOPT §4.2): test accuracy vs gradient calls"
@@ -122,9 +122,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
         x0 = P.init_x()
         refs[seed] = {"initial": _fixed_decay(P, acc, x0, cfg["budget"]),
                       "none": _fixed_decay(P, acc, x0 - math.inf, cfg["budget"])}
-    by_key = {}
-    for r in runs:
-        by_key.setdefault(r.key, []).append(r)
+    by_key = runs_by_key(runs)
 
     table = []
     for m in ms:
