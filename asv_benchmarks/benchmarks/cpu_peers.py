@@ -495,11 +495,11 @@ def summarize(times: dict, family: dict, prefix: str = "") -> dict:
     """Per peer: the median time of its faster form and the median per-round ratio to it.
 
     The faster form is the one with the lower median over the rounds; the ratio in a round
-    is refbilevel's time over that form's time in the same round. Each median ratio comes
-    with a distribution-free confidence interval (:func:`.measure.median_interval`). (Taking, in each round,
+    is refbilevel's time over that form's time in the same round. (Taking, in each round,
     the faster of two forms would hand the peer the minimum of two noisy samples against
     refbilevel's one: on a loaded machine that alone moves the ratio by several per cent,
-    even for two forms that run the same code.)
+    even for two forms that run the same code.) Each median ratio comes with a
+    distribution-free 95 % confidence interval (:func:`.measure.median_interval`).
     """
     ref = times["refbilevel"]
     out = {f"{prefix}t_refbilevel": statistics.median(ref)}
