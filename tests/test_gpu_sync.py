@@ -153,6 +153,8 @@ def test_asv_solver_and_track_benchmarks_run(bench):
         # speed measurement (asv reports it) and is not asserted here
         ratio = t.track_overhead(*ARGS, name)
         assert 0.0 < ratio < math.inf, (name, ratio)
+        replayed = t.track_overhead_replayed(*ARGS, name)
+        assert 0.0 < replayed < math.inf, (name, replayed)
         assert t.track_state_memory(*ARGS, name) > 0.0
         m = bench.track.MemoryTracks()
         m.setup(*ARGS, name)
