@@ -108,6 +108,27 @@ def test_summarize_median_and_band():
     assert spread([1.0, np.inf, 3.0]) == (3.0, 1.0, np.inf)
 
 
+def test_spread_at_reads_the_recorded_histories():
+    # oracle: the same spreads written out from the histories by hand
+    from types import SimpleNamespace
+
+    from refbilevel.studies._core import spread_at, study_seeds
+
+    def run(value, f, g, hvp, cross):
+        return SimpleNamespace(history={
+            "value": np.array(value), "calls_grad_f": np.array([0, f]),
+            "calls_grad_g": np.array([0, g]), "calls_hvp": np.array([0, hvp]),
+            "calls_cross": np.array([0, cross])})
+
+    runs = [run([3.0, 1.0], 2, 4, 1, 1), run([5.0, 2.0], 3, 6, 0, 2)]
+    assert spread_at(runs, "value") == (1.5, 1.0, 2.0)
+    assert spread_at(runs, "value", 0) == (4.0, 3.0, 5.0)
+    assert spread_at(runs, "gradient_calls") == (7.5, 6.0, 9.0)
+    assert spread_at(runs, "oracle_calls") == (9.5, 8.0, 11.0)     # 2+4+1+1, 3+6+0+2
+    assert study_seeds({"seeds": 3}, None) == [0, 1, 2]
+    assert study_seeds({"seeds": 3}, (7, 9)) == [7, 9]
+
+
 def test_table_cells_of_a_spread():
     # oracle: the cell format, written out (median [low, high]; one number when the seeds
     # agree; "n/a" once, not three times, when no seed has a value)

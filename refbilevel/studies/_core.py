@@ -154,6 +154,20 @@ def spread(values):
     return (float(np.median(v)), float(v.min()), float(v.max()))
 
 
+def spread_at(runs, column: str, index: int = -1):
+    """:func:`spread` over ``runs`` of history ``column`` at record ``index`` (the last by
+    default); ``column`` may also name an axis of :func:`refbilevel.plotting.curve_x`
+    (``"gradient_calls"``: grad f + grad g; ``"oracle_calls"``: all four kinds)."""
+    if column in ("gradient_calls", "oracle_calls"):
+        return spread(curve_x(r.history, column)[index] for r in runs)
+    return spread(r.history[column][index] for r in runs)
+
+
+def study_seeds(cfg: dict, seeds) -> list:
+    """The seeds of a study run: ``seeds`` as given, else ``0, ..., cfg["seeds"] - 1``."""
+    return list(range(cfg["seeds"])) if seeds is None else list(seeds)
+
+
 def _fmt(v) -> str:
     if isinstance(v, tuple) and len(v) == 3:
         med, lo, hi = v

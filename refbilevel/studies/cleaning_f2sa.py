@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 
-from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
+from ._core import (Method, StudyResult, curves, run_methods, runs_by_key, spread, spread_at,
+                    study_seeds)
 
 NAME = "cleaning_f2sa"
 TITLE = "Data hyper-cleaning on digits (F2SA slides): test accuracy vs iterations"
@@ -53,7 +54,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     from ..heldout import TestAccuracy
 
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     runs, uniform = [], {}
     for p in CORRUPTIONS:
@@ -74,11 +75,11 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     for rs in runs_by_key(runs).values():
         p = rs[0].config["corruption"]
         table.append({"method": rs[0].label,
-                      "final test accuracy": spread(r.history["test_accuracy"][-1] for r in rs),
+                      "final test accuracy": spread_at(rs, "test_accuracy"),
                       "best test accuracy": spread(max(r.history["test_accuracy"]) for r in rs),
                       "uniform weights (no cleaning)": spread(uniform[(p, s)] for s in seeds),
-                      "final validation loss": spread(r.history["value"][-1] for r in rs),
-                      "wall time [s]": spread(r.history["time"][-1] for r in rs)})
+                      "final validation loss": spread_at(rs, "value"),
+                      "wall time [s]": spread_at(rs, "time")})
     beats = all(r.history["test_accuracy"][-1] > uniform[(r.config["corruption"], r.seed)]
                 for r in runs)
     harder = all(

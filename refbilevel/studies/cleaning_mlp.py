@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-from ._core import Method, StudyResult, curves, first_reach, run_methods, spread
+from ._core import (Method, StudyResult, curves, first_reach, run_methods, spread, spread_at,
+                    study_seeds)
 
 NAME = "cleaning_mlp"
 TITLE = "Data hyper-cleaning with a two-layer network (MinimaxOPT §4.3): test accuracy"
@@ -94,7 +95,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     from ..heldout import TestAccuracy
 
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     runs, dataset = [], None
     for s in seeds:
@@ -134,8 +135,8 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
                 "gradient calls to reach it": spread(reach["gradient"]),
                 "HVP + cross calls to reach it": spread(reach["second"]),
                 "best test accuracy": spread(max(r.history["test_accuracy"]) for r in rs),
-                "final test accuracy": spread(r.history["test_accuracy"][-1] for r in rs),
-                "wall time [s]": spread(r.history["time"][-1] for r in rs)})
+                "final test accuracy": spread_at(rs, "test_accuracy"),
+                "wall time [s]": spread_at(rs, "time")})
     final = {(k, p, s): run_of(k, p, s).history["test_accuracy"][-1]
              for k in keys for p in rates for s in seeds}
     start = {(p, s): run_of(keys[0], p, s).history["test_accuracy"][0]

@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from ._core import (Method, StudyResult, calls_to_reach, curves, run_methods, runs_by_key,
-                    spread)
+from ._core import (Method, StudyResult, calls_to_reach, curve_x, curves, run_methods,
+                    runs_by_key, spread, spread_at, study_seeds)
 
 NAME = "hpo_logreg"
 TITLE = "Logistic-regression HPO (MinimaxOPT §4.1): validation loss vs gradient calls"
@@ -104,13 +104,12 @@ def methods(cfg):
 
 def study(mode: str = "quick", seeds=None) -> StudyResult:
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     problem_for_seed = _problem(cfg)
     ms = methods(cfg)
     runs = run_methods(ms, problem_for_seed, seeds, metrics=("value", OuterObjective()))
     by_key = runs_by_key(runs)
-    finals = {m.key: spread(r.history["value"][-1] for r in by_key[m.key]) for m in ms}
     # the common validation loss of a seed: the largest final loss over the methods on
     # that seed's data (every method reaches it)
     targets = {seed: max(r.history["value"][-1] for r in runs if r.seed == seed)
@@ -118,20 +117,20 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     table = []
     for m in ms:
         rs = by_key[m.key]
-        hist = [r.history for r in rs]
         reach = [calls_to_reach(r.history, targets[r.seed]) for r in rs]
         second = []
-        for h, c in zip(hist, reach):
-            g = h["calls_grad_f"] + h["calls_grad_g"]
+        for r, c in zip(rs, reach):
+            h = r.history
+            g = curve_x(h, "gradient_calls")
             i = int(np.flatnonzero(g >= c)[0]) if np.isfinite(c) else -1
             second.append(h["calls_hvp"][i] + h["calls_cross"][i] if i >= 0 else np.inf)
         table.append({"method": m.label,
-                      "final validation loss": finals[m.key],
-                      "F(x) at the end": spread(h["outer_objective"][-1] for h in hist),
+                      "final validation loss": spread_at(rs, "value"),
+                      "F(x) at the end": spread_at(rs, "outer_objective"),
                       "gradient calls to the common loss": spread(reach),
                       "HVP + cross calls then": spread(second),
-                      "outer iterations": spread(h["iteration"][-1] for h in hist),
-                      "wall time [s]": spread(h["time"][-1] for h in hist)})
+                      "outer iterations": spread_at(rs, "iteration"),
+                      "wall time [s]": spread_at(rs, "time")})
     target = float(np.median(list(targets.values())))
     # the paper's claim, per seed: MinimaxOPT reaches each paper-setting baseline's final
     # validation loss with fewer gradient calls than the baseline spent

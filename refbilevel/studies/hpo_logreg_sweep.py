@@ -32,7 +32,7 @@ import numpy as np
 from . import hpo_logreg
 from .hpo_logreg import OuterObjective
 from ._core import (Method, StudyResult, calls_to_reach, curves, run_methods, runs_by_key,
-                    spread)
+                    spread, study_seeds)
 
 NAME = "hpo_logreg_sweep"
 TITLE = "MinimaxOPT's τ, K and step on the logistic-regression HPO of MinimaxOPT §4.1"
@@ -72,7 +72,7 @@ def _final(run) -> float:
 
 def study(mode: str = "quick", seeds=None) -> StudyResult:
     cfg, grid = hpo_logreg.SETTINGS[mode], GRIDS[mode]
-    seeds = list(range(grid["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(grid, seeds)
     t0 = time.perf_counter()
     problem_for_seed = hpo_logreg._problem(cfg)
     baselines = [m for m in hpo_logreg.methods(cfg) if m.key != "minimaxopt"]

@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import time
 
-from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
+from ._core import (Method, StudyResult, curves, run_methods, runs_by_key, spread, spread_at,
+                    study_seeds)
 
 NAME = "layer_decay"
 TITLE = "Per-layer weight decay on digits (MinimaxOPT §4.2): test accuracy vs gradient calls"
@@ -110,7 +111,7 @@ def _fixed_decay(problem, metric, x, n_steps):
 
 def study(mode: str = "quick", seeds=None) -> StudyResult:
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     build = _problem(cfg)
     ms = methods(cfg)
@@ -126,17 +127,16 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
 
     table = []
     for m in ms:
-        hs = [r.history for r in by_key[m.key]]
+        rs = by_key[m.key]
         table.append({
             "method": m.label,
-            "final test accuracy": spread(h["test_accuracy"][-1] for h in hs),
-            "best test accuracy": spread(max(h["test_accuracy"]) for h in hs),
-            "final validation loss": spread(h["value"][-1] for h in hs),
-            "gradient calls": spread(h["calls_grad_f"][-1] + h["calls_grad_g"][-1]
-                                     for h in hs),
-            "HVP + cross calls": spread(h["calls_hvp"][-1] + h["calls_cross"][-1]
-                                        for h in hs),
-            "wall time [s]": spread(h["time"][-1] for h in hs)})
+            "final test accuracy": spread_at(rs, "test_accuracy"),
+            "best test accuracy": spread(max(r.history["test_accuracy"]) for r in rs),
+            "final validation loss": spread_at(rs, "value"),
+            "gradient calls": spread_at(rs, "gradient_calls"),
+            "HVP + cross calls": spread(r.history["calls_hvp"][-1] + r.history["calls_cross"][-1]
+                                        for r in rs),
+            "wall time [s]": spread_at(rs, "time")})
     references = [{"reference (decay held fixed)": label,
                    "final test accuracy": spread(refs[s][tag][0] for s in seeds),
                    "final validation loss": spread(refs[s][tag][1] for s in seeds),

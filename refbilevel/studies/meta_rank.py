@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import time
 
-from ._core import Method, StudyResult, curves, first_reach, run_methods, runs_by_key, spread
+from ._core import (Method, StudyResult, curves, first_reach, run_methods, runs_by_key, spread,
+                    spread_at, study_seeds)
 
 NAME = "meta_rank"
 TITLE = "Rank-based robust meta-learning (FOSL, MemCS): ranked-range loss, meta-test loss"
@@ -89,7 +90,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     from ..solvers import FOSL, MemCS
 
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     n, m = cfg["tasks"], cfg["outliers"]
     sizes = (n // 4, n // 2, n)
     t0 = time.perf_counter()
@@ -111,16 +112,14 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     table = []
     for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
-                      "final ranked-range loss": spread(r.history["ranked_loss"][-1] for r in rs),
-                      "meta-test loss at start": spread(r.history["test_loss"][0] for r in rs),
-                      "final meta-test loss": spread(r.history["test_loss"][-1] for r in rs),
-                      "oracle calls (grad f + grad g)": spread(
-                          r.history["calls_grad_f"][-1] + r.history["calls_grad_g"][-1]
-                          for r in rs),
+                      "final ranked-range loss": spread_at(rs, "ranked_loss"),
+                      "meta-test loss at start": spread_at(rs, "test_loss", 0),
+                      "final meta-test loss": spread_at(rs, "test_loss"),
+                      "oracle calls (grad f + grad g)": spread_at(rs, "gradient_calls"),
                       f"time to R ≤ {REACH:g} × best [s]": spread(
                           first_reach(r.history["time"], r.history["ranked_loss"],
                                       REACH * best[r.seed]) for r in rs),
-                      "wall time [s]": spread(r.history["time"][-1] for r in rs)})
+                      "wall time [s]": spread_at(rs, "time")})
 
     def final(key, s, col="test_loss"):
         (r,) = [r for r in runs if r.key == key and r.seed == s]

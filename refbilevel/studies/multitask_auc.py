@@ -24,7 +24,8 @@ from __future__ import annotations
 import time
 
 
-from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
+from ._core import (Method, StudyResult, curves, run_methods, runs_by_key, spread_at,
+                    study_seeds)
 
 NAME = "multitask_auc"
 TITLE = "Multi-task AUC (FOSL, NeurIPS 2024): AUC-M objective, λ robustness, MemCS memory"
@@ -92,7 +93,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     from ..solvers import FOSL, MemCS
 
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     splits = {s: _data(cfg, s) for s in seeds}
     problems = {s: _problem(splits[s]) for s in seeds}
@@ -112,13 +113,11 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     table = []
     for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
-                      "final AUC-M objective": spread(r.history["value"][-1] for r in rs),
-                      "test AUC at start": spread(r.history["test_auc"][0] for r in rs),
-                      "final test AUC": spread(r.history["test_auc"][-1] for r in rs),
-                      "oracle calls (grad f + grad g)": spread(
-                          r.history["calls_grad_f"][-1] + r.history["calls_grad_g"][-1]
-                          for r in rs),
-                      "wall time [s]": spread(r.history["time"][-1] for r in rs)})
+                      "final AUC-M objective": spread_at(rs, "value"),
+                      "test AUC at start": spread_at(rs, "test_auc", 0),
+                      "final test AUC": spread_at(rs, "test_auc"),
+                      "oracle calls (grad f + grad g)": spread_at(rs, "gradient_calls"),
+                      "wall time [s]": spread_at(rs, "time")})
     # claim 2 per seed: FOSL's final test AUC moves by less than ROBUST_AUC over λ
     robust = []
     for s in seeds:

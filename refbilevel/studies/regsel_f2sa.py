@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread
+from ._core import Method, StudyResult, curves, run_methods, runs_by_key, spread_at, study_seeds
 
 NAME = "regsel_f2sa"
 TITLE = "Regularisation selection, LIBSVM stand-in for ijcnn1 (F2SA slides)"
@@ -71,7 +71,7 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     from ..heldout import TestAccuracy
 
     cfg = SETTINGS[mode]
-    seeds = list(range(cfg["seeds"])) if seeds is None else list(seeds)
+    seeds = study_seeds(cfg, seeds)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         path = write_standin(os.path.join(tmp, "breast_cancer.libsvm"))
@@ -86,10 +86,10 @@ def study(mode: str = "quick", seeds=None) -> StudyResult:
     table = []
     for rs in runs_by_key(runs).values():
         table.append({"method": rs[0].label,
-                      "final outer objective f(x, y)": spread(r.history["value"][-1] for r in rs),
-                      "test accuracy at start": spread(r.history["test_accuracy"][0] for r in rs),
-                      "final test accuracy": spread(r.history["test_accuracy"][-1] for r in rs),
-                      "wall time [s]": spread(r.history["time"][-1] for r in rs)})
+                      "final outer objective f(x, y)": spread_at(rs, "value"),
+                      "test accuracy at start": spread_at(rs, "test_accuracy", 0),
+                      "final test accuracy": spread_at(rs, "test_accuracy"),
+                      "wall time [s]": spread_at(rs, "time")})
     lower = all(r.history["value"][-1] < F0[r.seed] for r in runs)
     better = all(r.history["test_accuracy"][-1] > r.history["test_accuracy"][0] for r in runs)
     checks = {"every method ends with a validation loss below F(x0) (λ = 1 on every "
