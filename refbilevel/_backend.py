@@ -45,6 +45,7 @@ __all__ = [
     "materialize",
     "matvecs",
     "persist_data",
+    "positive_or_inf",
     "stack",
     "synchronize",
     "to_device",
@@ -631,6 +632,21 @@ def stack(arrays, *, xp):
     if xp is _numpy_namespace():
         return np.array(arrays)
     return xp.concat([a[None, ...] for a in arrays])
+
+
+def positive_or_inf(a, *, xp):
+    """``a`` where ``a > 0``, else :math:`+\\infty`, for a 0-d array or NumPy scalar ``a``.
+
+    The guard of a division that must give 0 once its denominator is not positive (CG's
+    step sizes). On a device, ``xp.where``: no data-dependent branch, so nothing
+    synchronises. NumPy's 0-d reductions are host scalars already, and ``where`` on them
+    costs about 3 µs (two per CG iteration), so a Python comparison chooses there; the
+    value returned is ``a`` itself or infinity either way, so the division gives the same
+    bits.
+    """
+    if isinstance(a, np.generic):
+        return a if a > 0 else np.inf
+    return xp.where(a > 0, a, xp.inf)
 
 
 class ScalarOperands:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
-
-from ._backend import array_namespace, device, linalg_solve, materialize, to_host_scalar
+from ._backend import (array_namespace, device, linalg_solve, materialize, positive_or_inf,
+                       to_host_scalar)
 
 __all__ = ["block_newton", "cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
@@ -33,19 +32,6 @@ def _vdot(xp, u, v):
     if u.ndim != 1:
         u, v = xp.reshape(u, (-1,)), xp.reshape(v, (-1,))
     return xp.vecdot(u, v)
-
-
-def _positive_or_inf(xp, a):
-    """``a`` where ``a > 0``, else :math:`+\\infty` (a 0-d array or NumPy scalar ``a``).
-
-    On a device, ``xp.where``: no data-dependent branch, so nothing synchronises. NumPy
-    holds the value on the host already, and ``where`` on a 0-d array costs about 3 µs
-    (two per CG iteration), so there a Python comparison chooses; the value returned is
-    ``a`` itself or infinity either way, so the divisions it guards give the same bits.
-    """
-    if isinstance(a, np.generic):                 # NumPy's 0-d reductions are scalars
-        return a if a > 0 else np.inf
-    return xp.where(a > 0, a, xp.inf)
 
 
 def _cg_start(xp, matvec, b, x0):
@@ -97,11 +83,11 @@ def conjugate_gradient(matvec: Callable, b, *, n_iter: int, x0=None):
     for _ in range(n_iter):
         hp = matvec(p)
         php = _vdot(xp, p, hp)
-        alpha = rs / _positive_or_inf(xp, php)               # 0 once p^T H p is not > 0
+        alpha = rs / positive_or_inf(php, xp=xp)             # 0 once p^T H p is not > 0
         v = v + alpha * p
         r = r - alpha * hp
         rs_new = _vdot(xp, r, r)
-        beta = rs_new / _positive_or_inf(xp, rs)             # 0 once the residual is 0
+        beta = rs_new / positive_or_inf(rs, xp=xp)           # 0 once the residual is 0
         p = r + beta * p
         rs = rs_new
     return v

@@ -190,3 +190,15 @@ def test_scalar_operands_compute_what_python_floats_compute(xp, device, dtype):
             got[0][...] = 1.0
     else:
         assert got == values
+
+
+def test_positive_or_inf_guards_a_division(xp, device):
+    # oracle: the definition, value by value; dividing by the guard gives 0 exactly where
+    # the denominator is not positive (the property CG's zero guards need)
+    v = from_host(np.array([2.5, 0.0, -1.0, np.nan]), xp, device=device)
+    num = xp.vecdot(v[:1], v[:1])                      # a 0-d reduction: 6.25
+    for k, expected in enumerate([2.5, np.inf, np.inf, np.inf]):
+        d = xp.vecdot(v[k:k + 1], xp.ones_like(v[k:k + 1]))     # the reduction of one value
+        guard = _backend.positive_or_inf(d, xp=xp)
+        assert float(to_host(xp.asarray(guard))) == expected
+        assert float(to_host(xp.asarray(num / guard))) == (6.25 / 2.5 if k == 0 else 0.0)
