@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from .._backend import stack
 from .._validation import (check_array, check_bool, check_bounds, check_choice, check_int,
                            check_real)
 from ..problems.base import Batch
 from ..sampling import resolve_seed, stream_spec
 
 __all__ = ["batches_of", "choice", "data_streams", "inner_gd", "memo_streams", "paired_batches",
-           "project_x", "resolve_seed", "stack_points", "start_point", "validate_fields"]
+           "project_x", "resolve_seed", "start_point", "validate_fields"]
 
 
 def start_point(problem, x0, y0):
@@ -51,12 +50,6 @@ def project_x(problem, x, bounds=None):
     if hi is not None:
         x = xp.minimum(x, hi)
     return x
-
-
-def stack_points(xp, points):
-    """``xp.stack(points)``: the points of a stacked oracle call along a new leading axis
-    (:func:`refbilevel._backend.stack`, the backend's cheapest form)."""
-    return stack(points, xp=xp)
 
 
 def inner_gd(oracle, x, y, *, lr: float, n_steps: int, batches=None):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._backend import stack
 from ..oracle import as_oracle
 from ._common import (COUNT, NONNEGATIVE, POSITIVE, choice, inner_gd, project_x, resolve_seed,
-                      stack_points, start_point, validate_fields)
+                      start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["BOME", "BOMEState"]
@@ -124,7 +125,7 @@ class BOME(Solver):
         x, y = state.x, state.y
         y_hat = inner_gd(problem, x, y, lr=self.lr_inner, n_steps=self.n_inner)  # line 1
         fx, fy = problem.grad_f(x, y)
-        gxs, gys = problem.grad_g_many(x, stack_points(xp, [y, y_hat]))         # line 2
+        gxs, gys = problem.grad_g_many(x, stack([y, y_hat], xp=xp))         # line 2
         qx, qy = gxs[0, ...] - gxs[1, ...], gys[0, ...]
         sq_norm = xp.sum(qx * qx) + xp.sum(qy * qy)
         if self.phi == "grad_norm":                                              # line 3

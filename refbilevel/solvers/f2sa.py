@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from .._backend import stack
 from .._validation import check_real
 from ..optim import adam, inverse_power, sgd
 from ..oracle import as_oracle
 from ..problems.base import Batch
 from ._common import (COUNT1, COUNT1_OR_NONE, FLAG, FRACTION, NONNEGATIVE, POSITIVE,
                       POSITIVE_OR_NONE, SAMPLING, choice, data_streams, project_x, resolve_seed,
-                      stack_points, start_point, validate_fields)
+                      start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["F2SA", "F2SAAdam", "F2SAState"]
@@ -225,7 +226,7 @@ class F2SA(Solver):
         """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
         xp = problem.xp
         if draws is None:
-            gys = problem.grad_g_y_many(x, stack_points(xp, [z, y]))   # one stacked call (2 calls)
+            gys = problem.grad_g_y_many(x, stack([z, y], xp=xp))   # one stacked call (2 calls)
             h_gz, h_gy = gys[0, ...], gys[1, ...]
             h_fy = problem.grad_f_y(x, y)
         else:
@@ -240,7 +241,7 @@ class F2SA(Solver):
         xp = problem.xp
         T = self.n_inner
         if draws is None:
-            gxs = problem.grad_g_x_many(x, stack_points(xp, [y, z]))
+            gxs = problem.grad_g_x_many(x, stack([y, z], xp=xp))
             h_gxy, h_gxz = gxs[0, ...], gxs[1, ...]
             h_fx = problem.grad_f_x(x, y)
         else:

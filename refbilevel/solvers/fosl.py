@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .._backend import device, to_host_scalar
+from .._backend import device, stack, to_host_scalar
 from ..optim import inverse_power
 from ..oracle import as_oracle
 from ..sampling import stream_spec
 from ._common import (BOUNDS, COUNT1_OR_NONE, FLAG, NONNEGATIVE, POSITIVE, data_streams,
-                      memo_streams, paired_batches, resolve_seed, stack_points, start_point,
+                      memo_streams, paired_batches, resolve_seed, start_point,
                       validate_fields)
 from .base import Solver, SolverState, evolve
 
@@ -107,7 +107,7 @@ def block_directions(problem, x, y, z, v, idx, lam, batch):
     direction and the y gradient (ascent), at the given point.
     """
     fx, fy, fz = problem.grad_f(x, y, z, idx, batch)
-    zv = stack_points(problem.xp, [z, v])
+    zv = stack([z, v], xp=problem.xp)
     gxs, gzs = problem.grad_g_many(x, zv, idx, batch)          # one data pass
     d_z = fz + lam * gzs[0, ...]              # ∇_z f_i + λ ∇_z g_i(x, z_i)
     d_v = gzs[1, ...]                         # ∇_z g_i(x, v_i)
@@ -122,7 +122,7 @@ def block_z_directions(problem, x, y, z, v, idx, lam, batch):
     a pass over the data each) that an inner step would discard.
     """
     fz = problem.grad_f_z(x, y, z, idx, batch)
-    gzs = problem.grad_g_z_many(x, stack_points(problem.xp, [z, v]), idx, batch)
+    gzs = problem.grad_g_z_many(x, stack([z, v], xp=problem.xp), idx, batch)
     return fz + lam * gzs[0, ...], gzs[1, ...]
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
+from .._backend import stack
 from .._validation import check_real
 from ..optim import cosine, momentum, sgd, stage_multiplier, stagewise
 from ..oracle import as_oracle
 from ._common import (BOUNDS, COUNT1, COUNT1_OR_NONE, FRACTION, NONNEGATIVE, POSITIVE,
                       POSITIVE_OR_NONE, SAMPLING, choice, data_streams, paired_batches, project_x,
-                      resolve_seed, stack_points, start_point, validate_fields)
+                      resolve_seed, start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["MinimaxOPT", "MinimaxOPTState", "MinimaxOPTStochastic"]
@@ -237,7 +238,7 @@ class MinimaxOPT(Solver):
         (batch,) = paired_batches(problem.draw(state, self.streams(problem)), 1)
         # gradients at the same (x, y, z); one inner batch for g(x, y) and g(x, z)
         fx, fy = problem.grad_f(x, y, batch)
-        gxs, gys = problem.grad_g_many(x, stack_points(xp, [y, z]), batch)
+        gxs, gys = problem.grad_g_many(x, stack([y, z], xp=xp), batch)
         gx = fx + alpha * (gxs[0, ...] - gxs[1, ...])     # ∇_x L_α
         gy = fy + alpha * gys[0, ...]                     # ∇_y L_α
         gz = alpha * gys[1, ...]                          # −∇_z L_α (ascent on z)

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._backend import stack
 from ..oracle import as_oracle
 from ._common import (COUNT, POSITIVE, choice, inner_gd, project_x, resolve_seed,
-                      stack_points, start_point, validate_fields)
+                      start_point, validate_fields)
 from .base import Solver, SolverState, evolve
 
 __all__ = ["F2BA", "PenaltyState", "VPBGD"]
@@ -138,7 +139,7 @@ class VPBGD(Solver):
         start = y if self.yhat_start == "y" else state.z                          # line 1
         y_hat = inner_gd(problem, x, start, lr=self.lr_hat, n_steps=self.n_inner)
         fx, fy = problem.grad_f(x, y)
-        gxs, gys = problem.grad_g_many(x, stack_points(xp, [y, y_hat]))
+        gxs, gys = problem.grad_g_many(x, stack([y, y_hat], xp=xp))
         d_x = fx + gamma * (gxs[0, ...] - gxs[1, ...])                           # line 2
         if self.y_direction == "penalty":                                        # line 3
             d_y = fy + gamma * gys[0, ...]
@@ -235,10 +236,10 @@ class F2BA(Solver):
         x, y = state.x, state.y
         z = y if self.z_start == "y" else state.z                                 # line 1
         for _ in range(self.n_inner):                                             # line 2
-            gys = problem.grad_g_y_many(x, stack_points(xp, [z, y]))
+            gys = problem.grad_g_y_many(x, stack([z, y], xp=xp))
             fy = problem.grad_f_y(x, y)
             z, y = z - eta * gys[0, ...], y - eta * (fy / lam + gys[1, ...])
         fx = problem.grad_f_x(x, y)                                               # line 3
-        gxs = problem.grad_g_x_many(x, stack_points(xp, [y, z]))
+        gxs = problem.grad_g_x_many(x, stack([y, z], xp=xp))
         x_new = project_x(problem, x - self.lr_outer * (fx + lam * (gxs[0, ...] - gxs[1, ...])))
         return evolve(state, x=x_new, y=y, z=z, iteration=state.iteration + 1)
