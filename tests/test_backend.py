@@ -179,12 +179,12 @@ def test_scalar_operands_compute_what_python_floats_compute(xp, device, dtype):
     ops = _backend.ScalarOperands(*values)
     a = from_host(np.random.default_rng(1).standard_normal(11).astype(dtype), xp, device=device)
     got = ops.like(a)
-    assert ops.like(a) is got or got == values          # NumPy: made once per dtype
     for v, k in zip(values, got):
         for with_float, with_operand in ((v * a, k * a), (a + v, a + k), (a / v, a / k)):
             assert with_operand.dtype == a.dtype
             assert to_host(with_operand).tobytes() == to_host(with_float).tobytes()
     if xp is array_namespace(np.zeros(1)):
+        assert ops.like(a) is got                       # made once per dtype
         assert all(k.shape == () and not k.flags.writeable for k in got)
         with pytest.raises(ValueError, match="read-only"):
             got[0][...] = 1.0
