@@ -43,6 +43,7 @@ __all__ = [
     "is_numpy",
     "linalg_solve",
     "materialize",
+    "matvec_layout",
     "matvecs",
     "persist_data",
     "positive_or_inf",
@@ -539,13 +540,14 @@ def linalg_solve(A, B):
     return da.from_delayed(dask.delayed(np.linalg.solve)(A, B), shape=shape, dtype=dtype)
 
 
-#: Backends that run a stack of at most this many rows as one matrix-vector product per
-#: row in :func:`matvecs`, per orientation (``A @ x`` and ``A.T @ x``); every other
-#: backend, and every larger stack, uses one matrix product. Chosen by measurement, one
-#: BLAS thread (docs/benchmarks.md, "Paired products"): OpenBLAS runs ``Xs @ A.T`` with
-#: two rows 1.05 to 1.8 times slower than two ``A @ x``, while ``Xs @ A`` with two rows
-#: is the faster form at all but one size; with four rows one matrix product wins both
-#: ways. CuPy (cuBLAS) and PyTorch stream ``A`` once for the whole stack.
+#: Row-major ``A`` (NumPy's default, and the rows a minibatch gathers): backends that run a
+#: stack of at most this many rows as one matrix-vector product per row in
+#: :func:`matvecs`, per orientation (``A @ x`` and ``A.T @ x``); every other backend, and
+#: every larger stack, uses one matrix product. Chosen by measurement, one BLAS thread
+#: (docs/benchmarks.md, "Paired products"): OpenBLAS runs ``Xs @ A.T`` with two rows 1.05
+#: to 1.8 times slower than two ``A @ x``, while ``Xs @ A`` with two rows is the faster
+#: form at all but one size; with four rows one matrix product wins both ways. CuPy
+#: (cuBLAS) and PyTorch stream ``A`` once for the whole stack.
 _ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
 
 #: Exceptions by dtype, ``(backend, dtype, orientation) -> (rows, fewest columns of A)``:
@@ -555,15 +557,71 @@ _ROWWISE_MAX = {"numpy": {False: 2, True: 0}}
 #: measured.
 _ROWWISE_WIDE = {("numpy", "float32", True): (2, 256)}
 
+#: Column-major ``A`` on NumPy (the full-batch layout, :func:`matvec_layout`), by dtype:
+#: ``(rows, fewest bytes of A)``, the stacks of at most ``rows`` vectors that run row-wise
+#: once ``A`` holds at least that many bytes, in both orientations. Measured with one
+#: OpenBLAS thread (docs/benchmarks.md, "Data layout"): in float32 one matrix product
+#: with two rows is 1.4 to 2 times faster than two matrix-vector products while ``A`` fits
+#: in 2 MiB and 1.1 to 3 times slower from 3.8 MB on; in float64 the stacked forward
+#: product wins at every size measured (1.02 to 1.7 times) and the stacked backward one at
+#: up to 3.8 MB and from 30 MB on, losing 10 to 20 % in between (not encoded: a band that
+#: follows this machine's caches).
+_COLMAJOR_ROWWISE = {"float32": (2, 2 << 20)}
+
 
 @functools.lru_cache(maxsize=None)
 def _rowwise_max(xp, dtype=None) -> dict:
-    """``{orientation: (largest stack run row-wise, fewest columns of A for that)}``."""
+    """Row-major ``A``: ``{orientation: (largest stack run row-wise, fewest columns of A)}``."""
     name = backend_name(xp)
     out = {t: (_ROWWISE_MAX.get(name, {}).get(t, 0), 0) for t in (False, True)}
     for t in (False, True):
         out[t] = _ROWWISE_WIDE.get((name, dtype_name(dtype), t), out[t])
     return out
+
+
+def _rowwise(A, m: int, transpose: bool, xp) -> bool:
+    """Whether :func:`matvecs` runs its ``m`` products of ``A`` one row at a time."""
+    if xp is _numpy_namespace() and A.flags.f_contiguous and not A.flags.c_contiguous:
+        rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype.name, (0, 0))
+        return m <= rows and A.nbytes >= min_bytes
+    rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
+    return m <= rows and A.shape[-1] >= min_cols
+
+
+def matvec_layout(A, *, xp):
+    r"""``A`` in the memory layout the backend's matrix-vector products read fastest.
+
+    Parameters
+    ----------
+    A : array, shape (n, d)
+        A data matrix multiplied by vectors, ``A @ v`` and ``A.T @ g`` (never by a matrix of
+        many columns: a multiclass model's products have their own best layout).
+    xp : namespace
+        The namespace of ``A``.
+
+    Returns
+    -------
+    array
+        The same values: on NumPy a column-major (Fortran-ordered) copy, or ``A`` itself if
+        it is column-major already; ``A`` itself on every other backend.
+
+    Notes
+    -----
+    With one OpenBLAS thread both products read a column-major matrix 1.1 to 1.8 times
+    faster than the row-major one, at every size measured (docs/benchmarks.md, "Data
+    layout"): on the row-major array ``A @ v`` is one short inner product per row and
+    ``A.T @ g`` one short update per row, on the column-major one each is a sweep over long
+    columns. The two layouts round differently (the BLAS sums in another order), by a few
+    units in the last place per entry.
+
+    Rows gathered from a column-major array are slow (a row is ``d`` strided reads): 6 to 8
+    times the row-major gather for 256 rows of 100 columns. A problem therefore keeps its
+    data as given for minibatches and uses this form for its full-batch products only.
+    Not measured on other backends, which get ``A`` unchanged.
+    """
+    if xp is _numpy_namespace():
+        return np.asfortranarray(A)
+    return A
 
 
 def matvecs(A, Xs, *, xp, transpose: bool = False):
@@ -589,15 +647,16 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
     -----
     The result is :math:`X_s A^\top` (or :math:`X_s A`) whichever way it is computed: as
     one matrix product (``A`` streamed once for the whole stack) or, for short stacks on
-    backends where a skinny matrix product is slower than matrix-vector products (NumPy
-    with OpenBLAS; in float32 also ``Gs @ A`` once ``A`` is wide), as :math:`m` products
-    stacked. The choice is a per-backend table (by dtype and width where measurements
-    differ), never a property of the caller; the two forms agree to rounding (each entry is one
-    inner product of length ``d`` or ``n``, summed in a BLAS-chosen order).
+    backends where a skinny matrix product is slower than matrix-vector products, as
+    :math:`m` products stacked. On NumPy with OpenBLAS that is the forward pair on a
+    row-major ``A`` (and ``Gs @ A`` once ``A`` is wide, in float32) and, on a column-major
+    ``A`` (:func:`matvec_layout`), the float32 pairs once ``A`` outgrows 2 MiB. The choice
+    is a per-backend table (by layout, dtype and size where measurements differ), never a
+    property of the caller; the two forms agree to rounding (each entry is one inner
+    product of length ``d`` or ``n``, summed in a BLAS-chosen order).
     """
     m = Xs.shape[0]
-    rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
-    if m <= rows and A.shape[-1] >= min_cols:
+    if _rowwise(A, m, transpose, xp):
         At = A.T if transpose else A
         if xp is _numpy_namespace():
             # each product written into its row of the result: the same BLAS call as

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_oracles,
+from _problem_oracles import (JAX_SLOW, assert_batch_matches_subproblem, assert_exact_oracles,
                               assert_float32_finite, assert_oracles, assert_same_kind,
                               assert_stacked, point_like)
 
@@ -10,7 +10,8 @@ from refbilevel._backend import backend_namespace, from_host, to_host, to_host_s
 from refbilevel.checks import relative_error
 from refbilevel.problems import Batch, LogRegHPO
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
+#: Runs on PyTorch by default, and on JAX except the tests marked JAX_SLOW
+#: (tests/conftest.py, tests/_problem_oracles.py).
 pytestmark = pytest.mark.eager_libraries
 
 CONFIGS = [(task, red, par) for task in ("binary", "multinomial")
@@ -46,6 +47,7 @@ def test_oracles_vs_finite_differences(task, reduction, par, asxp, rng):
 
 
 @pytest.mark.parametrize("task", ["binary", "multinomial"])
+@JAX_SLOW
 def test_oracles_on_a_batch(task, asxp, rng):
     P = _make(asxp, _host_data(rng, task), task)
     x, y = _point(P, rng)
@@ -55,6 +57,7 @@ def test_oracles_on_a_batch(task, asxp, rng):
 
 @pytest.mark.parametrize("task, reduction, par", [("binary", "sum", "exp"),
                                                   ("multinomial", "mean", "raw")])
+@JAX_SLOW
 def test_batch_equals_problem_on_the_selected_rows(task, reduction, par, asxp, rng):
     data = _host_data(rng, task)
     P = _make(asxp, data, task, reduction=reduction, parametrization=par)
@@ -68,6 +71,7 @@ def test_batch_equals_problem_on_the_selected_rows(task, reduction, par, asxp, r
 
 
 @pytest.mark.parametrize("task", ["binary", "multinomial"])
+@JAX_SLOW
 def test_stacked_oracles_equal_single_point(task, asxp, rng):
     P = _make(asxp, _host_data(rng, task), task, reduction="mean")
     x, _ = _point(P, rng)
@@ -81,6 +85,7 @@ def test_stacked_oracles_equal_single_point(task, asxp, rng):
                                                   ("binary", "mean", "raw"),
                                                   ("multinomial", "sum", "raw"),
                                                   ("multinomial", "mean", "exp")])
+@JAX_SLOW
 def test_exact_oracles(task, reduction, par, asxp, rng):
     P = _make(asxp, _host_data(rng, task), task, reduction=reduction, parametrization=par)
     x, _ = _point(P, rng)
@@ -96,7 +101,28 @@ def test_exact_oracles(task, reduction, par, asxp, rng):
         np.testing.assert_allclose(to_host(hg), dense, rtol=1e-10, atol=1e-14)
 
 
+@JAX_SLOW
+def test_full_batch_layout_is_made_once_and_follows_the_data(asxp, rng):
+    # the binary full-batch oracles read the features in the backend's matrix-vector
+    # layout (column-major on NumPy), made once; a data attribute replaced afterwards
+    # (here by NaNs, as bench.step_bytes poisons a copy) is what the oracles then read
+    data = _host_data(rng, "binary")
+    P = _make(asxp, data, "binary")
+    x, y = _point(P, rng)
+    A, _ = P._train(None)
+    assert P._train(None)[0] is A and P._val(None)[0] is not A
+    np.testing.assert_array_equal(to_host(A), data[0])
+    if P.xp is backend_namespace("numpy"):
+        assert A.flags.f_contiguous and not A.flags.c_contiguous
+    # minibatches gather rows of the array as given
+    rows, _ = P._train(Batch(inner=from_host(np.array([3, 1]), P.xp, device=P.device)))
+    np.testing.assert_array_equal(to_host(rows), data[0][[3, 1]])
+    P.A_train = P.A_train * float("nan")
+    assert np.all(np.isnan(to_host(P.grad_g(x, y)[1])))
+
+
 @pytest.mark.parametrize("task", ["binary", "multinomial"])
+@JAX_SLOW
 def test_float32_extreme_logits_stay_finite(task, asxp, rng):
     data = _host_data(rng, task)
     P = LogRegHPO(*(asxp(a, dtype="float32") for a in data), task=task,
@@ -110,6 +136,7 @@ def test_float32_extreme_logits_stay_finite(task, asxp, rng):
     assert_float32_finite(P, x, y)
 
 
+@JAX_SLOW
 def test_bad_input_names_the_argument(asxp, rng):
     A_tr, b_tr, A_val, b_val = _host_data(rng, "binary")
     ok = [asxp(A_tr), asxp(b_tr), asxp(A_val), asxp(b_val)]
@@ -147,6 +174,7 @@ def test_mixed_namespaces_raise():
         LogRegHPO(npx.asarray(A_tr), npx.asarray(b_tr), npx.asarray(A_val), strict.asarray(b_val))
 
 
+@JAX_SLOW
 def test_synthetic_is_seeded_and_backend_independent(xp, device):
     P = LogRegHPO.synthetic(40, 6, task="multinomial", n_classes=3, seed=7, xp=xp,
                             device=device, reduction="mean")

@@ -68,6 +68,41 @@ def test_matvecs_forms_agree_on_numpy(rng, monkeypatch, dtype, d, rtol):
             assert np.all(np.abs(a - b) <= rtol * s), (dtype, form)
 
 
+@pytest.mark.parametrize("dtype, n, d, rtol", [("float64", 40, 6, 1e-13),
+                                                ("float32", 1100, 500, 1e-5)])
+def test_matvecs_forms_agree_on_a_column_major_matrix(rng, monkeypatch, dtype, n, d, rtol):
+    # column-major A (the full-batch layout on NumPy): forcing each form gives the rows
+    # of Xs Aᵀ and Gs A to rounding, and so does the table's choice (float32 with
+    # 1,100 x 500 entries: 2.2 MB, past the size from which its pairs run row-wise)
+    xp = _backend.backend_namespace("numpy")
+    A = np.asfortranarray(rng.standard_normal((n, d)).astype(dtype))
+    Xs = rng.standard_normal((2, d)).astype(dtype)
+    Gs = rng.standard_normal((2, n)).astype(dtype)
+    out = {}
+    for form, table in (("stacked", {}), ("rows", {dtype: (2, 0)})):
+        monkeypatch.setattr(_backend, "_COLMAJOR_ROWWISE", table)
+        out[form] = (matvecs(A, Xs, xp=xp), matvecs(A, Gs, xp=xp, transpose=True))
+    monkeypatch.undo()
+    out["table"] = (matvecs(A, Xs, xp=xp), matvecs(A, Gs, xp=xp, transpose=True))
+    scale = (np.abs(Xs) @ np.abs(A).T, np.abs(Gs) @ np.abs(A))
+    for form in ("rows", "table"):
+        for a, b, s in zip(out["stacked"], out[form], scale):
+            assert np.all(np.abs(a - b) <= rtol * s), (dtype, form)
+
+
+def test_matvec_layout(xp, asxp, rng):
+    # NumPy: a column-major array of the same values (the array itself when it is one
+    # already); every other backend: the array itself
+    A = asxp(rng.standard_normal((7, 3)))
+    laid = _backend.matvec_layout(A, xp=xp)
+    np.testing.assert_array_equal(to_host(laid), to_host(A))
+    if xp is _backend.backend_namespace("numpy"):
+        assert laid.flags.f_contiguous and not laid.flags.c_contiguous
+        assert _backend.matvec_layout(laid, xp=xp) is laid
+    else:
+        assert laid is A
+
+
 def test_vdot_is_the_euclidean_inner_product(xp, asxp, rng):
     for shape in [(9,), (3, 4), (2, 3, 2)]:
         u, v = rng.standard_normal(shape), rng.standard_normal(shape)

@@ -55,6 +55,13 @@ REWRITTEN = {"logreg/implicit": 1e-11, "multinomial/f2sa_adam": 1e-9,
              "cleaning/f2sa_adam": 1e-9, "cleaning/bome": 1e-11, "cleaning/f2ba": 1e-11,
              "layer_decay/minimaxopt_stochastic": 1e-11, "layer_decay/f2sa_adam": 1e-9,
              "layer_decay/itd": 1e-11}
+#: Pairs of the binary logistic problem moved by its full-batch data layout: on NumPy the
+#: oracles read a column-major copy of the features (``_backend.matvec_layout``), whose
+#: BLAS products sum in another order. Measured deviations at that change (relative to
+#: max|ref|): logreg/minimaxopt_stochastic 2.2e-15, logreg/vpbgd 1.3e-15, every other
+#: logreg pair within its tolerance above (f2sa_adam 3.7e-14, implicit 3.9e-13, the rest
+#: below 8e-16). Held to 1e-14.
+RELAID = {"logreg/minimaxopt_stochastic": 1e-14, "logreg/vpbgd": 1e-14}
 #: ImplicitGD on the MLP problem: y is the exact inner solution of a nonconvex problem,
 #: found by a tolerance-driven Newton solve. After the reordering above it landed on
 #: another inner solution (|dy| = 33 against |y| = 17, x still within 5e-14); with the
@@ -118,7 +125,8 @@ def test_full_batch_trajectory_matches_recording(reference, p_name, s_name):
     if key in NOT_COMPARABLE:
         pytest.skip(f"{key}: the exact solve of a nonconvex inner problem picks another "
                     "stationary point than the recording (see NOT_COMPARABLE)")
-    rtol = max(RTOL_REORDERED if key in REORDERED else RTOL, REWRITTEN.get(key, RTOL))
+    rtol = max(RTOL_REORDERED if key in REORDERED else RTOL, REWRITTEN.get(key, RTOL),
+               RELAID.get(key, RTOL))
     _close(f"{key}/x", xs, reference[f"{key}/x"], rtol)
     _close(f"{key}/y", ys, reference[f"{key}/y"], rtol)
     recorded = {k[len(key) + 7:] for k in reference if k.startswith(f"{key}/state/")}

@@ -67,6 +67,12 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
     ``parametrization`` option. The oracles are exact and sync-free; the stacked
     ``grad_g*_many`` oracles read the training data once for all points.
 
+    Memory: on NumPy the full-batch oracles of the binary task read a column-major copy of
+    each data matrix, made on first use (the features' memory once more), because
+    OpenBLAS's matrix-vector products read that layout 1.1 to 1.8 times faster
+    (:func:`refbilevel._backend.matvec_layout`); minibatches gather rows of the arrays as
+    given. The data must not be modified in place after construction.
+
     References
     ----------
     .. [1] J. Wang, R. Pan, R. Pi, T. Zhang, "Effective bilevel optimization via minimax
@@ -151,12 +157,31 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
         """``∇_x g = ½ s λ'(x) ⊙ rowsum(W ⊙ W)`` from ``dw = s λ'(x)`` (reads no data)."""
         return (0.5 * dw) * self._row_inner(Y, Y)
 
+    def _laid_out(self, A, key):
+        """The data matrix ``A`` in the layout of the model's products
+        (:meth:`LinearModel.product_layout`), for the full-batch oracles.
+
+        Made on first use and kept under ``key`` with the array it was made from, so a data
+        attribute replaced later (a poisoned copy of the problem, a persisted Dask array) is
+        laid out again instead of served stale. Minibatches gather their rows from ``A``
+        as given: rows of a column-major copy are slow to gather.
+        """
+        source, laid = self.__dict__.get(key, (None, None))
+        if source is not A:
+            laid = self.model.product_layout(A, xp=self.xp)
+            self.__dict__[key] = (A, laid)
+        return laid
+
     def _train(self, batch):
         idx = _inner(batch)
+        if idx is None:
+            return self._laid_out(self.A_train, "_A_train_laid_out"), self.T_train
         return take_rows(self.A_train, idx, self.xp), take_rows(self.T_train, idx, self.xp)
 
     def _val(self, batch):
         idx = _outer(batch)
+        if idx is None:
+            return self._laid_out(self.A_val, "_A_val_laid_out"), self.T_val
         return take_rows(self.A_val, idx, self.xp), take_rows(self.T_val, idx, self.xp)
 
     # ------------------------------------------------------------ oracles
