@@ -38,8 +38,10 @@ def test_hand_written_numpy_steps_equal_refbilevel(cp, solver, dtype):
     # float64: rounding of different summation orders over <= 40 data passes; float32
     # likewise at its precision (F2SA-Adam's sign-like first steps amplify it most)
     tol = 1e-11 if dtype == "float64" else 1e-3
-    # the two forms differ only for steps with point pairs; otherwise one is timed
+    # the two forms differ only for steps with point pairs; otherwise one is timed; each
+    # on the data as given and on a column-major copy
     forms = {"numpy-stacked", "numpy-matvec"} if solver in cp.PAIRED else {"numpy-matvec"}
+    forms |= {f"{f}-colmajor" for f in forms}
     assert set(err) == forms
     assert all(e <= tol for e in err.values()), err
     assert set(cont.calls) == {"refbilevel"} | forms
@@ -53,7 +55,8 @@ def test_a_wrong_peer_is_left_out(cp, monkeypatch):
     err = cp.check_peers(cont)
     assert min(err.values()) > 1e-3
     assert list(cont.calls) == ["refbilevel"]
-    assert set(cont.unavailable) == {"numpy-stacked", "numpy-matvec"}
+    assert set(cont.unavailable) == {"numpy-stacked", "numpy-matvec", "numpy-stacked-colmajor",
+                                     "numpy-matvec-colmajor"}
 
 
 def test_data_passes_match_hand_counts(cp):
@@ -106,7 +109,7 @@ def test_asv_classes_run(cp, monkeypatch):
     monkeypatch.setattr(cp.CPUPeerRatios, "rounds", 2)
     monkeypatch.setattr(cp.CPUPeerRatios, "min_time", 0.001)
     b = cp.CPUPeerSteps()
-    for impl in ("refbilevel", "numpy-matvec"):
+    for impl in ("refbilevel", "numpy-matvec", "numpy-stacked-colmajor"):
         b.setup(impl, "small", "float64", "minimaxopt")
         b.time_step(impl, "small", "float64", "minimaxopt")
         b.teardown()
@@ -151,10 +154,11 @@ def test_summarize_reports_the_interval_of_the_per_round_ratios(cp):
     ref = [1.0, 1.1, 0.9, 1.2, 1.05, 0.95, 1.0]
     peer = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]
     slow = [2.0] * 7
-    times = {"refbilevel": ref, "numpy-matvec": peer, "numpy-stacked": slow}
-    family = {"refbilevel": "refbilevel", "numpy-matvec": "numpy", "numpy-stacked": "numpy"}
+    times = {"refbilevel": ref, "numpy-matvec-colmajor": peer, "numpy-stacked": slow}
+    family = {"refbilevel": "refbilevel", "numpy-matvec-colmajor": "numpy",
+              "numpy-stacked": "numpy"}
     out = cp.summarize(times, family, prefix="cpu_")
     ratios = [a / b for a, b in zip(ref, peer)]
-    assert out["cpu_form_numpy"] == "matvec"
+    assert out["cpu_form_numpy"] == "matvec-colmajor"
     assert out["cpu_ratio_numpy"] == sorted(ratios)[3]
     assert out["cpu_ratio_numpy_ci"] == median_interval(ratios)[:2] == (0.5, 1.2)

@@ -16,11 +16,14 @@ the ``n`` rows split into training and validation halves, written
 
 Each peer of a step with point pairs (MinimaxOPT, F2SA, F2SA-Adam) comes in two forms, the
 two gradients of a pair as one stacked product (``A @ [y z]``) or as one matrix-vector
-product per point; a peer's time is that of its faster form (the lower median over the
-rounds), and its ratios are taken against that form's own time in each round. AID-CG and
-ITD have no pairs: their two forms would be the same code, so one is timed. Every peer is
-first checked numerically equal to refbilevel's step (:func:`check_peers`); one that is
-not is reported and left out.
+product per point; AID-CG and ITD have no pairs: their two forms would be the same code,
+so one is timed. The NumPy and PyTorch peers run each form on the data as given
+(row-major) and on a column-major copy (``-colmajor``), the layout refbilevel's full-batch
+products read on NumPy (:func:`refbilevel._backend.matvec_layout`): a competent
+hand-written step may lay its data out as well. A peer's time is that of its fastest form
+(the lowest median over the rounds), and its ratios are taken against that form's own time
+in each round. Every peer is first checked numerically equal to refbilevel's step
+(:func:`check_peers`); one that is not is reported and left out.
 
 Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
 ``threadpoolctl``, PyTorch through ``torch.set_num_threads``, XLA through ``XLA_FLAGS``, set
@@ -65,6 +68,9 @@ DTYPES = ("float64", "float32")
 PEERS = ("numpy", "jax", "torch")
 #: the forms timed per peer (True: the pair products stacked, False: matrix-vector products)
 PEER_FORMS = {"numpy": (True, False), "jax": (True, False), "torch": (True, False)}
+#: the data layouts timed per peer: the arrays as given (C order) and a column-major copy
+#: (XLA lays its arguments out itself: the JAX peer gets the arrays as given)
+PEER_LAYOUTS = {"numpy": ("C", "F"), "jax": ("C",), "torch": ("C", "F")}
 #: the solvers whose steps take gradients of point pairs (the only ones whose forms differ)
 PAIRED = ("minimaxopt", "f2sa", "f2sa_adam")
 #: relative difference of (x, y[, z]) after one step accepted as "the same step"
@@ -246,7 +252,10 @@ def start_point(d: int, dtype: str, seed: int = 3):
     return tuple((0.1 * rng.standard_normal(d)).astype(dtype) for _ in range(2))
 
 
-def _to(peer, a):
+def _to(peer, a, layout="C"):
+    """``a`` for ``peer``; a matrix in ``layout`` ("C": row-major, "F": column-major)."""
+    if a.ndim == 2:
+        a = np.asfortranarray(a) if layout == "F" else np.ascontiguousarray(a)
     if peer == "numpy":
         return a
     if peer == "jax":
@@ -257,7 +266,7 @@ def _to(peer, a):
         return jax.device_put(a)
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(a)                 # a column-major array keeps its strides
 
 
 def _host(a):
@@ -272,9 +281,11 @@ class Contenders:
 
     ``calls[name]`` is a zero-argument callable running one step, ``waits[name]`` ends a
     batch (JAX: block on the last result), ``family[name]`` the peer it belongs to.
+    ``forms`` and ``layouts`` restrict the peers' forms (:data:`PEER_FORMS`) and data
+    layouts (:data:`PEER_LAYOUTS`) to the ones given.
     """
 
-    def __init__(self, solver: str, data, dtype: str, peers=PEERS, forms=None):
+    def __init__(self, solver: str, data, dtype: str, peers=PEERS, forms=None, layouts=None):
         from refbilevel.oracle import Oracle
         from refbilevel.problems import LogRegHPO
 
@@ -294,32 +305,37 @@ class Contenders:
         self.unavailable = {}
         self.fns = {}
         for peer in peers:
-            try:
-                args = tuple(_to(peer, a) for a in (x0, y0) + tuple(data))
-            except ImportError as exc:
-                self.unavailable[peer] = f"not installed ({exc.name})"
-                continue
             wanted = PEER_FORMS[peer] if forms is None else forms
             if solver not in PAIRED:         # both forms are the same code: time it once
                 wanted = (False,) if False in wanted else wanted[:1]
-            for stacked in wanted:
-                name = f"{peer}-{'stacked' if stacked else 'matvec'}"
-                fn = (jitted_steps(stacked) if peer == "jax" else plain_steps(peer, stacked))[solver]
-                self.family[name] = peer
-                self.fns[name] = (fn, args)
-                if peer == "jax":
-                    import jax
+            for layout in PEER_LAYOUTS[peer] if layouts is None else layouts:
+                try:
+                    args = tuple(_to(peer, a, layout) for a in (x0, y0) + tuple(data))
+                except ImportError as exc:
+                    self.unavailable[peer] = f"not installed ({exc.name})"
+                    break
+                for stacked in wanted:
+                    self._add_peer(peer, solver, stacked, layout, args)
 
-                    last = [None]
+    def _add_peer(self, peer, solver, stacked, layout, args):
+        name = f"{peer}-{'stacked' if stacked else 'matvec'}" + ("-colmajor" if layout == "F"
+                                                                  else "")
+        fn = (jitted_steps(stacked) if peer == "jax" else plain_steps(peer, stacked))[solver]
+        self.family[name] = peer
+        self.fns[name] = (fn, args)
+        if peer == "jax":
+            import jax
 
-                    def call(fn=fn, args=args, last=last):
-                        last[0] = fn(*args)            # asynchronous dispatch
+            last = [None]
 
-                    self.calls[name] = call
-                    self.waits[name] = lambda last=last: jax.block_until_ready(last[0])
-                else:
-                    self.calls[name] = lambda fn=fn, args=args: fn(*args)
-                    self.waits[name] = lambda: None
+            def call(fn=fn, args=args, last=last):
+                last[0] = fn(*args)            # asynchronous dispatch
+
+            self.calls[name] = call
+            self.waits[name] = lambda last=last: jax.block_until_ready(last[0])
+        else:
+            self.calls[name] = lambda fn=fn, args=args: fn(*args)
+            self.waits[name] = lambda: None
 
     def outputs(self, name):
         """``(x, y[, z])`` of one step of contender ``name`` as host float64 arrays."""
@@ -512,7 +528,7 @@ def summarize(times: dict, family: dict, prefix: str = "") -> dict:
         lo, hi, coverage = median_interval(ratios)
         out[f"{prefix}ratio_{peer}_ci"] = (lo, hi)
         out[f"{prefix}ratio_ci_coverage"] = coverage
-        out[f"{prefix}form_{peer}"] = best.split("-")[1]
+        out[f"{prefix}form_{peer}"] = best.split("-", 1)[1]
     return out
 
 
@@ -604,9 +620,10 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
 
     For each dtype, in interleaved rounds: the single-thread copy bandwidth
     (:func:`copy_bandwidth`'s kernel), the products a step is made of on the training
-    matrix (``A @ x``, ``A.T @ g`` and refbilevel's own forms of a point pair), one
-    elementwise operation on an ``n``-vector, and every solver's refbilevel step and
-    hand-written NumPy step (its faster form). The step's BLAS time is its products
+    matrix in the layout refbilevel's step reads (:func:`refbilevel._backend.matvec_layout`:
+    ``A @ x``, ``A.T @ g`` and refbilevel's own forms of a point pair), one elementwise
+    operation on an ``n``-vector, and every solver's refbilevel step and hand-written NumPy
+    step (its fastest form). The step's BLAS time is its products
     (:data:`PRODUCTS`, checked against the operation counter's pass count) times their
     measured times; the rest of the step is elementwise work and Python. Each product's
     read rate (data bytes / time) against the copy bandwidth is the BLAS's share of the
@@ -626,6 +643,7 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
         big = np.ones(copy_bytes // 8)
         dst = np.empty_like(big)
         xp = get_xp("numpy")
+        A = B.matvec_layout(A, xp=xp)            # the layout refbilevel's step reads
         kernels = {"copy": lambda: np.copyto(dst, big), "A@x": lambda: A @ x,
                    "A.T@g": lambda: A.T @ g,
                    "pair A@[x z]": lambda: B.matvecs(A, Xs, xp=xp),
@@ -700,20 +718,23 @@ def render_floor_breakdown(R) -> str:
 
 
 # ====================================================================== product forms
-def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15) -> list:
+def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15,
+                  layouts=("C", "F")) -> list:
     """CPU time of the two forms of :func:`refbilevel._backend.matvecs` on NumPy, one thread.
 
-    For each training-matrix shape (``n / 2`` rows) and stack height ``m``: ``Xs @ A.T``
-    against ``m`` products ``A @ x``, and ``Gs @ A`` against ``m`` products ``A.T @ g``,
-    interleaved, median over ``rounds`` of the per-round ratio (rows form / one product).
+    For each training-matrix shape (``n / 2`` rows), layout (row-major "C", column-major
+    "F") and stack height ``m``: ``Xs @ A.T`` against ``m`` products ``A @ x``, and
+    ``Gs @ A`` against ``m`` products ``A.T @ g``, interleaved, median over ``rounds`` of
+    the per-round ratio (rows form / one product).
     """
     limiter = limit_threads(1)
     out = []
     rng = np.random.default_rng(0)
     for size in sizes:
         n, d = SIZES[size] if isinstance(size, str) else size
-        for dt in dtypes:
+        for dt, layout in ((dt, lay) for dt in dtypes for lay in layouts):
             A = rng.standard_normal((n // 2, d)).astype(dt)
+            A = np.asfortranarray(A) if layout == "F" else A
             for m in stacks:
                 Xs = rng.standard_normal((m, d)).astype(dt)
                 Gs = rng.standard_normal((m, n // 2)).astype(dt)
@@ -729,7 +750,7 @@ def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15
                         for _ in range(k):
                             f()
                         t[name].append((time.process_time() - c0) / k)
-                row = {"n": n // 2, "d": d, "dtype": dt, "m": m}
+                row = {"n": n // 2, "d": d, "dtype": dt, "layout": layout, "m": m}
                 for way in ("fwd", "bwd"):
                     row[f"{way}_stacked_ms"] = 1e3 * statistics.median(t[f"{way}_stacked"])
                     row[f"{way}_rows_ms"] = 1e3 * statistics.median(t[f"{way}_rows"])
@@ -748,10 +769,10 @@ def _cpu_once(f):
 
 
 def render_product_forms(rows) -> str:
-    L = ["| A (rows × d) | dtype | m | Xs @ Aᵀ ms | m × A @ x ms | rows / stacked "
-         "| Gs @ A ms | m × Aᵀ @ g ms | rows / stacked |", "|---" * 9 + "|"]
+    L = ["| A (rows × d) | dtype | layout | m | Xs @ Aᵀ ms | m × A @ x ms | rows / stacked "
+         "| Gs @ A ms | m × Aᵀ @ g ms | rows / stacked |", "|---" * 10 + "|"]
     for r in rows:
-        L.append(f"| {r['n']:,} × {r['d']} | {r['dtype']} | {r['m']} | "
+        L.append(f"| {r['n']:,} × {r['d']} | {r['dtype']} | {r.get('layout', 'C')} | {r['m']} | "
                  f"{r['fwd_stacked_ms']:.3g} | {r['fwd_rows_ms']:.3g} | "
                  f"{r['fwd_rows_over_stacked']:.2f} | {r['bwd_stacked_ms']:.3g} | "
                  f"{r['bwd_rows_ms']:.3g} | {r['bwd_rows_over_stacked']:.2f} |")
@@ -780,9 +801,10 @@ def render_markdown(R: dict, command: str | None = None) -> str:
              "rounds of the ratio within a round; **bold**: above 1. CPU: process CPU time "
              "(every library on one thread); wall: wall-clock time, which also counts the "
              "turns the process waited for a core. Times: medians of CPU ms per step. A "
-             "peer's time is that of its faster form by median (stacked pair products or "
-             "matrix-vector products; the form shown; AID-CG and ITD have no pairs, one "
-             "form). `check`: the largest relative "
+             "peer's time is that of its fastest form by median (stacked pair products or "
+             "matrix-vector products, on the data as given or on a column-major copy, "
+             "`colmajor`; the form shown; AID-CG and ITD have no pairs). `check`: the "
+             "largest relative "
              "difference of (x, y, z) after one step between a peer and refbilevel. Floor: "
              "needed data passes × data bytes / copy bandwidth, in CPU time; passes counted "
              "by the operation counter (refbilevel's step / needed). In brackets after a "
@@ -872,8 +894,9 @@ def main(argv=None):
 
 
 # ====================================================================== asv
-IMPLS = ("refbilevel", "numpy-stacked", "numpy-matvec", "jax-stacked", "jax-matvec",
-         "torch-stacked", "torch-matvec")
+IMPLS = ("refbilevel", "numpy-stacked", "numpy-matvec", "numpy-stacked-colmajor",
+         "numpy-matvec-colmajor", "jax-stacked", "jax-matvec", "torch-stacked", "torch-matvec",
+         "torch-stacked-colmajor", "torch-matvec-colmajor")
 
 
 class CPUPeerSteps(XPBenchmark):
@@ -896,7 +919,8 @@ class CPUPeerSteps(XPBenchmark):
         peer = impl.split("-")[0]
         cont = Contenders(solver, host_data(*SIZES[size], dtype), dtype,
                           peers=() if impl == "refbilevel" else (peer,),
-                          forms=(impl.endswith("stacked"),))
+                          forms=("-stacked" in impl,),
+                          layouts=("F",) if impl.endswith("-colmajor") else ("C",))
         self._limiter = limit_threads(1)       # after the peer's library is imported
         if impl not in cont.calls:
             raise NotImplementedError(cont.unavailable.get(peer, f"{impl} unavailable"))
