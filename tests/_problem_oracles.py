@@ -1,4 +1,5 @@
-"""Shared assertions for the bilevel problem tests (logreg, cleaning, layer decay).
+"""Shared assertions for the bilevel problem tests (logreg, cleaning, layer decay), and the
+marker that keeps the problem modules' longest JAX cases out of the default run.
 
 Every check compares against an independent oracle: directional five-point finite
 differences (float64), an explicit adjoint built column by column, or the single-point
@@ -8,12 +9,22 @@ oracle. Tolerances: 1e-7 relative for first/second derivatives, 1e-12 for identi
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from refbilevel._backend import array_namespace, device as dev_of, from_host, to_host, to_host_scalar
 from refbilevel.checks import (check_gradient, check_jacobian_vector, check_symmetry,
                                directional_derivative, relative_error)
 
 TOL = 1e-7
+
+#: JAX runs each eager operation through XLA, which compiles it once per shape and dtype
+#: (about 45 ms a compile on the CI machine: 150 s of the default run went to these four
+#: problem modules on JAX alone). By default JAX certifies each problem's oracles against
+#: finite differences; its cases of the tests built on those oracles (batches, stacked
+#: points, exact oracles, float32 extremes) are ``slow`` (``-m slow`` runs them), while
+#: NumPy, array-api-strict (second device) and PyTorch run them by default.
+JAX_SLOW = pytest.mark.slow_xp_backends(
+    "jax", reason="oracle identities on JAX: XLA compiles every eager operation per shape")
 
 
 def unit_like(a, rng):

@@ -17,7 +17,9 @@ while taking about a sixth of the default suite's time.
 ``REFBILEVEL_BACKENDS=numpy,jax`` restricts the matrix to the named backends. Tests marked
 ``@pytest.mark.eager_libraries`` are the representative subset that runs on JAX and
 PyTorch by default (the data-driven problems' oracles, linear algebra, the backend
-layer, every solver's trajectory against NumPy's); ``REFBILEVEL_BACKENDS=all``
+layer, every solver's trajectory against NumPy's; on JAX the problems' oracle identities
+beyond the finite-difference certificates are ``slow``, ``_problem_oracles.JAX_SLOW``);
+``REFBILEVEL_BACKENDS=all``
 (or naming ``jax``/``torch`` explicitly) runs every test on them. Dask is not in this
 matrix: a lazy library needs a persisted state and a cluster, which
 ``tests/test_dask.py`` sets up.

@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
+from _problem_oracles import JAX_SLOW
 
 from refbilevel._backend import device as dev_of, to_host, to_host_scalar
 from refbilevel.checks import relative_error
 from refbilevel.datasets import make_multitask_auc, multitask_auc_data
 from refbilevel.problems import Batch, MultiTaskAUC
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
+#: Runs on PyTorch by default, and on JAX except the tests marked JAX_SLOW
+#: (tests/conftest.py, tests/_problem_oracles.py).
 pytestmark = pytest.mark.eager_libraries
 
 EPS = 1e-6
@@ -81,6 +83,7 @@ def test_hvp_and_cross_vs_fd(backend, rng, lower):
     _check(_fd(mean_pair, x, u), _dot(P.cross_g(x, z, V, bl), u))
 
 
+@JAX_SLOW
 def test_batch_equals_sliced_problem(backend, rng):
     s = multitask_auc_data(3, 10, 8, 4, pos_ratio=0.3, seed=3)
     rows_in, rows_out = np.array([0, 3, 4, 9]), np.array([1, 2, 5, 7])
@@ -100,6 +103,7 @@ def test_batch_equals_sliced_problem(backend, rng):
 
 @pytest.mark.parametrize("options", [{}, {"score": "linear", "nonnegative_alpha": False},
                                      {"lower": "anchored", "rank": None, "version": "v2"}])
+@JAX_SLOW
 def test_inner_solution_and_saddle_gradient(backend, rng, options):
     P = _problem(backend, **options)
     x = P.init_x() + backend.asarray(0.2 * rng.standard_normal(P.dim_x))
@@ -116,6 +120,7 @@ def test_inner_solution_and_saddle_gradient(backend, rng, options):
         _check(_fd(P.value, x, u, eps=1e-5), _dot(g, u))
 
 
+@JAX_SLOW
 def test_float32_extreme_logits_finite(backend, rng):
     P = _problem(backend, dtype="float32")
     x = P.init_x() * 1e3
@@ -129,6 +134,7 @@ def test_float32_extreme_logits_finite(backend, rng):
         assert np.all(np.isfinite(to_host(o)))
 
 
+@JAX_SLOW
 def test_dtype_device_preserved(backend, rng):
     P = _problem(backend)
     x = P.init_x()
@@ -162,6 +168,7 @@ def test_bad_inputs(rng):
 
 
 @pytest.mark.parametrize("lower", ["head", "anchored"])
+@JAX_SLOW
 def test_stacked_grad_g_equals_one_point_calls(backend, lower):
     """The one-pass ``grad_g_many`` equals ``grad_g`` at each point (to rounding)."""
     from refbilevel.datasets import make_multitask_auc

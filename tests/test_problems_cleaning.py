@@ -3,14 +3,15 @@ autodiff, batches, stacked and exact oracles."""
 
 import numpy as np
 import pytest
-from _problem_oracles import (assert_batch_matches_subproblem, assert_exact_oracles,
+from _problem_oracles import (JAX_SLOW, assert_batch_matches_subproblem, assert_exact_oracles,
                               assert_float32_finite, assert_oracles, assert_same_kind,
                               assert_stacked, point_like)
 
 from refbilevel._backend import from_host, to_host
 from refbilevel.problems import Batch, DataCleaning
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
+#: Runs on PyTorch by default, and on JAX except the tests marked JAX_SLOW
+#: (tests/conftest.py, tests/_problem_oracles.py).
 pytestmark = pytest.mark.eager_libraries
 
 n_tr, n_val, d, C, hidden = 30, 20, 5, 3, 4
@@ -66,6 +67,7 @@ def test_oracles_vs_finite_differences(kind, asxp, rng):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+@JAX_SLOW
 def test_oracles_on_a_batch(kind, asxp, rng):
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, y = _point(P, rng)
@@ -74,6 +76,7 @@ def test_oracles_on_a_batch(kind, asxp, rng):
 
 
 @pytest.mark.parametrize("kind", WITHOUT_BIAS)
+@JAX_SLOW
 def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
     data = _host_data(rng)
     P = _make(asxp, data, **MODELS[kind])
@@ -100,6 +103,7 @@ def test_batch_equals_problem_on_the_selected_rows(kind, asxp, rng):
 
 
 @pytest.mark.parametrize("kind", WITHOUT_BIAS)
+@JAX_SLOW
 def test_stacked_oracles_equal_single_point(kind, asxp, rng):
     P = _make(asxp, _host_data(rng), **MODELS[kind])
     x, y = _point(P, rng)
@@ -109,6 +113,7 @@ def test_stacked_oracles_equal_single_point(kind, asxp, rng):
 
 
 @pytest.mark.parametrize("kind", ["linear", "linear-bias", "mlp-tanh"])
+@JAX_SLOW
 def test_exact_oracles(kind, asxp, rng):
     # ReLU is left out on purpose: its inner minimiser generically sits on a kink, where g
     # is not twice differentiable (documented in DataCleaning's Notes).
@@ -135,6 +140,7 @@ def test_exact_oracles(kind, asxp, rng):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp-tanh"])
+@JAX_SLOW
 def test_float32_extreme_logits_stay_finite(kind, asxp, rng):
     data = _host_data(rng)
     P = DataCleaning(*(asxp(a, dtype="float32") for a in data), n_classes=C, **MODELS[kind])
@@ -147,6 +153,7 @@ def test_float32_extreme_logits_stay_finite(kind, asxp, rng):
     assert_float32_finite(P, x, y)
 
 
+@JAX_SLOW
 def test_bad_input_names_the_argument(asxp, rng):
     A_tr, l_tr, A_val, l_val = _host_data(rng)
     ok = [asxp(A_tr), asxp(l_tr), asxp(A_val), asxp(l_val)]
@@ -177,6 +184,7 @@ def test_bad_input_names_the_argument(asxp, rng):
         DataCleaning(*ok, n_classes=C, model="mlp", bias=True)
 
 
+@JAX_SLOW
 def test_synthetic_corruption_seed_and_defaults(xp, device):
     P = DataCleaning.synthetic(400, 50, 4, n_classes=4, corruption=0.5, seed=3, xp=xp,
                                device=device, model="mlp", hidden=3)

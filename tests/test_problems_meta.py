@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+from _problem_oracles import JAX_SLOW
 
 from refbilevel._backend import device as dev_of, to_host, to_host_scalar
 from refbilevel.datasets import make_meta_learning, meta_learning_data
 from refbilevel.problems import RankedMetaLearning
 
-#: Runs on JAX and PyTorch by default (tests/conftest.py).
+#: Runs on PyTorch by default, and on JAX except the tests marked JAX_SLOW
+#: (tests/conftest.py, tests/_problem_oracles.py).
 pytestmark = pytest.mark.eager_libraries
 
 EPS = 1e-6
@@ -67,6 +69,7 @@ def test_oracles_vs_fd(backend, rng, options):
 
 
 @pytest.mark.parametrize("options", CASES)
+@JAX_SLOW
 def test_inner_dual_and_saddle_gradient(backend, rng, options):
     P = _problem(backend, **options)
     x = backend.asarray(0.3 * rng.standard_normal(P.dim_x))
@@ -100,6 +103,7 @@ def test_ranked_range_identity_small_temperature(rng):
 
 
 @pytest.mark.parametrize("loss", ["squared", "logistic"])
+@JAX_SLOW
 def test_dtype_device_and_float32(backend, loss):
     P = _problem(backend, dtype="float32", loss=loss)
     x = P.init_x() + 1e3
