@@ -52,6 +52,7 @@ __all__ = [
     "to_device",
     "to_host",
     "to_host_scalar",
+    "zeros_like",
 ]
 
 #: Backend names understood by :func:`backend_namespace`.
@@ -566,7 +567,7 @@ _ROWWISE_WIDE = {("numpy", "float32", True): (2, 256)}
 #: product wins at every size measured (1.02 to 1.7 times) and the stacked backward one at
 #: up to 3.8 MB and from 30 MB on, losing 10 to 20 % in between (not encoded: a band that
 #: follows this machine's caches).
-_COLMAJOR_ROWWISE = {"float32": (2, 2 << 20)}
+_COLMAJOR_ROWWISE = {np.dtype("float32"): (2, 2 << 20)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -582,7 +583,8 @@ def _rowwise_max(xp, dtype=None) -> dict:
 def _rowwise(A, m: int, transpose: bool, xp) -> bool:
     """Whether :func:`matvecs` runs its ``m`` products of ``A`` one row at a time."""
     if xp is _numpy_namespace() and A.flags.f_contiguous and not A.flags.c_contiguous:
-        rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype.name, (0, 0))
+        # keyed by the dtype itself: ``dtype.name`` is a Python-level property (about 4 µs)
+        rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype, (0, 0))
         return m <= rows and A.nbytes >= min_bytes
     rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
     return m <= rows and A.shape[-1] >= min_cols
@@ -691,6 +693,19 @@ def stack(arrays, *, xp):
     if xp is _numpy_namespace():
         return np.array(arrays)
     return xp.concat([a[None, ...] for a in arrays])
+
+
+def zeros_like(a, *, xp):
+    """``xp.zeros_like(a)``: zeros of ``a``'s shape, dtype and device.
+
+    On NumPy ``numpy.zeros(a.shape, a.dtype)`` (0.5 µs against 4 µs for array-api-compat's
+    ``zeros_like``, which goes through ``numpy.zeros_like``: an empty array, then a copy of
+    zero into it); the same zeros either way. Solvers and oracles call it every step (an
+    optimiser's fresh state, the zero x-part of a gradient).
+    """
+    if xp is _numpy_namespace():
+        return np.zeros(a.shape, dtype=a.dtype)
+    return xp.zeros_like(a)
 
 
 def positive_or_inf(a, *, xp):

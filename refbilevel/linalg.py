@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 
 from ._backend import (array_namespace, device, linalg_solve, materialize, positive_or_inf,
-                       to_host_scalar)
+                       to_host_scalar, zeros_like)
 
 __all__ = ["block_newton", "cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
@@ -37,7 +37,7 @@ def _vdot(xp, u, v):
 def _cg_start(xp, matvec, b, x0):
     """CG's starting iterate, residual ``b − H v₀`` and its squared norm (no matvec from 0)."""
     if x0 is None:
-        return xp.zeros_like(b), b, _vdot(xp, b, b)
+        return zeros_like(b, xp=xp), b, _vdot(xp, b, b)
     r = b - matvec(x0)
     return x0, r, _vdot(xp, r, r)
 

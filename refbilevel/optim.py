@@ -44,7 +44,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._backend import ScalarOperands, array_namespace
+from ._backend import ScalarOperands, array_namespace, zeros_like
 from ._validation import check_bool, check_choice, check_int, check_real
 
 __all__ = [
@@ -234,7 +234,7 @@ def _namespace(a):
 
 
 def _zeros_like(a):
-    return _namespace(a).zeros_like(a)
+    return zeros_like(a, xp=_namespace(a))
 
 
 # ---------------------------------------------------------------------- schedules

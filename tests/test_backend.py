@@ -202,3 +202,15 @@ def test_positive_or_inf_guards_a_division(xp, device):
         guard = _backend.positive_or_inf(d, xp=xp)
         assert float(to_host(xp.asarray(guard))) == expected
         assert float(to_host(xp.asarray(num / guard))) == (6.25 / 2.5 if k == 0 else 0.0)
+
+
+def test_zeros_like_is_the_namespace_zeros_like(xp, device):
+    # oracle: the namespace's own zeros_like (shape, dtype, device and the +0.0 entries)
+    for shape, dtype in (((3,), xp.float64), ((2, 4), xp.float32), ((), xp.float64)):
+        a = xp.ones(shape, dtype=dtype, device=device)
+        got, ref = _backend.zeros_like(a, xp=xp), xp.zeros_like(a)
+        assert got.shape == ref.shape and got.dtype == ref.dtype
+        assert _backend.device(got) == _backend.device(ref)
+        h = to_host(got)
+        np.testing.assert_array_equal(h, to_host(ref))
+        assert not np.signbit(h).any()

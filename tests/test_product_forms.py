@@ -79,7 +79,7 @@ def test_matvecs_forms_agree_on_a_column_major_matrix(rng, monkeypatch, dtype, n
     Xs = rng.standard_normal((2, d)).astype(dtype)
     Gs = rng.standard_normal((2, n)).astype(dtype)
     out = {}
-    for form, table in (("stacked", {}), ("rows", {dtype: (2, 0)})):
+    for form, table in (("stacked", {}), ("rows", {np.dtype(dtype): (2, 0)})):
         monkeypatch.setattr(_backend, "_COLMAJOR_ROWWISE", table)
         out[form] = (matvecs(A, Xs, xp=xp), matvecs(A, Gs, xp=xp, transpose=True))
     monkeypatch.undo()

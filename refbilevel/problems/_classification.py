@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .._backend import array_namespace, device, from_host, resolve_dtype, to_host_scalar
+from .._backend import (array_namespace, device, from_host, resolve_dtype, to_host_scalar,
+                        zeros_like)
 from .._validation import (check_array, check_has_features, check_int,
                           check_labels, check_memory)
 from ..models.losses import one_hot
@@ -27,11 +28,11 @@ class ValidationLoss:
 
     def grad_f(self, x, y, batch=None):
         """``(0, ∇_y f)``."""
-        return self.xp.zeros_like(x), self.grad_f_y(x, y, batch)
+        return zeros_like(x, xp=self.xp), self.grad_f_y(x, y, batch)
 
     def grad_f_x(self, x, y, batch=None):
         """``∇_x f = 0`` (reads no data)."""
-        return self.xp.zeros_like(x)
+        return zeros_like(x, xp=self.xp)
 
     def grad_f_y(self, x, y, batch=None):
         """``∇_y f``, the model's mean validation-loss gradient (the zero x-part not formed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._backend import zeros_like
 from ..linalg import conjugate_gradient, fixed_point, neumann_series
 from ..oracle import as_oracle
 from ._common import (COUNT, FLAG, POSITIVE, POSITIVE_OR_NONE, choice, inner_gd, project_x,
@@ -143,7 +144,7 @@ class AID(Solver):
         """
         problem = as_oracle(problem)
         if v_prev is None:
-            v_prev = problem.xp.zeros_like(y)
+            v_prev = zeros_like(y, xp=problem.xp)
         fx, fy = problem.grad_f(x, y)                                              # line 3
         lin = problem.linearize_g(x, y)         # H and J at (x, y), applied K + 1 times
         v = self.solve_linear(lin.hvp, fy, v_prev)                                 # line 4
