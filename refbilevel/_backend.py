@@ -562,11 +562,11 @@ _ROWWISE_WIDE = {("numpy", "float32", True): (2, 256)}
 #: ``(rows, fewest bytes of A)``, the stacks of at most ``rows`` vectors that run row-wise
 #: once ``A`` holds at least that many bytes, in both orientations. Measured with one
 #: OpenBLAS thread (docs/benchmarks.md, "Data layout"): in float32 one matrix product
-#: with two rows is 1.4 to 2 times faster than two matrix-vector products while ``A`` fits
-#: in 2 MiB and 1.1 to 3 times slower from 3.8 MB on; in float64 the stacked forward
-#: product wins at every size measured (1.02 to 1.7 times) and the stacked backward one at
-#: up to 3.8 MB and from 30 MB on, losing 10 to 20 % in between (not encoded: a band that
-#: follows this machine's caches).
+#: with two rows is 1.4 to 3 times faster than two matrix-vector products while ``A`` fits
+#: in 2 MiB, and from 3.8 MB on up to 3 times slower (forward 1.0 to 3.2, backward 1.7 to
+#: 2.5); in float64 the stacked forward product wins at every size measured (1.02 to 2.7
+#: times) and the stacked backward one at up to 3.8 MB and from 30 MB on, losing 8 to 22 %
+#: in between (not encoded: a band that follows this machine's caches).
 _COLMAJOR_ROWWISE = {np.dtype("float32"): (2, 2 << 20)}
 
 

@@ -67,9 +67,9 @@ class LinearModel:
         """``A`` laid out for this model's products: those of a binary model are
         matrix-vector products (``A @ w``, ``A.T @ g``), read fastest in the backend's
         :func:`~refbilevel._backend.matvec_layout`; a multiclass model multiplies ``A`` by
-        ``(d, C)`` matrices, which OpenBLAS reads faster from the row-major array (1.3 to
-        1.6 times in the forward product, docs/benchmarks.md, "Data layout"), so it gets
-        ``A`` as given."""
+        ``(d, C)`` matrices, where the layouts trade places (OpenBLAS runs the forward
+        product faster on the row-major array, the backward one on the column-major one;
+        docs/benchmarks.md, "Data layout"), so it gets ``A`` as given."""
         return matvec_layout(A, xp=xp) if self.n_classes is None else A
 
     def unflatten(self, w, *, xp):
