@@ -164,6 +164,37 @@ def test_asv_solver_and_track_benchmarks_run(bench):
             bench.track.SyncTracks().setup(*ARGS, name)
 
 
+def test_peak_step_memory_leaves_out_what_the_problem_builds_once(bench):
+    # oracle: the bytes of the data. A fresh binary LogRegHPO on NumPy makes column-major
+    # copies of its two data matrices on its first full-batch call (LinearModel.
+    # product_layout); a step's peak must not count them: below one matrix's bytes here,
+    # where a first step measured alone exceeds both
+    import gc
+    import tracemalloc
+
+    from refbilevel.problems import LogRegHPO
+
+    def fresh():                         # not make_problem: its problems are cached
+        data = bench.common.bench_data(4000, 200, backend="numpy", dtype="float64")
+        return bench.common.solver_step_setup("minimaxopt", "numpy", None, "float64",
+                                              problem=LogRegHPO(*data))
+
+    p, solver, state = fresh()
+    data_bytes = p.A_train.nbytes + p.A_val.nbytes
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        solver.step(p, state)
+        first = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert first > data_bytes
+    p, solver, state = fresh()
+    xp = bench.common.get_xp("numpy")
+    assert bench.measure.peak_step_memory(p, solver, state, xp) < p.A_train.nbytes
+
+
 def test_array_op_counter_counts_what_computes(bench):
     """Hand-counted expressions: computing operations count once each, views do not, and
     the namespace is restored afterwards."""
