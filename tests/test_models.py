@@ -110,6 +110,30 @@ def test_loss_score_derivatives_vs_fd(loss, xp, asxp, rng):
     assert check_jacobian_vector(lambda s: obj.per_sample(s, T, xp=xp), per, S, u) <= TOL
 
 
+def test_binary_score_grad_keeps_one_temporary_alive():
+    # oracle: the bytes of its n-vectors (tracemalloc sees NumPy's buffers). The score
+    # gradient b / (-1 - exp(min(b s, c))) needs at most two n-vectors alive at once, the
+    # result included; a named margin b s kept a third through the exponential and the
+    # division (one more n-vector at every logistic step's peak)
+    import tracemalloc
+
+    m = 200_000
+    rng = np.random.default_rng(0)
+    S, b = rng.standard_normal(m), np.where(rng.random(m) < 0.5, -1.0, 1.0)
+    xp = array_namespace(S)
+    BINARY_LOGISTIC.score_grad(S, b, xp=xp)           # constants made once, outside
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = BINARY_LOGISTIC.score_grad(S, b, xp=xp)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (m,)
+    assert peak < 2.5 * S.nbytes, peak / S.nbytes
+
+
 @pytest.mark.parametrize("loss", ["binary", "softmax"])
 def test_losses_float32_extreme_logits(loss, xp, asxp, rng):
     big = np.array([-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4])

@@ -239,9 +239,11 @@ class BinaryLogistic:
         clamped at :func:`exp_limit` as in :func:`sigmoid`. The clamp stays: without it
         :math:`e^{m}` overflows for :math:`m > c` (the value would still be right, ``±0``),
         and NumPy reports every such overflow as a ``RuntimeWarning``."""
-        m = b * S
-        _, minus_one, c = _logistic_constants(m, xp=xp)
-        return b / (minus_one - xp.exp(xp.minimum(m, c)))
+        # the constants of S's dtype (the margins' for labels of the data's dtype), and the
+        # margins b S left unnamed: a name would keep that n-vector alive through the
+        # exponential and the division, one more temporary at the step's peak
+        _, minus_one, c = _logistic_constants(S, xp=xp)
+        return b / (minus_one - xp.exp(xp.minimum(b * S, c)))
 
     @staticmethod
     def score_hvp(S, b, R, *, xp):
