@@ -162,3 +162,30 @@ def test_summarize_reports_the_interval_of_the_per_round_ratios(cp):
     assert out["cpu_form_numpy"] == "matvec-colmajor"
     assert out["cpu_ratio_numpy"] == sorted(ratios)[3]
     assert out["cpu_ratio_numpy_ci"] == median_interval(ratios)[:2] == (0.5, 1.2)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity (not Linux)")
+def test_one_thread_pins_every_thread_to_one_processor(cp):
+    # oracle: the kernel's own record of each thread's allowed processors, before, during
+    # (one processor, the same for all threads, a started thread included) and after
+    import threading
+
+    def allowed():
+        return {int(t): frozenset(os.sched_getaffinity(int(t)))
+                for t in os.listdir("/proc/self/task")}
+
+    before = allowed()
+    limits = cp.limit_threads(1)
+    try:
+        seen = {}
+        worker = threading.Thread(target=lambda: seen.update(cpus=os.sched_getaffinity(0)))
+        worker.start()
+        worker.join()
+        during = allowed()
+        assert len(set(during.values())) == 1 and len(next(iter(during.values()))) == 1
+        assert seen["cpus"] == set(next(iter(during.values())))
+        assert cp.thread_report()["cpu_affinity"] == sorted(next(iter(during.values())))
+    finally:
+        limits.restore_original_limits()
+    after = allowed()
+    assert all(after[t] == before[t] for t in after if t in before)
