@@ -28,12 +28,13 @@ in each round. Every peer is first checked numerically equal to refbilevel's ste
 Timing (:func:`compare`): one process, one thread everywhere (the BLAS through
 ``threadpoolctl``, PyTorch through ``torch.set_num_threads``, XLA through ``XLA_FLAGS``, set
 before JAX is imported) and every thread of the process pinned to one processor (XLA's
-runtime otherwise runs its dot products on a second core; :func:`limit_threads`), contenders interleaved in rounds (each contender runs a batch of
-calls long enough to time, in an order rotated every round) and every ratio taken within a
-round, then the median over rounds, in process CPU time and in wall-clock time. On a
-machine shared with other busy processes the absolute times move by tens of percent from
-minute to minute; interleaving and per-round ratios are what keep the ratios meaningful,
-and CPU time leaves out the turns the process waited for a core.
+runtime otherwise runs its dot products on a second core; :func:`limit_threads`),
+contenders interleaved in rounds (each contender runs a batch of calls long enough to
+time, in an order rotated every round) and every ratio taken within a round, then the
+median over rounds, in process CPU time and in wall-clock time. On a machine shared with
+other busy processes the absolute times move by tens of percent from minute to minute;
+interleaving and per-round ratios are what keep the ratios meaningful, and CPU time
+leaves out the turns the process waited for a core.
 
 Bytes floor (:func:`data_passes`, :func:`compare`): the data passes of one refbilevel step
 counted by the operation counter on ``array_api_strict`` arrays (every matrix product
