@@ -1,5 +1,7 @@
 """LogRegHPO: oracles vs finite differences, stacked/batch oracles, exact oracles, inputs."""
 
+import warnings
+
 import numpy as np
 import pytest
 from _problem_oracles import (JAX_SLOW, assert_batch_matches_subproblem, assert_exact_oracles,
@@ -119,6 +121,28 @@ def test_full_batch_layout_is_made_once_and_follows_the_data(asxp, rng):
     np.testing.assert_array_equal(to_host(rows), data[0][[3, 1]])
     P.A_train = P.A_train * float("nan")
     assert np.all(np.isnan(to_host(P.grad_g(x, y)[1])))
+
+
+def test_full_batch_without_memory_for_the_copy_reads_the_data_as_given(rng, monkeypatch):
+    # oracle: a problem whose model keeps the array as given (the row-major products), and
+    # the warning that says so; the gradient agrees with it exactly (the same products)
+    data = _host_data(rng, "binary")
+    P, ref = LogRegHPO(*data), LogRegHPO(*data)
+    monkeypatch.setattr(type(ref.model), "product_layout", lambda self, A, *, xp: A)
+    ref_grad = to_host(ref.grad_g(*(_point(ref, np.random.default_rng(1))))[1])
+    monkeypatch.undo()
+
+    def no_memory(self, A, *, xp):
+        raise MemoryError
+
+    monkeypatch.setattr(type(P.model), "product_layout", no_memory)
+    x, y = _point(P, np.random.default_rng(1))
+    with pytest.warns(UserWarning, match="no memory for a column-major copy"):
+        got = to_host(P.grad_g(x, y)[1])
+    np.testing.assert_array_equal(got, ref_grad)
+    with warnings.catch_warnings():                 # kept: no second attempt, no warning
+        warnings.simplefilter("error")
+        assert P._train(None)[0] is P.A_train
 
 
 @pytest.mark.parametrize("task", ["binary", "multinomial"])

@@ -2,6 +2,8 @@ r"""Logistic-regression hyperparameter optimisation: one weight-decay coefficien
 
 from __future__ import annotations
 
+import warnings
+
 from .._backend import default_namespace, host_rng
 from .._validation import check_choice, check_int, check_memory, check_real
 from ..models.linear import LinearModel
@@ -164,11 +166,21 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
         Made on first use and kept under ``key`` with the array it was made from, so a data
         attribute replaced later (a poisoned copy of the problem, a persisted Dask array) is
         laid out again instead of served stale. Minibatches gather their rows from ``A``
-        as given: rows of a column-major copy are slow to gather.
+        as given: rows of a column-major copy are slow to gather. Without the memory for
+        the copy the oracles read ``A`` itself, with a ``UserWarning``.
         """
         source, laid = self.__dict__.get(key, (None, None))
         if source is not A:
-            laid = self.model.product_layout(A, xp=self.xp)
+            try:
+                laid = self.model.product_layout(A, xp=self.xp)
+            except MemoryError:
+                # the copy is a speed-up, not a need: read the array as given, and say so
+                # (its products round differently from the copy's, by a few ulps)
+                warnings.warn(f"LogRegHPO: no memory for a column-major copy of the data "
+                              f"({A.nbytes / 1e6:.0f} MB); the full-batch oracles read the "
+                              "array as given (slower; results differ by rounding)",
+                              UserWarning, stacklevel=4)
+                laid = A
             self.__dict__[key] = (A, laid)
         return laid
 
