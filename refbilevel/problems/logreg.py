@@ -73,7 +73,8 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
     each data matrix, made on first use (the features' memory once more), because
     OpenBLAS's matrix-vector products read that layout 1.1 to 1.8 times faster
     (:func:`refbilevel._backend.matvec_layout`); minibatches gather rows of the arrays as
-    given. The data must not be modified in place after construction.
+    given, and so do the full-batch oracles, with a warning, when the copy cannot be
+    allocated. The data must not be modified in place after construction.
 
     References
     ----------
