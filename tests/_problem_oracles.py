@@ -18,7 +18,7 @@ from refbilevel.checks import (check_gradient, check_jacobian_vector, check_symm
 TOL = 1e-7
 
 #: JAX runs each eager operation through XLA, which compiles it once per shape and dtype
-#: (about 45 ms a compile on the CI machine: 150 s of the default run went to these four
+#: (about 45 ms a compile on a 2-core machine: 150 s of the default run went to these four
 #: problem modules on JAX alone). By default JAX certifies each problem's oracles against
 #: finite differences; its cases of the tests built on those oracles (batches, stacked
 #: points, exact oracles, float32 extremes) are ``slow`` (``-m slow`` runs them), while
