@@ -303,11 +303,10 @@ def peak_step_memory(problem, solver, state, xp) -> int:
         try:
             base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            out = solver.step(problem, state)
+            solver.step(problem, state)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        del out
         return peak - base
     raise NotImplementedError("peak memory is measured on numpy (tracemalloc) and cupy (pool)")
 

@@ -125,7 +125,7 @@ class BOME(Solver):
         x, y = state.x, state.y
         y_hat = inner_gd(problem, x, y, lr=self.lr_inner, n_steps=self.n_inner)  # line 1
         fx, fy = problem.grad_f(x, y)
-        gxs, gys = problem.grad_g_many(x, stack([y, y_hat], xp=xp))         # line 2
+        gxs, gys = problem.grad_g_many(x, stack([y, y_hat], xp=xp))              # line 2
         qx, qy = gxs[0, ...] - gxs[1, ...], gys[0, ...]
         sq_norm = xp.sum(qx * qx) + xp.sum(qy * qy)
         if self.phi == "grad_norm":                                              # line 3

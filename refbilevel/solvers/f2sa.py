@@ -226,7 +226,7 @@ class F2SA(Solver):
         """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
         xp = problem.xp
         if draws is None:
-            gys = problem.grad_g_y_many(x, stack([z, y], xp=xp))   # one stacked call (2 calls)
+            gys = problem.grad_g_y_many(x, stack([z, y], xp=xp))      # one stacked call (2 calls)
             h_gz, h_gy = gys[0, ...], gys[1, ...]
             h_fy = problem.grad_f_y(x, y)
         else:
