@@ -47,6 +47,7 @@ __all__ = [
     "matvecs",
     "persist_data",
     "positive_or_inf",
+    "row_blocks",
     "stack",
     "synchronize",
     "to_device",
@@ -670,6 +671,82 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
             return out
         return stack([At @ Xs[j, ...] for j in range(m)], xp=xp)
     return Xs @ A if transpose else Xs @ A.T
+
+
+#: Bytes of data matrix per block of a blocked pass (:func:`row_blocks`): half the 2 MiB
+#: level-2 cache of the machine measured, so that a block read for one product is still
+#: cached for the next (docs/benchmarks.md, "Blocked passes").
+_ROW_BLOCK_BYTES = 1 << 20
+
+#: Data matrices smaller than this are passed whole: they stay in the caches between
+#: products anyway, and at 2 MiB a blocked pass was up to 1.7 times slower (Python per
+#: block, a stacked product given up).
+_ROW_BLOCKED_MIN_BYTES = 4 << 20
+
+
+def row_blocks(A, *, xp) -> tuple | None:
+    r"""Row slices for one pass of several products over ``A`` while each block is cached.
+
+    Parameters
+    ----------
+    A : array, shape (n, d)
+        A data matrix that an oracle multiplies twice in a row, ``A @ w`` then
+        :math:`A^\top(\cdot)` of an elementwise function of the result (a gradient, a
+        Hessian-vector product).
+    xp : namespace
+        The namespace of ``A``.
+
+    Returns
+    -------
+    tuple of slice or None
+        Consecutive row ranges of about :data:`_ROW_BLOCK_BYTES` each, covering ``A``; or
+        ``None``: multiply the whole matrix.
+
+    Notes
+    -----
+    A matrix larger than the caches is read from memory by every product, so a gradient
+    :math:`A^\top \phi(A w)` costs two reads of ``A``. Taken block by block,
+    :math:`\sum_k A_k^\top \phi(A_k w)`, the second product (and any product at another
+    point in the same loop) finds :math:`A_k` in the cache: one read from memory for all
+    of them. With one OpenBLAS thread this made a gradient 1.1 to 1.45 times faster and a
+    pair of gradients 1.2 to 2 times (docs/benchmarks.md, "Blocked passes").
+
+    Blocks are used on NumPy only, for matrices of at least
+    :data:`_ROW_BLOCKED_MIN_BYTES`, and only while NumPy's BLAS runs one thread: a
+    multi-threaded BLAS reads a large matrix with several cores, faster than one core
+    reading it once (with two threads the whole products were 1.3 times faster than the
+    blocked pass), and a Python loop cannot share its blocks between threads. The blocked
+    sums round differently from the whole products (the BLAS sums each block apart, by a
+    few units in the last place), so a result can depend on the thread count in its last
+    bits.
+    """
+    if xp is not _numpy_namespace() or A.nbytes < _ROW_BLOCKED_MIN_BYTES:
+        return None
+    if not _blas_one_thread():
+        return None
+    n, d = A.shape
+    return _block_slices(n, max(1, _ROW_BLOCK_BYTES // (d * A.itemsize)))
+
+
+@functools.lru_cache(maxsize=64)
+def _block_slices(n: int, rows: int) -> tuple:
+    return tuple(slice(i, min(i + rows, n)) for i in range(0, n, rows))
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controllers() -> tuple:
+    """threadpoolctl's controllers of the BLAS libraries loaded (NumPy's among them)."""
+    from threadpoolctl import ThreadpoolController
+
+    return tuple(lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas")
+
+
+def _blas_one_thread() -> bool:
+    """Whether NumPy's BLAS runs one thread now (every BLAS library threadpoolctl finds
+    reports one; ``False`` when it finds none: unknown is not one). About a microsecond a
+    library: each controller asks its library."""
+    controllers = _blas_controllers()
+    return bool(controllers) and all(lc.num_threads == 1 for lc in controllers)
 
 
 def stack(arrays, *, xp):

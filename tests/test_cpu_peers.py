@@ -83,7 +83,7 @@ def test_floor_breakdown_runs(cp):
     row = R["dtypes"]["float64"]
     assert set(row["solvers"]) == {"minimaxopt", "itd"}
     for r in row["solvers"].values():
-        for key in ("step_ms", "peer_ms", "blas_ms", "floor_ms"):
+        for key in ("step_ms", "peer_ms", "blas_ms", "passes_ms", "floor_ms"):
             assert math.isfinite(r[key]) and r[key] > 0, key
     assert all(math.isfinite(v) and v > 0 for v in row["read_bw"].values())
     assert "| float64 | itd |" in cp.render_floor_breakdown(R)

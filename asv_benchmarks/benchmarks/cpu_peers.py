@@ -662,7 +662,19 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
     read rate (data bytes / time) against the copy bandwidth is the BLAS's share of the
     distance to the floor. Each contender runs a batch of at least ``min_time`` CPU
     seconds per round.
+
+    The oracles do not run those products one by one where the model blocks its passes
+    (:func:`refbilevel._backend.row_blocks`: a gradient's two products of each row block
+    made while the block is cached). The model's own passes are therefore timed too: a
+    gradient (:meth:`~refbilevel.models.linear.LinearModel.grad`, one forward and one
+    transposed product) and a gradient at a point pair
+    (:meth:`~refbilevel.models.linear.LinearModel.grad_many`); a step's passes are its
+    pairs, its forward-and-transposed product couples (gradients and Hessian-vector
+    products, timed as gradients) and its lone forward products, and the rest of the step
+    is what those passes leave (elementwise work on parameter vectors, Python).
     """
+    from refbilevel.models.linear import LinearModel
+
     limiter = limit_threads(1)
     n, d = SIZES[size] if isinstance(size, str) else size
     out = {"n": n, "d": d, "threads": thread_report(), "dtypes": {}}
@@ -677,10 +689,13 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
         dst = np.empty_like(big)
         xp = get_xp("numpy")
         A = B.matvec_layout(A, xp=xp)            # the layout refbilevel's step reads
+        labels, model = data[1], LinearModel(d)
         kernels = {"copy": lambda: np.copyto(dst, big), "A@x": lambda: A @ x,
                    "A.T@g": lambda: A.T @ g,
                    "pair A@[x z]": lambda: B.matvecs(A, Xs, xp=xp),
                    "pair A.T@[g h]": lambda: B.matvecs(A, Gs, xp=xp, transpose=True),
+                   "gradient pass": lambda: model.grad(x, A, labels, xp=xp),
+                   "pair pass": lambda: model.grad_many(Xs, A, labels, xp=xp),
                    "n-vector op": lambda: g * g}
         steps, passes = {}, {}
         for solver in solvers:
@@ -707,21 +722,27 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
         bw = 2 * big.nbytes / k["copy"]
         nb = A.nbytes
         row = {"data_bytes": nb, "copy_bw": bw, "kernel_ms": {n_: 1e3 * v for n_, v in k.items()},
-               "read_bw": {n_: (2 if n_.startswith("pair") else 1) * nb / k[n_]
-                           for n_ in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]")},
+               "blocks": len(B.row_blocks(A, xp=xp) or ()),
+               # matrix products per kernel x data bytes / time: each product counted as a
+               # read of A, whether it came from memory or (blocked passes) from the cache
+               "read_bw": {n_: _KERNEL_PRODUCTS[n_] * nb / k[n_] for n_ in _KERNEL_PRODUCTS},
                "solvers": {}}
         for solver in solvers:
             pairs, fwd, bwd = PRODUCTS[solver]
             blas = (pairs * (k["pair A@[x z]"] + k["pair A.T@[g h]"]) + fwd * k["A@x"]
                     + bwd * k["A.T@g"])
+            model_passes = (pairs * k["pair pass"] + min(fwd, bwd) * k["gradient pass"]
+                            + (fwd - min(fwd, bwd)) * k["A@x"] + (bwd - min(fwd, bwd)) * k["A.T@g"])
             floor = passes[solver]["needed"] * nb / bw
             step = med[(solver, "refbilevel")]
             peer = min(v for (s_, name), v in med.items() if s_ == solver and name != "refbilevel")
             row["solvers"][solver] = {
                 "passes": passes[solver], "step_ms": 1e3 * step, "peer_ms": 1e3 * peer,
-                "blas_ms": 1e3 * blas, "floor_ms": 1e3 * floor, "step_over_floor": step / floor,
+                "blas_ms": 1e3 * blas, "passes_ms": 1e3 * model_passes,
+                "floor_ms": 1e3 * floor, "step_over_floor": step / floor,
                 "peer_over_floor": peer / floor, "blas_over_floor": blas / floor,
-                "rest_ms": 1e3 * (step - blas), "rest_share": (step - blas) / step}
+                "passes_over_floor": model_passes / floor,
+                "rest_ms": 1e3 * (step - model_passes), "rest_share": (step - model_passes) / step}
         out["dtypes"][dt] = row
         log(dt, {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
         del data, A, big, dst
@@ -729,24 +750,29 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
     return out
 
 
+#: matrix products with the data matrix made by each kernel of :func:`floor_breakdown`
+_KERNEL_PRODUCTS = {"A@x": 1, "A.T@g": 1, "pair A@[x z]": 2, "pair A.T@[g h]": 2,
+                    "gradient pass": 2, "pair pass": 4}
+
+
 def render_floor_breakdown(R) -> str:
-    L = ["| dtype | solver | step ms | NumPy peer ms | BLAS ms | floor ms | step ÷ floor "
-         "| peer ÷ floor | BLAS ÷ floor | rest (elementwise, Python) |", "|---" * 10 + "|"]
+    L = ["| dtype | solver | step ms | NumPy peer ms | BLAS ms | model passes ms | floor ms "
+         "| step ÷ floor | peer ÷ floor | BLAS ÷ floor | passes ÷ floor "
+         "| rest (elementwise, Python) |", "|---" * 12 + "|"]
     for dt, row in R["dtypes"].items():
         for solver, r in row["solvers"].items():
             L.append(f"| {dt} | {solver} | {r['step_ms']:.1f} | {r['peer_ms']:.1f} | "
-                     f"{r['blas_ms']:.1f} | {r['floor_ms']:.1f} | {r['step_over_floor']:.2f} | "
-                     f"{r['peer_over_floor']:.2f} | {r['blas_over_floor']:.2f} | "
+                     f"{r['blas_ms']:.1f} | {r['passes_ms']:.1f} | {r['floor_ms']:.1f} | "
+                     f"{r['step_over_floor']:.2f} | {r['peer_over_floor']:.2f} | "
+                     f"{r['blas_over_floor']:.2f} | {r['passes_over_floor']:.2f} | "
                      f"{r['rest_ms']:.1f} ms ({100 * r['rest_share']:.0f} %) |")
-    L.append("\n| dtype | copy GB/s (read + write) | " + " | ".join(
-        f"{name} read GB/s" for name in ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
-        + " | n-vector op µs |")
-    L.append("|---" * 7 + "|")
+    L.append("\n| dtype | copy GB/s (read + write) | row blocks | " + " | ".join(
+        f"{name} GB/s" for name in _KERNEL_PRODUCTS) + " | n-vector op µs |")
+    L.append("|---" * (4 + len(_KERNEL_PRODUCTS)) + "|")
     for dt, row in R["dtypes"].items():
-        L.append(f"| {dt} | {row['copy_bw'] / 1e9:.1f} | " + " | ".join(
-            f"{row['read_bw'][name] / 1e9:.1f}" for name in
-            ("A@x", "A.T@g", "pair A@[x z]", "pair A.T@[g h]"))
-            + f" | {1e3 * row['kernel_ms']['n-vector op']:.0f} |")
+        L.append(f"| {dt} | {row['copy_bw'] / 1e9:.1f} | {row.get('blocks', 0) or 'whole'} | "
+                 + " | ".join(f"{row['read_bw'][name] / 1e9:.1f}" for name in _KERNEL_PRODUCTS)
+                 + f" | {1e3 * row['kernel_ms']['n-vector op']:.0f} |")
     return "\n".join(L) + "\n"
 
 

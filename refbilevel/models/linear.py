@@ -17,6 +17,12 @@ The stacked forms evaluate ``m`` parameter points with one pass over ``A``: the 
 are laid side by side as the columns of one ``(d, m C)`` matrix, so ``A`` is read once
 by ``A @ Wcols`` and once by ``A.T @ Gcols``.
 
+A binary model's gradients and Hessian-vector products on a data matrix larger than the
+caches are summed over row blocks, :math:`A^\top \phi(A W) = \sum_k A_k^\top \phi(A_k W)`,
+both products of a block (and those of every stacked point) made while the block is
+cached: one read of ``A`` from memory per oracle call (:func:`refbilevel._backend.row_blocks`
+decides, per backend and thread count).
+
 References
 ----------
 .. [1] C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, §4.3.
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._backend import matvec_layout, matvecs
+from .._backend import matvec_layout, matvecs, row_blocks, stack
 from .losses import BINARY_LOGISTIC, SOFTMAX_CE
 
 __all__ = ["LinearModel", "LinearModelAt"]
@@ -126,12 +132,65 @@ class LinearModel:
         G = loss.score_grad(S, T, xp=xp)
         return G if weights is None else self._weights(weights, S) * G
 
+    def row_blocks(self, A, *, xp):
+        """Row slices of a blocked pass over ``A`` (:func:`refbilevel._backend.row_blocks`),
+        or ``None`` for whole products; always ``None`` for a multiclass model."""
+        return row_blocks(A, xp=xp) if self.n_classes is None else None
+
+    def blocked_pass(self, A, V, middle, blocks, *, xp):
+        r""":math:`\sum_k A_k^\top\, \mathrm{middle}(A_k V, k)` over the row blocks
+        :math:`A_k` = ``A[blocks[k]]`` of a binary model, for a flat ``V`` or a stack
+        ``(m, d)`` (then one product per point and block, all while the block is cached).
+
+        ``middle(S_k, k)`` maps the block's scores (shape ``(n_k,)`` or ``(m, n_k)``) to
+        its score cotangents; with ``V=None`` no forward product is made and it gets
+        ``None``. Returns the flat (or stacked) sum, not divided by ``n``.
+        """
+        total = None
+        for k, rows in enumerate(blocks):
+            Ak = A[rows, ...]
+            if V is None:
+                S = None
+            elif V.ndim == 1:
+                S = Ak @ V
+            else:
+                S = stack([Ak @ V[j, ...] for j in range(V.shape[0])], xp=xp)
+            G = middle(S, k)
+            if G.ndim == 1:
+                part = Ak.T @ G
+            else:
+                part = stack([Ak.T @ G[j, ...] for j in range(G.shape[0])], xp=xp)
+            total = part if total is None else total + part
+        return total
+
+    def _blocked_grads(self, Ws, A, T, loss, weights, blocks, xp, per_sample=False):
+        """:meth:`grad` (or :meth:`grad_many`) over row blocks, with the per-sample losses
+        when ``per_sample``."""
+        losses = []
+
+        def middle(S, k):
+            rows = blocks[k]
+            Tk = T[rows, ...]
+            if per_sample:
+                losses.append(loss.per_sample(S, Tk, xp=xp))
+            return self._weighted_score_grad(S, Tk, loss,
+                                             None if weights is None else weights[rows, ...], xp)
+
+        grads = self.blocked_pass(A, Ws, middle, blocks, xp=xp) / A.shape[0]
+        if per_sample:
+            return xp.concat(losses, axis=-1), grads
+        return grads
+
     def grad(self, w, A, T, *, loss=None, weights=None, xp):
         r""":math:`\nabla_w \frac1n \sum_i c_i \ell_i`, flat (no per-sample losses formed).
 
-        ``weights`` (:math:`c`, shape ``(n,)``) defaults to ones.
+        ``weights`` (:math:`c`, shape ``(n,)``) defaults to ones. On a large data matrix
+        (:meth:`row_blocks`) summed over row blocks, ``A`` read once.
         """
         loss = self.default_loss if loss is None else loss
+        blocks = self.row_blocks(A, xp=xp)
+        if blocks is not None:
+            return self._blocked_grads(w, A, T, loss, weights, blocks, xp)
         S = self.forward(w, A, xp=xp)
         G = self._weighted_score_grad(S, T, loss, weights, xp)
         return self.vjp(A, G, xp=xp) / A.shape[0]
@@ -142,6 +201,9 @@ class LinearModel:
         ``weights`` (:math:`c`, shape ``(n,)``) defaults to ones.
         """
         loss = self.default_loss if loss is None else loss
+        blocks = self.row_blocks(A, xp=xp)
+        if blocks is not None:
+            return self._blocked_grads(w, A, T, loss, weights, blocks, xp, per_sample=True)
         S = self.forward(w, A, xp=xp)
         G = self._weighted_score_grad(S, T, loss, weights, xp)
         return loss.per_sample(S, T, xp=xp), self.vjp(A, G, xp=xp) / A.shape[0]
@@ -184,6 +246,9 @@ class LinearModel:
     def grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`grad` at ``m`` points in one pass over ``A``: ``(m, size)``."""
         loss = self.default_loss if loss is None else loss
+        blocks = self.row_blocks(A, xp=xp)
+        if blocks is not None:
+            return self._blocked_grads(Ws, A, T, loss, weights, blocks, xp)
         S = self.forward_many(Ws, A, xp=xp)
         G = self._weighted_score_grad(S, T, loss, weights, xp)
         return self.vjp_many(A, G, xp=xp) / A.shape[0]
@@ -191,6 +256,9 @@ class LinearModel:
     def per_sample_and_grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`per_sample_and_grad` at ``m`` points: ``(m, n)`` and ``(m, size)``."""
         loss = self.default_loss if loss is None else loss
+        blocks = self.row_blocks(A, xp=xp)
+        if blocks is not None:
+            return self._blocked_grads(Ws, A, T, loss, weights, blocks, xp, per_sample=True)
         S = self.forward_many(Ws, A, xp=xp)
         G = self._weighted_score_grad(S, T, loss, weights, xp)
         return loss.per_sample(S, T, xp=xp), self.vjp_many(A, G, xp=xp) / A.shape[0]
@@ -218,11 +286,14 @@ class LinearModelAt:
        6(1), 1994 (Hessian-vector products at the cost of a gradient).
     """
 
-    __slots__ = ("model", "w", "A", "T", "loss", "weights", "xp", "_scores", "_curv", "_sgrad")
+    __slots__ = ("model", "w", "A", "T", "loss", "weights", "xp", "blocks", "_scores", "_curv",
+                 "_sgrad")
 
     def __init__(self, model, w, A, T, loss, weights, xp):
         self.model, self.w, self.A, self.T = model, w, A, T
         self.loss, self.weights, self.xp = loss, weights, xp
+        #: row blocks of the model's blocked passes over ``A`` (None: whole products)
+        self.blocks = model.row_blocks(A, xp=xp)
         # formed at first use; plain slots rather than cached_property, whose first access
         # takes a lock (Python 3.11) and costs about a microsecond more: ITD linearises
         # every inner iterate, so a step pays it dozens of times
@@ -230,16 +301,30 @@ class LinearModelAt:
 
     @property
     def scores(self):
-        """The scores ``A @ W`` at the point (the one forward pass)."""
+        """The scores ``A @ W`` at the point (the one forward pass; block by block when
+        the products are, so that every path forms the same scores)."""
         if self._scores is None:
-            self._scores = self.model.forward(self.w, self.A, xp=self.xp)
+            if self.blocks is None:
+                self._scores = self.model.forward(self.w, self.A, xp=self.xp)
+            else:
+                self._scores = self.xp.concat([self.A[rows, ...] @ self.w
+                                               for rows in self.blocks])
         return self._scores
 
     @property
     def _curvature(self):
+        """The curvature operator at the scores (one per row block when blocked)."""
         if self._curv is None:
-            self._curv = self.loss.hessian_operator(self.scores, self.T, xp=self.xp)
+            if self.blocks is None:
+                self._curv = self.loss.hessian_operator(self.scores, self.T, xp=self.xp)
+            else:
+                S, T, xp = self.scores, self.T, self.xp
+                self._curv = [self.loss.hessian_operator(S[rows], T[rows, ...], xp=xp)
+                              for rows in self.blocks]
         return self._curv
+
+    def _block_weights(self, k):
+        return None if self.weights is None else self.weights[self.blocks[k], ...]
 
     @property
     def _score_grad(self):
@@ -255,13 +340,45 @@ class LinearModelAt:
         gradient is not kept (a point linearised for its gradient and HVPs holds the
         scores and, from the first HVP, the curvature).
         """
-        model = self.model
+        model, blocks = self.model, self.blocks
+        if blocks is not None:
+            return self._blocked_grad()
         G = model._weighted_score_grad(self.scores, self.T, self.loss, self.weights, self.xp)
         return model.vjp(self.A, G, xp=self.xp) / self.A.shape[0]
 
+    def _blocked_grad(self):
+        """:meth:`grad` over the row blocks: with the scores formed in the same pass (kept
+        for the products) unless they exist already."""
+        model, blocks, T, xp = self.model, self.blocks, self.T, self.xp
+        fresh = self._scores is None
+        pieces = []
+
+        def middle(S, k):
+            if fresh:
+                pieces.append(S)
+            else:
+                S = self._scores[blocks[k]]
+            return model._weighted_score_grad(S, T[blocks[k], ...], self.loss,
+                                              self._block_weights(k), xp)
+
+        grad = model.blocked_pass(self.A, self.w if fresh else None, middle, blocks, xp=xp)
+        if fresh:
+            self._scores = xp.concat(pieces)
+        return grad / self.A.shape[0]
+
     def hvp(self, v):
-        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat (``A`` read twice)."""
+        r""":math:`\frac1n A^\top (c \odot \nabla^2_S \ell [A V])`, flat (``A`` read twice;
+        once from memory when blocked)."""
         model, A, xp = self.model, self.A, self.xp
+        if self.blocks is not None:
+            curvature = self._curvature
+
+            def middle(U, k):
+                RG = curvature[k](U)
+                c = self._block_weights(k)
+                return RG if c is None else c * RG
+
+            return model.blocked_pass(A, v, middle, self.blocks, xp=xp) / A.shape[0]
         RG = self._curvature(model.jvp(A, v, xp=xp))
         if self.weights is not None:
             RG = model._weights(self.weights, self.scores) * RG
