@@ -708,17 +708,19 @@ def row_blocks(A, *, xp) -> tuple | None:
     :math:`A^\top \phi(A w)` costs two reads of ``A``. Taken block by block,
     :math:`\sum_k A_k^\top \phi(A_k w)`, the second product (and any product at another
     point in the same loop) finds :math:`A_k` in the cache: one read from memory for all
-    of them. With one OpenBLAS thread this made a gradient 1.1 to 1.45 times faster and a
-    pair of gradients 1.2 to 2 times (docs/benchmarks.md, "Blocked passes").
+    of them. With one OpenBLAS thread, over 30 matrices of 4 to 80 MiB, a gradient took a
+    median 0.94 of the whole products' time (0.75 to 1.13) and a gradient at a point pair
+    0.84 (0.61 to 1.06); the solver steps at 20,000 x 500 and 200,000 x 100 took 0.66 to
+    1.01 of their previous time (docs/benchmarks.md, "Blocked passes").
 
     Blocks are used on NumPy only, for matrices of at least
     :data:`_ROW_BLOCKED_MIN_BYTES`, and only while NumPy's BLAS runs one thread: a
-    multi-threaded BLAS reads a large matrix with several cores, faster than one core
-    reading it once (with two threads the whole products were 1.3 times faster than the
-    blocked pass), and a Python loop cannot share its blocks between threads. The blocked
-    sums round differently from the whole products (the BLAS sums each block apart, by a
-    few units in the last place), so a result can depend on the thread count in its last
-    bits.
+    multi-threaded BLAS splits each block's products between its threads, whose caches do
+    not hold the same rows (with two threads the blocked gradient was more than 5 % slower
+    than the whole products at half the sizes measured, up to 2.6 times), and a Python loop
+    cannot share its blocks between threads. The blocked sums round differently from the
+    whole products (the BLAS sums each block apart, by a few units in the last place), so a
+    result can depend on the thread count in its last bits.
     """
     if xp is not _numpy_namespace() or A.nbytes < _ROW_BLOCKED_MIN_BYTES:
         return None

@@ -189,3 +189,20 @@ def test_one_thread_pins_every_thread_to_one_processor(cp):
         limits.restore_original_limits()
     after = allowed()
     assert all(after[t] == before[t] for t in after if t in before)
+
+
+def test_blocked_passes_runs(cp):
+    # smoke run at tiny sizes: positive finite times and ratios, the module's settings
+    # restored afterwards (times are never asserted)
+    from refbilevel import _backend as B
+
+    saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread)
+    rows = cp.blocked_passes(mib=(0.05,), widths=(10,), dtypes=("float64",),
+                             blocks=(1 << 10,), threads=(1,), rounds=1, min_time=0.001)
+    assert (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread) == saved
+    (row,) = rows
+    for kind in ("gradient", "pair"):
+        assert math.isfinite(row[f"{kind}_whole_ms"]) and row[f"{kind}_whole_ms"] > 0
+        (ratio,) = row[f"{kind}_blocked_over_whole"].values()
+        assert math.isfinite(ratio) and ratio > 0
+    assert "| 1 |" in cp.render_blocked_passes(rows)

@@ -820,6 +820,102 @@ def product_forms(sizes=tuple(SIZES), dtypes=DTYPES, stacks=(2, 4), *, rounds=15
     return out
 
 
+#: data-matrix sizes (MiB) and widths of :func:`blocked_passes`
+BLOCKED_MIB = (2, 4, 8, 16, 40, 80)
+BLOCKED_WIDTHS = (50, 100, 500)
+#: block sizes compared with the whole products (bytes of the data matrix per block)
+BLOCKED_BLOCKS = (256 << 10, 512 << 10, 1 << 20, 2 << 20)
+
+
+def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
+                   blocks=BLOCKED_BLOCKS, *, threads=(1, 2), rounds=9, min_time=0.05) -> list:
+    """CPU time of a model's pass over column-major data, whole and in row blocks.
+
+    For each data size (MiB), width and dtype: :meth:`LinearModel.grad` (a gradient, one
+    forward and one transposed product) and :meth:`LinearModel.grad_many` at two points,
+    with the whole matrix and with each block size of ``blocks``
+    (:func:`refbilevel._backend.row_blocks` forced on, its thread check included), on
+    ``t`` BLAS threads for each ``t`` of ``threads`` (one thread: the process pinned to
+    one processor; more: the threads free). Interleaved, median over ``rounds`` of the
+    per-round ratio blocked / whole; the whole products' times are reported too.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from refbilevel.models.linear import LinearModel
+
+    xp = get_xp("numpy")
+    rng = np.random.default_rng(0)
+    out = []
+    saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread)
+    try:
+        for t in threads:
+            limiter = limit_threads(1) if t == 1 else threadpool_limits(limits=t)
+            B._blas_one_thread = lambda: True          # blocks at any thread count here
+            for d in widths:
+                for dt in dtypes:
+                    for size in mib:
+                        n = int(size * 2**20 / (d * np.dtype(dt).itemsize))
+                        A = np.asfortranarray(rng.standard_normal((n, d)).astype(dt))
+                        b = np.where(rng.standard_normal(n) >= 0, 1.0, -1.0).astype(dt)
+                        W = (0.1 * rng.standard_normal((2, d))).astype(dt)
+                        model = LinearModel(d)
+                        settings = {"whole": (1 << 62, 1 << 20),
+                                    **{bb: (0, bb) for bb in blocks}}
+                        calls = {}
+                        for key, (lo, bb) in settings.items():
+                            for kind, f in (("gradient", lambda: model.grad(W[0], A, b, xp=xp)),
+                                            ("pair", lambda: model.grad_many(W, A, b, xp=xp))):
+                                calls[(key, kind)] = (lo, bb, f)
+
+                        def run(lo, bb, f):
+                            B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = lo, bb
+                            return f()
+
+                        reps = {k: max(1, int(min_time / max(_cpu_once(lambda v=v: run(*v)),
+                                                             1e-7)))
+                                for k, v in calls.items()}
+                        times = {k: [] for k in calls}
+                        for r in range(rounds):
+                            for k, v in calls.items():
+                                B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = v[0], v[1]
+                                c0 = time.process_time()
+                                for _ in range(reps[k]):
+                                    v[2]()
+                                times[k].append((time.process_time() - c0) / reps[k])
+                        row = {"threads": t, "d": d, "n": n, "dtype": dt, "mib": size}
+                        for kind in ("gradient", "pair"):
+                            whole = times[("whole", kind)]
+                            row[f"{kind}_whole_ms"] = 1e3 * statistics.median(whole)
+                            row[f"{kind}_blocked_over_whole"] = {
+                                bb: statistics.median(x / y for x, y in
+                                                      zip(times[(bb, kind)], whole))
+                                for bb in blocks}
+                        out.append(row)
+            limiter.restore_original_limits()
+    finally:
+        B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread = saved
+    return out
+
+
+def render_blocked_passes(rows) -> str:
+    blocks = list(rows[0]["gradient_blocked_over_whole"]) if rows else []
+    def name(bb):                    # int, or str once read back from the JSON file
+        bb = int(bb)
+        return f"{bb >> 10} KiB" if bb < 1 << 20 else f"{bb >> 20} MiB"
+
+    L = ["| BLAS threads | A (rows × d) | MiB | dtype | gradient ms, whole | "
+         + " | ".join(f"÷ whole, {name(bb)} blocks" for bb in blocks)
+         + " | pair ms, whole | " + " | ".join(f"÷ whole, {name(bb)}" for bb in blocks) + " |",
+         "|---" * (6 + 2 * len(blocks)) + "|"]
+    for r in rows:
+        L.append(f"| {r['threads']} | {r['n']:,} × {r['d']} | {r['mib']} | {r['dtype']} | "
+                 f"{r['gradient_whole_ms']:.3g} | "
+                 + " | ".join(f"{v:.2f}" for v in r["gradient_blocked_over_whole"].values())
+                 + f" | {r['pair_whole_ms']:.3g} | "
+                 + " | ".join(f"{v:.2f}" for v in r["pair_blocked_over_whole"].values()) + " |")
+    return "\n".join(L) + "\n"
+
+
 def _cpu_once(f):
     f()
     c0 = time.process_time()
@@ -921,6 +1017,10 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--product-forms", action="store_true",
                     help="only time the two forms of the paired products (matvecs)")
+    ap.add_argument("--blocked-passes", action="store_true",
+                    help="only time a gradient and a point pair's gradients whole and in row "
+                         "blocks of 256 KiB to 2 MiB, on one and two BLAS threads (--sizes: "
+                         "data sizes in MiB, default 2,4,8,16,40,80)")
     ap.add_argument("--floor-breakdown", action="store_true",
                     help="only break one size's steps down against their bytes floor "
                          "(the first of --sizes)")
@@ -932,6 +1032,14 @@ def main(argv=None):
         with open(os.path.join(args.out, "floor_breakdown.json"), "w") as fh:
             json.dump(R, fh, indent=1, default=str)
         print(render_floor_breakdown(R))
+        return 0
+    if args.blocked_passes:
+        kw = {} if args.sizes == ",".join(SIZES) else {
+            "mib": tuple(float(v) for v in args.sizes.split(","))}
+        rows = blocked_passes(dtypes=args.dtypes.split(","), rounds=args.rounds, **kw)
+        with open(os.path.join(args.out, "blocked_passes.json"), "w") as fh:
+            json.dump({"threads": thread_report(), "rows": rows}, fh, indent=1, default=str)
+        print(render_blocked_passes(rows))
         return 0
     if args.product_forms:
         rows = product_forms(args.sizes.split(","), args.dtypes.split(","))
