@@ -206,3 +206,17 @@ def test_blocked_passes_runs(cp):
         (ratio,) = row[f"{kind}_blocked_over_whole"].values()
         assert math.isfinite(ratio) and ratio > 0
     assert "| 1 |" in cp.render_blocked_passes(rows)
+
+
+def test_step_against_oracles_runs(cp):
+    # smoke run at a tiny size: the hand-written step passed the check against
+    # refbilevel's step, and every time and ratio is positive and finite (never asserted)
+    rows = cp.step_against_oracles(("minimaxopt",), (200, 6), "float64", rounds=2,
+                                   min_time=0.001)
+    (row,) = rows
+    assert row["oracle_calls"] == 2                  # grad_f and one stacked grad_g_many
+    assert row["check"] <= cp.CHECK_RTOL["float64"]
+    for key in ("t_oracles_us", "t_refbilevel_us", "t_peer_us", "refbilevel_over_oracles",
+                "peer_over_oracles"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert "| minimaxopt | 200 × 6 |" in cp.render_step_against_oracles(rows)

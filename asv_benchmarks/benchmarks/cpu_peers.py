@@ -637,6 +637,70 @@ def compare(sizes=tuple(SIZES), dtypes=DTYPES, solvers=SOLVERS, *, rounds=7,
     return {"env": env, "rows": rows}
 
 
+# ====================================================================== step against its oracles
+def step_against_oracles(solvers=("minimaxopt", "f2sa", "f2sa_adam"), size="small",
+                         dtype="float64", *, rounds=15, min_time=0.05) -> list:
+    """refbilevel's step and the hand-written NumPy step, each over refbilevel's oracle calls.
+
+    The oracle calls of one refbilevel step (:func:`.measure.record_step_oracles`) are
+    replayed in the step's order on the bare problem (what ``step_overhead.py`` calls the
+    replay); the refbilevel step (through a counting oracle, as :func:`refbilevel.run.run`
+    makes it), the hand-written NumPy step in each of its forms and layouts
+    (:func:`plain_steps`, checked against refbilevel's step by :func:`check_peers`) and
+    the replay run interleaved in rounds, one thread on one processor. A hand-written
+    step has no oracle layer, no validation and no bookkeeping: its ratio to the replay is
+    what the step's own arithmetic on parameter-sized vectors (and a plain Python loop)
+    costs over the oracle work, the reference point for refbilevel's ratio. Medians of the
+    per-round ratios (CPU time) with 95 % intervals; the peer at its fastest form.
+    """
+    from .measure import record_step_oracles
+
+    limiter = limit_threads(1)
+    n, d = SIZES[size] if isinstance(size, str) else size
+    data = host_data(n, d, dtype)
+    out = []
+    for solver in solvers:
+        cont = Contenders(solver, data, dtype, peers=("numpy",))
+        errors = check_peers(cont)
+        calls = record_step_oracles(cont.problem, cont.rb_solver, cont.rb_state)
+        replayed = [(getattr(cont.problem, name), args, kwargs) for name, args, kwargs in calls]
+
+        def replay(replayed=replayed):
+            for method, args, kwargs in replayed:
+                method(*args, **kwargs)
+
+        cont.calls["oracle calls"], cont.waits["oracle calls"] = replay, lambda: None
+        cont.family["oracle calls"] = "oracle calls"
+        _, cpu = interleaved_times(cont, rounds=rounds, min_time=min_time)
+        peers = [k for k in cpu if cont.family[k] == "numpy"]
+        best = min(peers, key=lambda k: statistics.median(cpu[k]))
+        row = {"solver": solver, "n": n, "d": d, "dtype": dtype, "rounds": rounds,
+               "oracle_calls": len(calls), "peer_form": best, "check": errors[best],
+               "t_oracles_us": 1e6 * statistics.median(cpu["oracle calls"])}
+        for key, name in (("refbilevel", "refbilevel"), ("peer", best)):
+            ratios = [a / b for a, b in zip(cpu[name], cpu["oracle calls"])]
+            lo, hi, _ = median_interval(ratios)
+            row[f"t_{key}_us"] = 1e6 * statistics.median(cpu[name])
+            row[f"{key}_over_oracles"] = statistics.median(ratios)
+            row[f"{key}_over_oracles_ci"] = (lo, hi)
+        out.append(row)
+    limiter.restore_original_limits()
+    return out
+
+
+def render_step_against_oracles(rows) -> str:
+    L = ["| solver | n × d | dtype | oracle calls | Σ oracle calls µs | refbilevel step µs "
+         "| ÷ Σ | hand-written NumPy step µs (form) | ÷ Σ | check |", "|---" * 10 + "|"]
+    ci = "[{:.2f}, {:.2f}]".format
+    for r in rows:
+        L.append(f"| {r['solver']} | {r['n']:,} × {r['d']} | {r['dtype']} | "
+                 f"{r['oracle_calls']} | {r['t_oracles_us']:.1f} | {r['t_refbilevel_us']:.1f} | "
+                 f"{r['refbilevel_over_oracles']:.2f} {ci(*r['refbilevel_over_oracles_ci'])} | "
+                 f"{r['t_peer_us']:.1f} ({r['peer_form']}) | {r['peer_over_oracles']:.2f} "
+                 f"{ci(*r['peer_over_oracles_ci'])} | {r['check']:.0e} |")
+    return "\n".join(L) + "\n"
+
+
 # ====================================================================== bytes floor breakdown
 #: matrix products of one step on the training or validation matrix: (point pairs, single
 #: forward products ``A @ x``, single transposed products ``A.T @ g``); a pair is one
@@ -1017,6 +1081,10 @@ def main(argv=None):
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--product-forms", action="store_true",
                     help="only time the two forms of the paired products (matvecs)")
+    ap.add_argument("--step-against-oracles", action="store_true",
+                    help="only time refbilevel's step and the hand-written NumPy step against "
+                         "refbilevel's oracle calls replayed (default: MinimaxOPT, F2SA, "
+                         "F2SA-Adam at the small size)")
     ap.add_argument("--blocked-passes", action="store_true",
                     help="only time a gradient and a point pair's gradients whole and in row "
                          "blocks of 256 KiB to 2 MiB, on one and two BLAS threads (--sizes: "
@@ -1032,6 +1100,16 @@ def main(argv=None):
         with open(os.path.join(args.out, "floor_breakdown.json"), "w") as fh:
             json.dump(R, fh, indent=1, default=str)
         print(render_floor_breakdown(R))
+        return 0
+    if args.step_against_oracles:
+        rows = [r for dt in args.dtypes.split(",") for r in step_against_oracles(
+            args.solvers.split(",") if args.solvers != ",".join(SOLVERS)
+            else ("minimaxopt", "f2sa", "f2sa_adam"),
+            args.sizes.split(",")[0] if args.sizes != ",".join(SIZES) else "small", dt,
+            rounds=args.rounds)]
+        with open(os.path.join(args.out, "step_against_oracles.json"), "w") as fh:
+            json.dump({"threads": thread_report(), "rows": rows}, fh, indent=1, default=str)
+        print(render_step_against_oracles(rows))
         return 0
     if args.blocked_passes:
         kw = {} if args.sizes == ",".join(SIZES) else {
