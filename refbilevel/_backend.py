@@ -583,7 +583,7 @@ def _rowwise_max(xp, dtype=None) -> dict:
 
 def _rowwise(A, m: int, transpose: bool, xp) -> bool:
     """Whether :func:`matvecs` runs its ``m`` products of ``A`` one row at a time."""
-    if xp is _numpy_namespace() and A.flags.f_contiguous and not A.flags.c_contiguous:
+    if xp is _numpy_namespace() and _column_major(A) and not A.flags.c_contiguous:
         # keyed by the dtype itself: ``dtype.name`` is a Python-level property (about 4 µs)
         rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype, (0, 0))
         return m <= rows and A.nbytes >= min_bytes
@@ -621,10 +621,44 @@ def matvec_layout(A, *, xp):
     times the row-major gather for 256 rows of 100 columns. A problem therefore keeps its
     data as given for minibatches and uses this form for its full-batch products only.
     Not measured on other backends, which get ``A`` unchanged.
+
+    A matrix large enough for blocked passes (:func:`row_blocks`) gets its columns at a
+    padded stride (:func:`_padded_rows`): each column starts on a 64-byte cache line, and
+    the stride is not a multiple of 4 KiB. The blocked passes multiply row blocks of the
+    matrix while they are cached, and a block whose column segments start off a line, or
+    map onto the same cache sets, is read back from the cache 1.5 to 2 times slower (one
+    thread, 1 MiB blocks of 100 columns: 17 to 19 GB/s against 30 to 39 GB/s for a
+    padded stride). The result is a view of the first ``n`` rows of the padded array; its
+    values and the products' values are those of ``A``.
     """
-    if xp is _numpy_namespace():
+    if xp is not _numpy_namespace():
+        return A
+    if A.ndim == 2 and _column_major(A):
+        return A
+    if A.ndim != 2 or A.nbytes < _ROW_BLOCKED_MIN_BYTES:
         return np.asfortranarray(A)
-    return A
+    n, d = A.shape
+    padded = np.empty((_padded_rows(n, A.itemsize), d), dtype=A.dtype, order="F")
+    padded[n:, ...] = 0                  # never read by a product; defined all the same
+    padded[:n, ...] = A
+    return padded[:n, ...]
+
+
+def _column_major(A) -> bool:
+    """Whether ``A`` (2-D NumPy) has unit row stride and non-overlapping columns: the
+    column-major form of :func:`matvec_layout`, padded or not."""
+    n, d = A.shape
+    return A.strides[0] == A.itemsize and (d <= 1 or A.strides[1] >= max(n, 1) * A.itemsize)
+
+
+def _padded_rows(n: int, itemsize: int) -> int:
+    """Rows of the padded column-major array of :func:`matvec_layout` for ``n`` rows: the
+    column stride rounded up to a multiple of 64 bytes, plus 64 bytes when that is a
+    multiple of 4 KiB."""
+    stride = -(-n * itemsize // 64) * 64
+    if stride % 4096 == 0:
+        stride += 64
+    return stride // itemsize
 
 
 def matvecs(A, Xs, *, xp, transpose: bool = False):
@@ -679,8 +713,9 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
 _ROW_BLOCK_BYTES = 1 << 20
 
 #: Data matrices smaller than this are passed whole: they stay in the caches between
-#: products anyway, and at 2 MiB a blocked pass was up to 1.7 times slower (Python per
-#: block, a stacked product given up).
+#: products anyway, and at 2 MiB a float64 pair was 1.6 to 1.7 times slower blocked
+#: (Python per block, a stacked product given up). From this size on
+#: :func:`matvec_layout` also pads the columns of its column-major copy.
 _ROW_BLOCKED_MIN_BYTES = 4 << 20
 
 
@@ -709,15 +744,15 @@ def row_blocks(A, *, xp) -> tuple | None:
     :math:`\sum_k A_k^\top \phi(A_k w)`, the second product (and any product at another
     point in the same loop) finds :math:`A_k` in the cache: one read from memory for all
     of them. With one OpenBLAS thread, over 30 matrices of 4 to 80 MiB, a gradient took a
-    median 0.94 of the whole products' time (0.75 to 1.13) and a gradient at a point pair
-    0.84 (0.61 to 1.06); the solver steps at 20,000 x 500 and 200,000 x 100 took 0.66 to
+    median 0.90 of the whole products' time (0.73 to 1.11) and a gradient at a point pair
+    0.80 (0.62 to 0.95); the solver steps at 20,000 x 500 and 200,000 x 100 took 0.66 to
     1.01 of their previous time (docs/benchmarks.md, "Blocked passes").
 
     Blocks are used on NumPy only, for matrices of at least
     :data:`_ROW_BLOCKED_MIN_BYTES`, and only while NumPy's BLAS runs one thread: a
     multi-threaded BLAS splits each block's products between its threads, whose caches do
     not hold the same rows (with two threads the blocked gradient was more than 5 % slower
-    than the whole products at half the sizes measured, up to 2.6 times), and a Python loop
+    than the whole products at 24 of the 30 sizes measured, up to 2.4 times), and a Python loop
     cannot share its blocks between threads. The blocked sums round differently from the
     whole products (the BLAS sums each block apart, by a few units in the last place), so a
     result can depend on the thread count in its last bits.

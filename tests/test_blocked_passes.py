@@ -166,8 +166,11 @@ def test_linearised_point_gives_the_same_bits_in_any_order(rng, small_blocks):
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-13), ("float32", 2e-5)])
 def test_logreg_oracles_blocked_and_whole_agree(rng, monkeypatch, one_thread, dtype, rtol):
-    n, d = 400, 25
+    # 397 rows: the blocked problem reads a column-major copy at a padded stride
+    # (matvec_layout), the whole one the contiguous copy
+    n, d = 397, 25
     A, b = _data(rng, n, d, dtype)
+    A = np.ascontiguousarray(A)                # row-major, as data usually comes
     Av, bv = _data(rng, n // 2, d, dtype)
     x = (0.1 * rng.standard_normal(d)).astype(dtype)
     y, z, v = (rng.standard_normal(d).astype(dtype) for _ in range(3))
@@ -185,6 +188,8 @@ def test_logreg_oracles_blocked_and_whole_agree(rng, monkeypatch, one_thread, dt
     monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
     monkeypatch.setattr(_backend, "_ROW_BLOCK_BYTES", 30 * d * np.dtype(dtype).itemsize)
     blocked = oracles()
+    laid = LogRegHPO(A, b, Av, bv)._train(None)[0]
+    assert laid.strides[1] > n * laid.itemsize            # the padded copy was read
     for name, ref in whole.items():
         err = np.max(np.abs(blocked[name] - ref)) / np.max(np.abs(ref))
         assert err <= rtol, (name, err)

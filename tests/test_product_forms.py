@@ -103,6 +103,34 @@ def test_matvec_layout(xp, asxp, rng):
         assert laid is A
 
 
+@pytest.mark.parametrize("n, dtype", [(7, "float64"), (8, "float64"), (512, "float64"),
+                                      (1024, "float32"), (13, "float32")])
+def test_matvec_layout_pads_the_columns_of_large_matrices(rng, monkeypatch, n, dtype):
+    # a matrix large enough for blocked passes (here every matrix: the threshold lowered)
+    # gets columns that start on a 64-byte line at a stride that is no multiple of 4 KiB;
+    # the view holds A's values, is laid out once, and its products equal those of the
+    # unpadded column-major copy to rounding (the same sums, another alignment)
+    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
+    xp = _backend.backend_namespace("numpy")
+    A = rng.standard_normal((n, 6)).astype(dtype)
+    laid = _backend.matvec_layout(A, xp=xp)
+    assert laid.shape == A.shape and laid.strides[0] == A.itemsize
+    stride = laid.strides[1]
+    assert stride >= n * A.itemsize and stride % 64 == 0 and stride % 4096 != 0
+    assert stride < n * A.itemsize + 64 + 64          # the least padding that does it
+    np.testing.assert_array_equal(laid, A)
+    assert _backend.matvec_layout(laid, xp=xp) is laid
+    x, g = rng.standard_normal(6).astype(dtype), rng.standard_normal(n).astype(dtype)
+    plain = np.asfortranarray(A)
+    tol = 8 * np.finfo(dtype).eps
+    assert np.all(np.abs(laid @ x - plain @ x) <= tol * (np.abs(A) @ np.abs(x)))
+    assert np.all(np.abs(laid.T @ g - plain.T @ g) <= tol * (np.abs(A).T @ np.abs(g)))
+    # below the threshold: the contiguous copy, as before
+    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 1 << 62)
+    small = _backend.matvec_layout(A, xp=xp)
+    assert small.flags.f_contiguous and small.strides[1] == n * A.itemsize
+
+
 def test_vdot_is_the_euclidean_inner_product(xp, asxp, rng):
     for shape in [(9,), (3, 4), (2, 3, 2)]:
         u, v = rng.standard_normal(shape), rng.standard_normal(shape)

@@ -895,7 +895,9 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
                    blocks=BLOCKED_BLOCKS, *, threads=(1, 2), rounds=9, min_time=0.05) -> list:
     """CPU time of a model's pass over column-major data, whole and in row blocks.
 
-    For each data size (MiB), width and dtype: :meth:`LinearModel.grad` (a gradient, one
+    For each data size (MiB), width and dtype, on the data in the layout refbilevel's
+    full-batch oracles read (:func:`refbilevel._backend.matvec_layout`):
+    :meth:`LinearModel.grad` (a gradient, one
     forward and one transposed product) and :meth:`LinearModel.grad_many` at two points,
     with the whole matrix and with each block size of ``blocks``
     (:func:`refbilevel._backend.row_blocks` forced on, its thread check included), on
@@ -919,7 +921,9 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
                 for dt in dtypes:
                     for size in mib:
                         n = int(size * 2**20 / (d * np.dtype(dt).itemsize))
-                        A = np.asfortranarray(rng.standard_normal((n, d)).astype(dt))
+                        # the layout refbilevel's full-batch oracles read (column-major,
+                        # the columns at a padded stride from 4 MiB on)
+                        A = B.matvec_layout(rng.standard_normal((n, d)).astype(dt), xp=xp)
                         b = np.where(rng.standard_normal(n) >= 0, 1.0, -1.0).astype(dt)
                         W = (0.1 * rng.standard_normal((2, d))).astype(dt)
                         model = LinearModel(d)
