@@ -30,6 +30,7 @@ __all__ = [
     "available_backends",
     "backend_name",
     "backend_namespace",
+    "blas_threads",
     "check_same_device",
     "copy_into",
     "device",
@@ -778,12 +779,18 @@ def _blas_controllers() -> tuple:
     return tuple(lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas")
 
 
+def blas_threads() -> int | None:
+    """The threads NumPy's BLAS runs now: the largest count among the BLAS libraries
+    threadpoolctl finds loaded (NumPy's among them), ``None`` when it finds none. About a
+    microsecond a library: each controller asks its library."""
+    counts = [lc.num_threads for lc in _blas_controllers()]
+    return max(counts) if counts else None
+
+
 def _blas_one_thread() -> bool:
-    """Whether NumPy's BLAS runs one thread now (every BLAS library threadpoolctl finds
-    reports one; ``False`` when it finds none: unknown is not one). About a microsecond a
-    library: each controller asks its library."""
-    controllers = _blas_controllers()
-    return bool(controllers) and all(lc.num_threads == 1 for lc in controllers)
+    """Whether NumPy's BLAS runs one thread now (``False`` when no BLAS is found: unknown
+    is not one)."""
+    return blas_threads() == 1
 
 
 def stack(arrays, *, xp):

@@ -13,6 +13,11 @@ one step is traced to list its top-level oracle calls (a stacked call at several
 one call), and each call is probed once with one data array at a time replaced by NaN; the
 arrays whose poisoning reaches the output are the ones the call reads. A step that reads
 each of its data arrays once per call is bandwidth-bound when the ratio approaches 1.
+
+NumPy's timings depend on how many threads its BLAS runs, and so does the form of the
+binary logistic problems' full-batch passes (over data of 4 MiB or more in cached row
+blocks with one thread, :func:`refbilevel._backend.row_blocks`). ``blas_threads`` fixes
+the count for the run (threadpoolctl); every row states the count it ran with.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import time
 
 import numpy as np
 
-from ._backend import (backend_namespace, copy_into, device_name, is_array, materialize,
-                       synchronize, to_host)
+from ._backend import (backend_namespace, blas_threads as _blas_threads, copy_into,
+                       device_name, is_array, materialize, synchronize, to_host)
 from ._validation import check_int
 from .oracle import Oracle
 
@@ -106,7 +111,8 @@ def _full_batch(solver, problem) -> bool:
 
 def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("numpy",),
           sizes=None, dtype: str = "float64", n_steps: int = 20, repeats: int = 5,
-          warmup: int = 3, hyperparameters=None, problem_params=None, seed: int = 0) -> list[dict]:
+          warmup: int = 3, hyperparameters=None, problem_params=None, seed: int = 0,
+          blas_threads: int | None = None) -> list[dict]:
     """Time ``solver`` steps on ``problem`` for every backend and size.
 
     Parameters
@@ -119,20 +125,25 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
         Values of the problem's size parameter (``refbilevel list``); default: its default.
     n_steps, repeats, warmup : int
         Steps per timed block, timed blocks (median taken), untimed warm-up steps.
+    blas_threads : int, optional
+        Threads of NumPy's BLAS during the run (restored afterwards); default: as set.
 
     Returns
     -------
     list of dict
         One row per (size, backend): ``size``, ``backend``, ``device``, ``time_per_step``
         (s), ``speedup``, ``bytes_per_step``, ``bandwidth`` and ``copy_bandwidth``
-        (bytes/s; ``None`` for minibatch steps).
+        (bytes/s; ``None`` for minibatch steps), ``blas_threads`` (NumPy's BLAS during
+        the run; ``None`` on other backends or when no BLAS is found).
     """
-    from .registry import build_problem, build_solver, get_problem
+    from .registry import build_solver, get_problem
 
     spec = get_problem(problem)
     n_steps = check_int(n_steps, "n_steps", minimum=1)
     repeats = check_int(repeats, "repeats", minimum=1)
     warmup = check_int(warmup, "warmup", minimum=0)
+    if blas_threads is not None:
+        blas_threads = check_int(blas_threads, "blas_threads", minimum=1)
     backends = list(backends)
     if not backends:
         raise ValueError("backends must name at least one backend")
@@ -140,6 +151,21 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
     if sizes is not None and spec.size_param is None:
         raise ValueError(f"problem {problem!r} has no size parameter; omit sizes")
     solv = build_solver(solver, hyperparameters or {})
+    if blas_threads is None:
+        return _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps,
+                           repeats, warmup, problem_params, seed)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps,
+                           repeats, warmup, problem_params, seed)
+
+
+def _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps, repeats,
+                warmup, problem_params, seed) -> list[dict]:
+    """The rows of :func:`bench` (arguments checked there)."""
+    from .registry import build_problem
+
     copy_bw = {}
     rows = []
     for size in (sizes or [None]):
@@ -166,7 +192,8 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
             base = t if base is None else base
             row = {"size": size if size is not None else "default", "backend": b,
                    "device": device_name(xp), "time_per_step": t, "speedup": base / t,
-                   "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None}
+                   "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None,
+                   "blas_threads": _blas_threads() if b == "numpy" else None}
             if _full_batch(solv, prob) and b not in _IMMUTABLE:
                 if b not in copy_bw:
                     copy_bw[b] = copy_bandwidth(xp)
@@ -179,12 +206,15 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
 
 def format_table(rows) -> str:
     """Plain-text table of :func:`bench` rows."""
-    head = ["size", "backend", "device", "time/step", "speedup", "MB read/step", "GB/s",
-            "copy GB/s", "% of copy"]
+    head = ["size", "backend", "device", "BLAS threads", "time/step", "speedup", "MB read/step",
+            "GB/s", "copy GB/s", "% of copy"]
     table = [head]
     for r in rows:
         bw = r["bandwidth"]
-        table.append([str(r["size"]), r["backend"], r["device"], f"{r['time_per_step'] * 1e3:.3f} ms",
+        threads = r.get("blas_threads")
+        table.append([str(r["size"]), r["backend"], r["device"],
+                      "-" if threads is None else str(threads),
+                      f"{r['time_per_step'] * 1e3:.3f} ms",
                       f"{r['speedup']:.2f}x",
                       "-" if bw is None else f"{r['bytes_per_step'] / 1e6:.3f}",
                       "-" if bw is None else f"{bw / 1e9:.2f}",
@@ -195,5 +225,7 @@ def format_table(rows) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("time/step: median of repeats, synchronised, warm-up excluded; GB/s: data bytes "
                  "one full-batch step must read / time; copy GB/s: (read + write) of a large "
-                 "array copy on the same device")
+                 "array copy on the same device; BLAS threads: NumPy's BLAS during the run "
+                 "(--blas-threads sets it; with one, logistic full-batch passes over data of "
+                 "4 MiB or more go in cached row blocks)")
     return "\n".join(lines)

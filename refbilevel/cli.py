@@ -526,7 +526,7 @@ def _cmd_bench(args) -> int:
     s_kw, p_kw = parse_settings(args.set, get_solver(args.solver), args.problem)
     rows = bench(args.problem, args.solver, backends=backends, sizes=sizes, dtype=args.dtype,
                  n_steps=args.iters, repeats=args.repeats, hyperparameters=s_kw,
-                 problem_params=p_kw, seed=args.seed)
+                 problem_params=p_kw, seed=args.seed, blas_threads=args.blas_threads)
     print(format_table(rows))
     return 0
 
@@ -738,6 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_pos_int, default=5,
                    help="timed repeats; the median is reported")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data and batches")
+    p.add_argument("--blas-threads", type=_pos_int, default=None, metavar="N",
+                   help="threads of NumPy's BLAS during the run (default: as the environment "
+                        "sets them; the table states the count)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     p.set_defaults(func=_cmd_bench)
 

@@ -266,15 +266,34 @@ def test_plot_writes_png(default_run, tmp_path):
 
 
 def test_bench_prints_table(tmp_path):
-    proc = cli("bench", "--steps", 2, "--repeats", 2, cwd=tmp_path)
+    proc = cli("bench", "--steps", 2, "--repeats", 2, "--blas-threads", 1, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert "time/step" in lines[0] and "copy GB/s" in lines[0]
+    assert "time/step" in lines[0] and "copy GB/s" in lines[0] and "BLAS threads" in lines[0]
     row = lines[2].split()
-    assert row[1] == "numpy" and row[5] == "1.00x"
+    assert row[1] == "numpy" and row[6] == "1.00x"
+    assert row[3] == "1"                       # the thread count asked for, as the BLAS reports
     # oracle: MinimaxOPT reads A_val, b_val (f) and A_train, b_train (stacked g) once:
     # 2 * (500 * 100 + 500) float64 = 0.808 MB
-    assert row[6] == "0.808"
+    assert row[7] == "0.808"
+
+
+def test_bench_fixes_and_states_the_blas_threads():
+    # the count during the run is the one asked for (threadpoolctl reads it back from the
+    # library), and the process's own setting is back afterwards
+    from threadpoolctl import threadpool_info
+
+    from refbilevel._backend import blas_threads
+    from refbilevel.bench import bench
+
+    before = blas_threads()
+    assert before == max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+    for n in (1, 2):
+        (row,) = bench(backends=("numpy",), n_steps=1, repeats=1, warmup=0, blas_threads=n)
+        assert row["blas_threads"] == n
+        assert blas_threads() == before
+    with pytest.raises(ValueError, match="blas_threads"):
+        bench(backends=("numpy",), blas_threads=0)
 
 
 def test_list_names_everything(tmp_path):
@@ -398,5 +417,6 @@ def test_bench_backend_swap_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines()[2:4]]
     assert [r[1] for r in rows] == ["numpy", "jax"]
-    assert rows[0][5] == "1.00x" and rows[1][5].endswith("x")
-    assert rows[1][6] == "-"  # no bandwidth columns for an immutable-array library
+    assert rows[0][6] == "1.00x" and rows[1][6].endswith("x")
+    assert rows[1][3] == "-"  # NumPy's BLAS threads: stated on the NumPy row only
+    assert rows[1][7] == "-"  # no bandwidth columns for an immutable-array library
