@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from contextlib import nullcontext
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ._backend import (backend_namespace, blas_threads as _blas_threads, copy_into,
                        device_name, is_array, materialize, synchronize, to_host)
@@ -136,7 +138,7 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
         (bytes/s; ``None`` for minibatch steps), ``blas_threads`` (NumPy's BLAS during
         the run; ``None`` on other backends or when no BLAS is found).
     """
-    from .registry import build_solver, get_problem
+    from .registry import build_problem, build_solver, get_problem
 
     spec = get_problem(problem)
     n_steps = check_int(n_steps, "n_steps", minimum=1)
@@ -151,57 +153,46 @@ def bench(problem: str = "logreg", solver: str = "minimaxopt", *, backends=("num
     if sizes is not None and spec.size_param is None:
         raise ValueError(f"problem {problem!r} has no size parameter; omit sizes")
     solv = build_solver(solver, hyperparameters or {})
-    if blas_threads is None:
-        return _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps,
-                           repeats, warmup, problem_params, seed)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps,
-                           repeats, warmup, problem_params, seed)
-
-
-def _bench_rows(spec, problem, solv, backends, namespaces, sizes, dtype, n_steps, repeats,
-                warmup, problem_params, seed) -> list[dict]:
-    """The rows of :func:`bench` (arguments checked there)."""
-    from .registry import build_problem
-
-    copy_bw = {}
-    rows = []
-    for size in (sizes or [None]):
-        params = dict(problem_params or {})
-        if size is not None:
-            params[spec.size_param] = check_int(size, "sizes", minimum=1)
-        base = None
-        for b in backends:
-            xp = namespaces[b]
-            prob = build_problem(problem, seed=seed, backend=b, dtype=dtype, params=params)
-            state = solv.init(prob, prob.init_x(), prob.init_y(), seed)
-            oracle = Oracle(prob)
-            for _ in range(warmup):
-                state = materialize(solv.step(oracle, state))
-            synchronize(xp, state)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(n_steps):
+    # NumPy's BLAS at the thread count asked for, restored afterwards (threadpoolctl)
+    threads = (nullcontext() if blas_threads is None
+               else threadpool_limits(limits=blas_threads, user_api="blas"))
+    with threads:
+        copy_bw = {}
+        rows = []
+        for size in (sizes or [None]):
+            params = dict(problem_params or {})
+            if size is not None:
+                params[spec.size_param] = check_int(size, "sizes", minimum=1)
+            base = None
+            for b in backends:
+                xp = namespaces[b]
+                prob = build_problem(problem, seed=seed, backend=b, dtype=dtype, params=params)
+                state = solv.init(prob, prob.init_x(), prob.init_y(), seed)
+                oracle = Oracle(prob)
+                for _ in range(warmup):
                     state = materialize(solv.step(oracle, state))
                 synchronize(xp, state)
-                times.append((time.perf_counter() - t0) / n_steps)
-            t = statistics.median(times)
-            base = t if base is None else base
-            row = {"size": size if size is not None else "default", "backend": b,
-                   "device": device_name(xp), "time_per_step": t, "speedup": base / t,
-                   "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None,
-                   "blas_threads": _blas_threads() if b == "numpy" else None}
-            if _full_batch(solv, prob) and b not in _IMMUTABLE:
-                if b not in copy_bw:
-                    copy_bw[b] = copy_bandwidth(xp)
-                nbytes = step_bytes(prob, solv, state)
-                row.update(bytes_per_step=nbytes, bandwidth=nbytes / t,
-                           copy_bandwidth=copy_bw[b])
-            rows.append(row)
-    return rows
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    for _ in range(n_steps):
+                        state = materialize(solv.step(oracle, state))
+                    synchronize(xp, state)
+                    times.append((time.perf_counter() - t0) / n_steps)
+                t = statistics.median(times)
+                base = t if base is None else base
+                row = {"size": size if size is not None else "default", "backend": b,
+                       "device": device_name(xp), "time_per_step": t, "speedup": base / t,
+                       "bytes_per_step": None, "bandwidth": None, "copy_bandwidth": None,
+                       "blas_threads": _blas_threads() if b == "numpy" else None}
+                if _full_batch(solv, prob) and b not in _IMMUTABLE:
+                    if b not in copy_bw:
+                        copy_bw[b] = copy_bandwidth(xp)
+                    nbytes = step_bytes(prob, solv, state)
+                    row.update(bytes_per_step=nbytes, bandwidth=nbytes / t,
+                               copy_bandwidth=copy_bw[b])
+                rows.append(row)
+        return rows
 
 
 def format_table(rows) -> str:
