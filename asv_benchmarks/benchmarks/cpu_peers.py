@@ -809,7 +809,7 @@ def floor_breakdown(size="tall", dtypes=DTYPES, solvers=SOLVERS, *, rounds=5,
                 "rest_ms": 1e3 * (step - model_passes), "rest_share": (step - model_passes) / step}
         out["dtypes"][dt] = row
         log(dt, {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in row.items()})
-        del data, A, big, dst
+        data = A = big = dst = None            # free this dtype's arrays before the next
     limiter.restore_original_limits()
     return out
 
@@ -907,9 +907,6 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
     """
     from threadpoolctl import threadpool_limits
 
-    from refbilevel.models.linear import LinearModel
-
-    xp = get_xp("numpy")
     rng = np.random.default_rng(0)
     out = []
     saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread)
@@ -917,56 +914,71 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
         for t in threads:
             limiter = limit_threads(1) if t == 1 else threadpool_limits(limits=t)
             B._blas_one_thread = lambda: True          # blocks at any thread count here
-            for d in widths:
-                for dt in dtypes:
-                    for size in mib:
-                        n = int(size * 2**20 / (d * np.dtype(dt).itemsize))
-                        # the layout refbilevel's full-batch oracles read (column-major,
-                        # the columns at a padded stride from 4 MiB on)
-                        A = B.matvec_layout(rng.standard_normal((n, d)).astype(dt), xp=xp)
-                        b = np.where(rng.standard_normal(n) >= 0, 1.0, -1.0).astype(dt)
-                        W = (0.1 * rng.standard_normal((2, d))).astype(dt)
-                        model = LinearModel(d)
-                        settings = {"whole": (1 << 62, 1 << 20),
-                                    **{bb: (0, bb) for bb in blocks}}
-                        calls = {}
-                        for key, (lo, bb) in settings.items():
-                            for kind, f in (("gradient", lambda: model.grad(W[0], A, b, xp=xp)),
-                                            ("pair", lambda: model.grad_many(W, A, b, xp=xp))):
-                                calls[(key, kind)] = (lo, bb, f)
-
-                        def run(lo, bb, f):
-                            B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = lo, bb
-                            return f()
-
-                        reps = {k: max(1, int(min_time / max(_cpu_once(lambda v=v: run(*v)),
-                                                             1e-7)))
-                                for k, v in calls.items()}
-                        times = {k: [] for k in calls}
-                        for r in range(rounds):
-                            for k, v in calls.items():
-                                B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = v[0], v[1]
-                                c0 = time.process_time()
-                                for _ in range(reps[k]):
-                                    v[2]()
-                                times[k].append((time.process_time() - c0) / reps[k])
-                        row = {"threads": t, "d": d, "n": n, "dtype": dt, "mib": size}
-                        for kind in ("gradient", "pair"):
-                            whole = times[("whole", kind)]
-                            row[f"{kind}_whole_ms"] = 1e3 * statistics.median(whole)
-                            row[f"{kind}_blocked_over_whole"] = {
-                                bb: statistics.median(x / y for x, y in
-                                                      zip(times[(bb, kind)], whole))
-                                for bb in blocks}
-                        out.append(row)
-            limiter.restore_original_limits()
+            try:
+                rows_t = _blocked_pass_rows(t, mib, widths, dtypes, blocks, rounds, min_time,
+                                            rng)
+            finally:
+                limiter.restore_original_limits()
+            out.extend(rows_t)
     finally:
         B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread = saved
     return out
 
 
+def _blocked_pass_rows(t, mib, widths, dtypes, blocks, rounds, min_time, rng) -> list:
+    """The rows of :func:`blocked_passes` at ``t`` BLAS threads (limits set by the caller)."""
+    from refbilevel.models.linear import LinearModel
+
+    xp = get_xp("numpy")
+    out = []
+    for d in widths:
+        for dt in dtypes:
+            for size in mib:
+                n = int(size * 2**20 / (d * np.dtype(dt).itemsize))
+                # the layout refbilevel's full-batch oracles read (column-major,
+                # the columns at a padded stride from 4 MiB on)
+                A = B.matvec_layout(rng.standard_normal((n, d)).astype(dt), xp=xp)
+                b = np.where(rng.standard_normal(n) >= 0, 1.0, -1.0).astype(dt)
+                W = (0.1 * rng.standard_normal((2, d))).astype(dt)
+                model = LinearModel(d)
+                settings = {"whole": (1 << 62, 1 << 20),
+                            **{bb: (0, bb) for bb in blocks}}
+                calls = {}
+                for key, (lo, bb) in settings.items():
+                    for kind, f in (("gradient", lambda: model.grad(W[0], A, b, xp=xp)),
+                                    ("pair", lambda: model.grad_many(W, A, b, xp=xp))):
+                        calls[(key, kind)] = (lo, bb, f)
+
+                def run(lo, bb, f):
+                    B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = lo, bb
+                    return f()
+
+                reps = {k: max(1, int(min_time / max(_cpu_once(lambda v=v: run(*v)),
+                                                     1e-7)))
+                        for k, v in calls.items()}
+                times = {k: [] for k in calls}
+                for r in range(rounds):
+                    for k, v in calls.items():
+                        B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES = v[0], v[1]
+                        c0 = time.process_time()
+                        for _ in range(reps[k]):
+                            v[2]()
+                        times[k].append((time.process_time() - c0) / reps[k])
+                row = {"threads": t, "d": d, "n": n, "dtype": dt, "mib": size}
+                for kind in ("gradient", "pair"):
+                    whole = times[("whole", kind)]
+                    row[f"{kind}_whole_ms"] = 1e3 * statistics.median(whole)
+                    row[f"{kind}_blocked_over_whole"] = {
+                        bb: statistics.median(x / y for x, y in
+                                              zip(times[(bb, kind)], whole))
+                        for bb in blocks}
+                out.append(row)
+    return out
+
+
 def render_blocked_passes(rows) -> str:
     blocks = list(rows[0]["gradient_blocked_over_whole"]) if rows else []
+
     def name(bb):                    # int, or str once read back from the JSON file
         bb = int(bb)
         return f"{bb >> 10} KiB" if bb < 1 << 20 else f"{bb >> 20} MiB"
