@@ -74,7 +74,11 @@ class LogRegHPO(ValidationLoss, BilevelProblem):
     OpenBLAS's matrix-vector products read that layout 1.1 to 1.8 times faster
     (:func:`refbilevel._backend.matvec_layout`); minibatches gather rows of the arrays as
     given, and so do the full-batch oracles, with a warning, when the copy cannot be
-    allocated. The data must not be modified in place after construction.
+    allocated. The data must not be modified in place after construction. From 4 MiB on,
+    the copy's columns sit at a stride padded to whole cache lines and, while NumPy's BLAS
+    runs one thread, the binary gradients and Hessian-vector products pass over it in
+    cached row blocks (:func:`refbilevel._backend.row_blocks`; results differ from whole
+    products by rounding only).
 
     References
     ----------
