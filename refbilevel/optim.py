@@ -12,7 +12,11 @@ a named pair of pure functions in the style of optax::
 
 Convention: ``update(grad, state, lr)`` returns the *increment* ``delta`` (already scaled by
 ``-lr``) and the new state; the caller writes ``x = x + delta``. ``lr`` is a Python float
-(a schedule value computed on the host), so no update ever synchronises a GPU. States are
+(a schedule value computed on the host), so no update ever synchronises a GPU, or an array
+of ``grad``'s dtype that broadcasts against it: a stack of parameter rows with one step
+size per row (``lr`` of shape ``(m, 1)`` for ``grad`` of shape ``(m, n)``). Every update
+acts elementwise, so each row of a stacked update is, bit for bit, the update of that row
+alone with its own step size (F2SA moves its two inner sequences this way). States are
 never mutated. The step counter ``count`` is a host-side Python int: the number of updates
 made so far; Adam's bias correction uses ``t = count + 1`` for the update in progress
 (counter from 1).

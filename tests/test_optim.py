@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refbilevel import optim
-from refbilevel._backend import to_host
+from refbilevel._backend import backend_namespace, to_host
 
 
 def test_sgd_formula(xp, asxp):
@@ -85,6 +85,37 @@ def test_updates_keep_dtype_device_and_do_not_mutate(xp, asxp):
         for b, a in zip(before, after):
             np.testing.assert_array_equal(a, b)
         assert new is not state
+
+
+@pytest.mark.parametrize("make", [
+    optim.sgd, lambda: optim.momentum(0.9), lambda: optim.adam(0.9, 0.99, 1e-8),
+    lambda: optim.adam(0.8, 0.9, 1e-3, keep_corrected=True),
+    lambda: optim.adam(bias_correction=False),
+], ids=["sgd", "momentum", "adam", "adam-corrected", "adam-raw"])
+def test_per_row_step_sizes_equal_separate_updates(xp, asxp, rng, make):
+    # A stack of two parameter rows with step sizes (0.3, 0.07) as an (2, 1) array gives,
+    # row by row and bit for bit, the updates of each row alone with its scalar step size
+    # (the updates are elementwise): the form F2SA's inner sequences use.
+    opt = make()
+    lrs = (0.3, 0.07)
+    grads = rng.standard_normal((4, 2, 5))
+    dtypes = ("float64", "float32") if xp is backend_namespace("numpy") else ("float64",)
+    for dtype in dtypes:
+        lr_rows = asxp([[lrs[0]], [lrs[1]]], dtype=dtype)
+        stacked = opt.init(asxp(grads[0], dtype=dtype))
+        alone = [opt.init(asxp(grads[0, j], dtype=dtype)) for j in range(2)]
+        for g in grads:
+            delta, stacked = opt.update(asxp(g, dtype=dtype), stacked, lr_rows)
+            assert delta.dtype == lr_rows.dtype and tuple(delta.shape) == (2, 5)
+            for j in range(2):
+                delta_j, alone[j] = opt.update(asxp(g[j], dtype=dtype), alone[j], lrs[j])
+                np.testing.assert_array_equal(to_host(delta)[j], to_host(delta_j))
+        for j in range(2):
+            for a, b in zip(stacked, alone[j]):
+                if isinstance(a, int):
+                    assert a == b
+                else:
+                    np.testing.assert_array_equal(to_host(a)[j], to_host(b))
 
 
 def test_schedules_formulas():

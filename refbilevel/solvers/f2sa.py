@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from .._backend import stack
+from .._backend import device, stack
 from .._validation import check_real
 from ..optim import adam, inverse_power, sgd
 from ..oracle import as_oracle
@@ -222,11 +222,13 @@ class F2SA(Solver):
             return None
         return outs, ins
 
-    def _directions_inner(self, problem, x, y, z, lam, draws, t):
-        """Raw inner directions ``(h_gz, h_fy + λ h_gy)`` of inner step ``t``."""
+    def _directions_inner(self, problem, x, zy, lam, draws, t):
+        """Raw inner directions of inner step ``t`` stacked as the iterate ``zy = [z; y]``:
+        rows ``h_gz`` and ``h_fy + λ h_gy``."""
         xp = problem.xp
+        z, y = zy[0, ...], zy[1, ...]
         if draws is None:
-            gys = problem.grad_g_y_many(x, stack([z, y], xp=xp))      # one stacked call (2 calls)
+            gys = problem.grad_g_y_many(x, zy)                 # one stacked call (2 calls)
             h_gz, h_gy = gys[0, ...], gys[1, ...]
             h_fy = problem.grad_f_y(x, y)
         else:
@@ -234,15 +236,15 @@ class F2SA(Solver):
             h_gz = problem.grad_g_y(x, z, Batch(inner=ins[2 * t]))        # φ
             h_fy = problem.grad_f_y(x, y, Batch(outer=outs[t]))           # ζ
             h_gy = problem.grad_g_y(x, y, Batch(inner=ins[2 * t + 1]))    # φ'
-        return h_gz, h_fy + lam * h_gy
+        return stack([h_gz, h_fy + lam * h_gy], xp=xp)
 
-    def _direction_outer(self, problem, x, y, z, lam, draws):
-        """Raw x direction ``h_fx + λ (h_gxy − h_gxz)``."""
-        xp = problem.xp
+    def _direction_outer(self, problem, x, zy, lam, draws):
+        """Raw x direction ``h_fx + λ (h_gxy − h_gxz)`` at the inner iterate ``zy = [z; y]``."""
         T = self.n_inner
+        z, y = zy[0, ...], zy[1, ...]
         if draws is None:
-            gxs = problem.grad_g_x_many(x, stack([y, z], xp=xp))
-            h_gxy, h_gxz = gxs[0, ...], gxs[1, ...]
+            gxs = problem.grad_g_x_many(x, zy)
+            h_gxz, h_gxy = gxs[0, ...], gxs[1, ...]
             h_fx = problem.grad_f_x(x, y)
         else:
             outs, ins = draws
@@ -259,21 +261,25 @@ class F2SA(Solver):
 
     def step(self, oracle, state: F2SAState) -> F2SAState:
         problem = as_oracle(oracle)
-        x, y, z, k, lam = state.x, state.y, state.z, state.iteration, state.multiplier
+        xp = problem.xp
+        x, k, lam = state.x, state.iteration, state.multiplier
         alpha, gamma, eta = self.steps(k)
         opt = self.optimizer
         draws = self._draw(problem, state)
-        opt_y, opt_z = opt.init(y), opt.init(z)          # inner states restart every step
-        for t in range(self.n_inner):          # warm start: z_{k,0} = z_k, y_{k,0} = y_k
-            d_z, d_y = self._directions_inner(problem, x, y, z, lam, draws, t)
-            step_z, opt_z = opt.update(d_z, opt_z, gamma)
-            step_y, opt_y = opt.update(d_y, opt_y, alpha)
-            z = z + step_z                             # z_{k,t+1} = z_{k,t} − γ_k h_gz
-            y = y + step_y                             # y_{k,t+1} = y_{k,t} − α_k (h_fy + λ_k h_gy)
-        d_x = self._direction_outer(problem, x, y, z, lam, draws)
+        # z and y advance as the rows of one iterate [z; y] with step sizes [γ; α]: the
+        # optimisers act elementwise, so each row's update is that of its own optimiser,
+        # bit for bit, in one update instead of two
+        zy = stack([state.z, state.y], xp=xp)          # warm start: z_{k,0} = z_k, y_{k,0} = y_k
+        lrs = xp.asarray([[gamma], [alpha]], dtype=zy.dtype, device=device(zy))
+        opt_zy = opt.init(zy)                          # inner states restart every step
+        for t in range(self.n_inner):
+            d_zy = self._directions_inner(problem, x, zy, lam, draws, t)
+            step_zy, opt_zy = opt.update(d_zy, opt_zy, lrs)
+            zy = zy + step_zy                          # z −= γ_k h_gz;  y −= α_k (h_fy + λ_k h_gy)
+        d_x = self._direction_outer(problem, x, zy, lam, draws)
         step_x, opt_x = opt.update(d_x, state.opt_x, eta)    # x state persists across steps
         x = project_x(problem, x + step_x)             # x_{k+1} = x_k − η_k (h_fx + λ_k(h_gxy − h_gxz))
-        return evolve(state, x=x, y=y, z=z, iteration=k + 1, opt_x=opt_x,
+        return evolve(state, x=x, y=zy[1, ...], z=zy[0, ...], iteration=k + 1, opt_x=opt_x,
                        multiplier=self.next_multiplier(lam, k))   # λ_{k+1} = λ_k + δ_k
 
 
