@@ -844,6 +844,22 @@ def positive_or_inf(a, *, xp):
     return xp.where(a > 0, a, xp.inf)
 
 
+def scaled(c, a):
+    """``c * a`` for a host step size ``c``: ``a`` itself when ``c`` is the Python number 1.
+
+    Multiplying by one is exact in IEEE arithmetic, so either way the result has the same
+    bits (and dtype: a Python number does not promote); on a backend that flushes
+    subnormal results to zero (XLA on the CPU) the skipped product would have flushed a
+    subnormal entry, which ``a`` keeps at its exact value. Skipping it saves one array
+    operation (a kernel on a GPU, about a microsecond on NumPy at small sizes) per use in
+    the inner loops whose step is 1 by default (ITD, AID's inner descent, the Neumann and
+    fixed-point series): 59 of ITD's 617 operations per step at 20 inner steps.
+    """
+    if type(c) in (float, int) and c == 1:
+        return a
+    return c * a
+
+
 class ScalarOperands:
     """Python floats an update uses many times, as operands of the arrays they meet.
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 
 from ._backend import (array_namespace, device, linalg_solve, materialize, positive_or_inf,
-                       to_host_scalar, zeros_like)
+                       scaled, to_host_scalar, zeros_like)
 
 __all__ = ["block_newton", "cg_solve", "conjugate_gradient", "fixed_point", "neumann_series"]
 
@@ -121,7 +121,7 @@ def neumann_series(matvec: Callable | list, b, *, eta: float, n_terms: int):
     p = b
     total = b
     for op in ops:
-        p = p - eta * op(p)
+        p = p - scaled(eta, op(p))
         total = total + p
     return eta * total
 
@@ -167,7 +167,7 @@ def fixed_point(matvec: Callable, b, *, eta: float, n_iter: int, x0=None):
     else:
         v = x0
     for _ in range(n_iter):
-        v = v - eta * (matvec(v) - b)
+        v = v - scaled(eta, matvec(v) - b)
     return v
 
 

@@ -192,6 +192,32 @@ def test_scalar_operands_compute_what_python_floats_compute(xp, device, dtype):
         assert got == values
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scaled_is_the_product_bit_for_bit(xp, device, dtype):
+    # oracle: the product c * a itself, compared byte for byte, over special values
+    # (signed zeros, a subnormal, the largest finite number, infinities): a multiplication
+    # by one that is skipped must give what the multiplication gives. XLA on the CPU
+    # flushes subnormal results to zero, so there 1 * a differs from a (and from exact
+    # arithmetic) in the subnormal entry alone; skipping keeps the exact value.
+    info = np.finfo(dtype)
+    host = np.array([0.0, -0.0, info.smallest_subnormal, -info.tiny, info.max, -np.inf, np.inf,
+                     1.0 / 3.0, -2.5e-7], dtype=dtype)
+    a = from_host(host, xp, device=device)
+    flushes = float(to_host(1.0 * a)[2]) == 0.0
+    normal = np.ones(host.shape, dtype=bool)
+    normal[2] = not flushes
+    for c in (1.0, 1, 0.5, -1.0):
+        got, want = to_host(_backend.scaled(c, a)), to_host(c * a)
+        assert got.dtype == want.dtype == host.dtype
+        assert got[normal].tobytes() == want[normal].tobytes()
+    assert _backend.scaled(1.0, a) is a and _backend.scaled(1, a) is a    # nothing computed
+    column = from_host(np.array([[1.0], [0.25]], dtype=dtype), xp, device=device)
+    rows = _backend.stack([a, a], xp=xp)
+    got = to_host(_backend.scaled(column, rows))      # an array of step sizes multiplies
+    assert got[0][normal].tobytes() == host[normal].tobytes()
+    assert got[1].tobytes() == to_host(0.25 * a).tobytes()
+
+
 def test_positive_or_inf_guards_a_division(xp, device):
     # oracle: the definition, value by value; dividing by the guard gives 0 exactly where
     # the denominator is not positive (the property CG's zero guards need)

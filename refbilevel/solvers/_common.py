@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from .._backend import scaled
 from .._validation import (check_array, check_bool, check_bounds, check_choice, check_int,
                            check_real)
 from ..problems.base import Batch
@@ -59,7 +60,7 @@ def inner_gd(oracle, x, y, *, lr: float, n_steps: int, batches=None):
     """
     for t in range(n_steps):
         batch = None if batches is None else batches[t]
-        y = y - lr * oracle.grad_g_y(x, y, batch)
+        y = y - scaled(lr, oracle.grad_g_y(x, y, batch))
     return y
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._backend import scaled
 from ..oracle import as_oracle
 from ._common import (COUNT, COUNT1_OR_NONE, FLAG, POSITIVE, project_x, resolve_seed, start_point,
                       validate_fields)
@@ -53,14 +54,14 @@ def reverse_hypergradient(problem, x, y0, *, lr: float, n_steps: int, truncate: 
             kept.append(lin)
         else:
             gy = problem.grad_g_y(x, y)
-        y = y - lr * gy
+        y = y - scaled(lr, gy)
     fx, fy = problem.grad_f(x, y)
     h, a = fx, fy
     for j in range(K):                        # t = T-1 down to T-K
         lin = kept.pop()                      # J_t and H_t at y_t; released after use
-        h = h - lr * lin.cross(a)
+        h = h - scaled(lr, lin.cross(a))
         if j < K - 1:
-            a = a - lr * lin.hvp(a)
+            a = a - scaled(lr, lin.hvp(a))
     return h, y
 
 
