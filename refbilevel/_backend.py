@@ -714,8 +714,9 @@ def matvecs(A, Xs, *, xp, transpose: bool = False):
 _ROW_BLOCK_BYTES = 1 << 20
 
 #: Data matrices smaller than this are passed whole: they stay in the caches between
-#: products anyway, and at 2 MiB a float64 pair was 1.6 to 1.7 times slower blocked
-#: (Python per block, a stacked product given up). From this size on
+#: products anyway, and at 2 MiB a float64 pair was 1.2 to 1.3 times slower blocked
+#: (Python per block, a stacked product given up; 1.6 to 1.7 before the pairs' transposed
+#: products became one matrix product per block). From this size on
 #: :func:`matvec_layout` also pads the columns of its column-major copy.
 _ROW_BLOCKED_MIN_BYTES = 4 << 20
 
@@ -745,9 +746,11 @@ def row_blocks(A, *, xp) -> tuple | None:
     :math:`\sum_k A_k^\top \phi(A_k w)`, the second product (and any product at another
     point in the same loop) finds :math:`A_k` in the cache: one read from memory for all
     of them. With one OpenBLAS thread, over 30 matrices of 4 to 80 MiB, a gradient took a
-    median 0.90 of the whole products' time (0.73 to 1.11) and a gradient at a point pair
-    0.80 (0.62 to 0.95); the solver steps at 20,000 x 500 and 200,000 x 100 took 0.66 to
-    1.01 of their previous time (docs/benchmarks.md, "Blocked passes").
+    median 0.90 to 0.94 of the whole products' time over two runs (0.73 to 1.27) and a
+    gradient at a point pair 0.69 (0.52 to 0.81; its transposed products as one matrix
+    product per block); the solver steps at 20,000 x 500 and 200,000 x 100 took 0.66 to
+    1.01 of their time with whole products (docs/benchmarks.md, "Blocked passes" and
+    "Small steps and point pairs").
 
     Blocks are used on NumPy only, for matrices of at least
     :data:`_ROW_BLOCKED_MIN_BYTES`, and only while NumPy's BLAS runs one thread: a
