@@ -855,8 +855,8 @@ def scaled(c, a):
     subnormal results to zero (XLA on the CPU) the skipped product would have flushed a
     subnormal entry, which ``a`` keeps at its exact value. Skipping it saves one array
     operation (a kernel on a GPU, about a microsecond on NumPy at small sizes) per use in
-    the inner loops whose step is 1 by default (ITD, AID's inner descent, the Neumann and
-    fixed-point series): 59 of ITD's 617 operations per step at 20 inner steps.
+    the inner loops whose step is 1 by default (ITD's updates, inner gradient descent, the
+    Neumann and fixed-point series): 59 of ITD's 617 operations per step at 20 inner steps.
     """
     if type(c) in (float, int) and c == 1:
         return a
