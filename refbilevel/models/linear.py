@@ -162,8 +162,9 @@ class LinearModel:
                 S = Ak @ V
             else:
                 # one matrix-vector product per point, not matvecs' table: the first reads
-                # the block from memory, where a matrix product would first pack it into
-                # OpenBLAS's buffer (measured slower, and in some processes 1.5 times slower)
+                # the block from memory, where a matrix product first packs it into
+                # OpenBLAS's buffer (0.87-0.92 of this time in one process, 1.5-1.7 times
+                # it in others: docs/benchmarks.md, "Small steps and point pairs")
                 S = stack([Ak @ V[j, ...] for j in range(V.shape[0])], xp=xp)
             G = middle(S, k)
             part = Ak.T @ G if G.ndim == 1 else G @ Ak
