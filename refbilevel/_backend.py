@@ -720,8 +720,28 @@ _ROW_BLOCK_BYTES = 1 << 20
 #: :func:`matvec_layout` also pads the columns of its column-major copy.
 _ROW_BLOCKED_MIN_BYTES = 4 << 20
 
+#: A block of the column-major data (:func:`matvec_layout`) is ``d`` column segments of
+#: ``rows * itemsize`` bytes each, a short stream for the hardware prefetchers when ``d``
+#: is large. Blocks whose segments are shorter than this are never used: at 1,000 and
+#: 2,000 columns (segments of 1 KiB and 512 bytes) a blocked gradient took 1.07 to 2.24
+#: times the whole products' time and a blocked pair 1.09 to 2.62 times, at 4 to 40 MiB,
+#: where at 200 and 500 columns (5 and 2 KiB) pairs took 0.59 to 0.87 (one thread;
+#: docs/benchmarks.md, "Blocked passes by width").
+_ROW_BLOCK_MIN_SEGMENT_BYTES = 2 << 10
 
-def row_blocks(A, *, xp) -> tuple | None:
+#: A pass at one point (a gradient, a Hessian-vector product) is blocked only if its
+#: blocks' column segments hold at least this many bytes, or if ``A`` holds at least
+#: :data:`_ROW_BLOCKED_SHORT_MIN_BYTES`: with one product per cached block it saves less
+#: than a pair, and below about 24 MiB the whole matrix is read back from the level-3
+#: cache rather than from memory. The AID-CG and ITD steps, blocked ÷ whole (one thread):
+#: 0.89 to 1.05 at 50 and 100 columns (segments of 10 to 20 KiB, 4 to 17 MB), about 0.97
+#: at 200 (5 KiB, 13 MB), 0.97 to 1.18 at 400 and 500 (2 to 2.6 KiB, 6.7 to 20 MB), 0.87
+#: to 1.03 at 500 columns and 33.5 to 40 MB.
+_ROW_BLOCK_ONE_POINT_SEGMENT_BYTES = 4 << 10
+_ROW_BLOCKED_SHORT_MIN_BYTES = 24 << 20
+
+
+def row_blocks(A, *, xp, points: int = 1) -> tuple | None:
     r"""Row slices for one pass of several products over ``A`` while each block is cached.
 
     Parameters
@@ -732,6 +752,9 @@ def row_blocks(A, *, xp) -> tuple | None:
         Hessian-vector product).
     xp : namespace
         The namespace of ``A``.
+    points : int
+        The points the pass multiplies ``A`` by: 1 for a gradient or a Hessian-vector
+        product, the stack's height for gradients at stacked points.
 
     Returns
     -------
@@ -753,7 +776,10 @@ def row_blocks(A, *, xp) -> tuple | None:
     "Small steps and point pairs").
 
     Blocks are used on NumPy only, for matrices of at least
-    :data:`_ROW_BLOCKED_MIN_BYTES`, and only while NumPy's BLAS runs one thread: a
+    :data:`_ROW_BLOCKED_MIN_BYTES` whose blocks' column segments hold at least
+    :data:`_ROW_BLOCK_MIN_SEGMENT_BYTES` (for a pass at one point
+    :data:`_ROW_BLOCK_ONE_POINT_SEGMENT_BYTES`, or the matrix at least
+    :data:`_ROW_BLOCKED_SHORT_MIN_BYTES`), and only while NumPy's BLAS runs one thread: a
     multi-threaded BLAS splits each block's products between its threads, whose caches do
     not hold the same rows (with two threads the blocked gradient was more than 5 % slower
     than the whole products at 24 of the 30 sizes measured, up to 2.4 times), and a Python loop
@@ -763,10 +789,17 @@ def row_blocks(A, *, xp) -> tuple | None:
     """
     if xp is not _numpy_namespace() or A.nbytes < _ROW_BLOCKED_MIN_BYTES:
         return None
+    n, d = A.shape
+    rows = max(1, _ROW_BLOCK_BYTES // (d * A.itemsize))
+    segment = rows * A.itemsize            # bytes of one column within a block
+    if segment < _ROW_BLOCK_MIN_SEGMENT_BYTES:
+        return None
+    if (points == 1 and segment < _ROW_BLOCK_ONE_POINT_SEGMENT_BYTES
+            and A.nbytes < _ROW_BLOCKED_SHORT_MIN_BYTES):
+        return None
     if not _blas_one_thread():
         return None
-    n, d = A.shape
-    return _block_slices(n, max(1, _ROW_BLOCK_BYTES // (d * A.itemsize)))
+    return _block_slices(n, rows)
 
 
 @functools.lru_cache(maxsize=64)

@@ -28,11 +28,18 @@ def one_thread():
         yield
 
 
+def _force_blocks(monkeypatch, block_bytes):
+    """Blocks of ``block_bytes`` from matrices of any size and width, for any stack."""
+    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
+    monkeypatch.setattr(_backend, "_ROW_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(_backend, "_ROW_BLOCK_MIN_SEGMENT_BYTES", 0)
+    monkeypatch.setattr(_backend, "_ROW_BLOCK_ONE_POINT_SEGMENT_BYTES", 0)
+
+
 @pytest.fixture
 def small_blocks(monkeypatch, one_thread):
     """Blocks of 2 KiB from matrices of any size: 10 rows of 25 float64 columns."""
-    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
-    monkeypatch.setattr(_backend, "_ROW_BLOCK_BYTES", 2000)
+    _force_blocks(monkeypatch, 2000)
 
 
 def _data(rng, n, d, dtype="float64"):
@@ -70,6 +77,53 @@ def test_row_blocks_whole_products_when_not_worth_it(monkeypatch, one_thread):
     # no BLAS threadpoolctl can ask: not known to run one thread
     monkeypatch.setattr(_backend, "_blas_controllers", lambda: ())
     assert _backend.row_blocks(big, xp=NUMPY) is None
+
+
+def test_row_blocks_by_the_length_of_their_column_segments(one_thread):
+    # default sizes, column-major float64 data of just over 4 MiB: a 1 MiB block is d column
+    # segments of 1 MiB / d bytes. 50 columns (20 KiB segments): blocked for one point and
+    # for a pair; 500 columns (2 KiB): blocked for a pair, for one point only from
+    # _ROW_BLOCKED_SHORT_MIN_BYTES on; 1,000 columns (1 KiB): never blocked
+    def matrix(d, nbytes=_backend._ROW_BLOCKED_MIN_BYTES):
+        return np.zeros((nbytes // (d * 8) + 1, d), order="F")
+
+    def segment(blocks):
+        return (blocks[0].stop - blocks[0].start) * 8
+
+    narrow, wide, wider = matrix(50), matrix(500), matrix(1000)
+    assert segment(_backend.row_blocks(narrow, xp=NUMPY)) >= (
+        _backend._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES)
+    assert _backend.row_blocks(narrow, xp=NUMPY, points=2) is not None
+    assert wide.nbytes < _backend._ROW_BLOCKED_SHORT_MIN_BYTES
+    assert _backend.row_blocks(wide, xp=NUMPY) is None
+    pair = _backend.row_blocks(wide, xp=NUMPY, points=2)
+    assert (_backend._ROW_BLOCK_MIN_SEGMENT_BYTES <= segment(pair)
+            < _backend._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES)
+    big = _backend.row_blocks(matrix(500, _backend._ROW_BLOCKED_SHORT_MIN_BYTES), xp=NUMPY)
+    assert big[0] == pair[0]
+    for A in (wider, matrix(1000, _backend._ROW_BLOCKED_SHORT_MIN_BYTES)):
+        assert _backend.row_blocks(A, xp=NUMPY) is None
+        assert _backend.row_blocks(A, xp=NUMPY, points=2) is None
+    # the model asks with the height of its stack
+    model = LinearModel(500)
+    assert model.row_blocks(wide, xp=NUMPY) is None
+    assert model.row_blocks(wide, xp=NUMPY, points=2) == pair
+
+
+def test_model_blocks_a_wide_pair_not_a_wide_gradient(rng, one_thread):
+    # on the 4 MiB, 500-column matrix above: the model's gradient is the whole products'
+    # bit for bit, its gradients at a pair are summed over blocks (another rounding), and
+    # both agree with the whole products to rounding
+    n, d = _backend._ROW_BLOCKED_MIN_BYTES // (500 * 8) + 1, 500
+    A, b = _data(rng, n, d)
+    W = 0.1 * rng.standard_normal((2, d))
+    model = LinearModel(d)
+    whole_g = A.T @ (b / (-1.0 - np.exp(b * (A @ W[0])))) / n
+    assert np.array_equal(model.grad(W[0], A, b, xp=NUMPY), whole_g)
+    pair = model.grad_many(W, A, b, xp=NUMPY)
+    assert model.row_blocks(A, xp=NUMPY, points=2) is not None
+    assert not np.array_equal(pair[0], whole_g)
+    assert np.max(np.abs(pair[0] - whole_g)) <= 1e-14 * np.max(np.abs(whole_g))
 
 
 def test_row_blocks_numpy_only(small_blocks):
@@ -139,8 +193,7 @@ def test_blocked_sums_round_apart_from_whole_products(rng, monkeypatch, one_thre
     w = rng.standard_normal(d)
     model = LinearModel(d)
     whole = model.grad(w, A, b, xp=NUMPY)
-    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
-    monkeypatch.setattr(_backend, "_ROW_BLOCK_BYTES", 64 * d * 8)
+    _force_blocks(monkeypatch, 64 * d * 8)
     blocked = model.grad(w, A, b, xp=NUMPY)
     assert not np.array_equal(blocked, whole)
     assert np.max(np.abs(blocked - whole)) <= 1e-14 * np.max(np.abs(whole))
@@ -190,8 +243,7 @@ def test_logreg_oracles_blocked_and_whole_agree(rng, monkeypatch, one_thread, dt
                 "grad_f": p.grad_f(x, y)[1], "g": p.g(x, y)}
 
     whole = oracles()
-    monkeypatch.setattr(_backend, "_ROW_BLOCKED_MIN_BYTES", 0)
-    monkeypatch.setattr(_backend, "_ROW_BLOCK_BYTES", 30 * d * np.dtype(dtype).itemsize)
+    _force_blocks(monkeypatch, 30 * d * np.dtype(dtype).itemsize)
     blocked = oracles()
     laid = LogRegHPO(A, b, Av, bv)._train(None)[0]
     assert laid.strides[1] > n * laid.itemsize            # the padded copy was read

@@ -196,10 +196,14 @@ def test_blocked_passes_runs(cp):
     # restored afterwards (times are never asserted)
     from refbilevel import _backend as B
 
-    saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread)
+    def settings():
+        return (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._ROW_BLOCK_MIN_SEGMENT_BYTES,
+                B._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES, B._blas_one_thread)
+
+    saved = settings()
     rows = cp.blocked_passes(mib=(0.05,), widths=(10,), dtypes=("float64",),
                              blocks=(1 << 10,), threads=(1,), rounds=1, min_time=0.001)
-    assert (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread) == saved
+    assert settings() == saved
     (row,) = rows
     for kind in ("gradient", "pair"):
         assert math.isfinite(row[f"{kind}_whole_ms"]) and row[f"{kind}_whole_ms"] > 0

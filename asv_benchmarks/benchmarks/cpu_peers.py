@@ -900,20 +900,24 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
     :meth:`LinearModel.grad` (a gradient, one
     forward and one transposed product) and :meth:`LinearModel.grad_many` at two points,
     with the whole matrix and with each block size of ``blocks``
-    (:func:`refbilevel._backend.row_blocks` forced on, its thread check included), on
-    ``t`` BLAS threads for each ``t`` of ``threads`` (one thread: the process pinned to
-    one processor; more: the threads free). Interleaved, median over ``rounds`` of the
-    per-round ratio blocked / whole; the whole products' times are reported too.
+    (:func:`refbilevel._backend.row_blocks` forced on, at any thread count and column
+    segment length), on ``t`` BLAS threads for each ``t`` of ``threads`` (one thread: the
+    process pinned to one processor; more: the threads free). Interleaved, median over
+    ``rounds`` of the per-round ratio blocked / whole; the whole products' times are
+    reported too.
     """
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     out = []
-    saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread)
+    saved = (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._ROW_BLOCK_MIN_SEGMENT_BYTES,
+             B._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES, B._blas_one_thread)
     try:
         for t in threads:
             limiter = limit_threads(1) if t == 1 else threadpool_limits(limits=t)
             B._blas_one_thread = lambda: True          # blocks at any thread count here
+            # and of any column-segment length
+            B._ROW_BLOCK_MIN_SEGMENT_BYTES = B._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES = 0
             try:
                 rows_t = _blocked_pass_rows(t, mib, widths, dtypes, blocks, rounds, min_time,
                                             rng)
@@ -921,7 +925,8 @@ def blocked_passes(mib=BLOCKED_MIB, widths=BLOCKED_WIDTHS, dtypes=DTYPES,
                 limiter.restore_original_limits()
             out.extend(rows_t)
     finally:
-        B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._blas_one_thread = saved
+        (B._ROW_BLOCKED_MIN_BYTES, B._ROW_BLOCK_BYTES, B._ROW_BLOCK_MIN_SEGMENT_BYTES,
+         B._ROW_BLOCK_ONE_POINT_SEGMENT_BYTES, B._blas_one_thread) = saved
     return out
 
 
@@ -1105,6 +1110,12 @@ def main(argv=None):
                     help="only time a gradient and a point pair's gradients whole and in row "
                          "blocks of 256 KiB to 2 MiB, on one and two BLAS threads (--sizes: "
                          "data sizes in MiB, default 2,4,8,16,40,80)")
+    ap.add_argument("--widths", default=",".join(map(str, BLOCKED_WIDTHS)),
+                    help="--blocked-passes: the data's numbers of columns")
+    ap.add_argument("--block-kib", default=",".join(str(b >> 10) for b in BLOCKED_BLOCKS),
+                    help="--blocked-passes: the block sizes, KiB")
+    ap.add_argument("--blas-threads", default="1,2",
+                    help="--blocked-passes: the BLAS thread counts")
     ap.add_argument("--floor-breakdown", action="store_true",
                     help="only break one size's steps down against their bytes floor "
                          "(the first of --sizes)")
@@ -1130,7 +1141,10 @@ def main(argv=None):
     if args.blocked_passes:
         kw = {} if args.sizes == ",".join(SIZES) else {
             "mib": tuple(float(v) for v in args.sizes.split(","))}
-        rows = blocked_passes(dtypes=args.dtypes.split(","), rounds=args.rounds, **kw)
+        rows = blocked_passes(dtypes=args.dtypes.split(","), rounds=args.rounds,
+                              widths=tuple(int(v) for v in args.widths.split(",")),
+                              blocks=tuple(int(v) << 10 for v in args.block_kib.split(",")),
+                              threads=tuple(int(v) for v in args.blas_threads.split(",")), **kw)
         with open(os.path.join(args.out, "blocked_passes.json"), "w") as fh:
             json.dump({"threads": thread_report(), "rows": rows}, fh, indent=1, default=str)
         print(render_blocked_passes(rows))

@@ -138,10 +138,11 @@ class LinearModel:
         G = loss.score_grad(S, T, xp=xp)
         return G if weights is None else self._weights(weights, S) * G
 
-    def row_blocks(self, A, *, xp):
-        """Row slices of a blocked pass over ``A`` (:func:`refbilevel._backend.row_blocks`),
-        or ``None`` for whole products; always ``None`` for a multiclass model."""
-        return row_blocks(A, xp=xp) if self.n_classes is None else None
+    def row_blocks(self, A, *, xp, points=1):
+        """Row slices of a blocked pass over ``A`` at ``points`` points
+        (:func:`refbilevel._backend.row_blocks`), or ``None`` for whole products; always
+        ``None`` for a multiclass model."""
+        return row_blocks(A, xp=xp, points=points) if self.n_classes is None else None
 
     def blocked_pass(self, A, V, middle, blocks, *, xp):
         r""":math:`\sum_k A_k^\top\, \mathrm{middle}(A_k V, k)` over the row blocks
@@ -254,7 +255,7 @@ class LinearModel:
     def grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`grad` at ``m`` points in one pass over ``A``: ``(m, size)``."""
         loss = self.default_loss if loss is None else loss
-        blocks = self.row_blocks(A, xp=xp)
+        blocks = self.row_blocks(A, xp=xp, points=Ws.shape[0])
         if blocks is not None:
             return self._blocked_grads(Ws, A, T, loss, weights, blocks, xp)
         S = self.forward_many(Ws, A, xp=xp)
@@ -264,7 +265,7 @@ class LinearModel:
     def per_sample_and_grad_many(self, Ws, A, T, *, loss=None, weights=None, xp):
         """Stacked :meth:`per_sample_and_grad` at ``m`` points: ``(m, n)`` and ``(m, size)``."""
         loss = self.default_loss if loss is None else loss
-        blocks = self.row_blocks(A, xp=xp)
+        blocks = self.row_blocks(A, xp=xp, points=Ws.shape[0])
         if blocks is not None:
             return self._blocked_grads(Ws, A, T, loss, weights, blocks, xp, per_sample=True)
         S = self.forward_many(Ws, A, xp=xp)
