@@ -623,9 +623,11 @@ def matvec_layout(A, *, xp):
     data as given for minibatches and uses this form for its full-batch products only.
     Not measured on other backends, which get ``A`` unchanged.
 
-    A matrix large enough for blocked passes (:func:`row_blocks`) gets its columns at a
-    padded stride (:func:`_padded_rows`): each column starts on a 64-byte cache line, and
-    the stride is not a multiple of 4 KiB. The blocked passes multiply row blocks of the
+    A matrix of at least :data:`_ROW_BLOCKED_MIN_BYTES` (from where every kind of blocked
+    pass may use it, :func:`row_blocks`; a float32 pair's blocks start at 2 MiB, on the
+    unpadded copy) gets its columns at a padded stride (:func:`_padded_rows`): each column
+    starts on a 64-byte cache line, and the stride is not a multiple of 4 KiB. The blocked
+    passes multiply row blocks of the
     matrix while they are cached, and a block whose column segments start off a line, or
     map onto the same cache sets, is read back from the cache 1.5 to 2 times slower (one
     thread, 1 MiB blocks of 100 columns: 17 to 20 GB/s against 30 to 39 GB/s for a
@@ -720,6 +722,12 @@ _ROW_BLOCK_BYTES = 1 << 20
 #: :func:`matvec_layout` also pads the columns of its column-major copy.
 _ROW_BLOCKED_MIN_BYTES = 4 << 20
 
+#: Stacks of points (pairs) by dtype: blocked from these sizes on instead. A float32 pair
+#: is blocked from 2 MiB: there the whole pair (one matrix-vector product per point from
+#: 2 MiB on, :data:`_COLMAJOR_ROWWISE`) took 2.3 to 2.9 times the blocked pair's time at
+#: 50, 100 and 500 columns in two runs (docs/benchmarks.md, "Blocked passes by width").
+_ROW_BLOCKED_MIN_BYTES_STACK = {np.dtype("float32"): 2 << 20}
+
 #: A block of the column-major data (:func:`matvec_layout`) is ``d`` column segments of
 #: ``rows * itemsize`` bytes each, a short stream for the hardware prefetchers when ``d``
 #: is large. Blocks whose segments are shorter than this are never used: at 1,000 and
@@ -776,7 +784,8 @@ def row_blocks(A, *, xp, points: int = 1) -> tuple | None:
     "Small steps and point pairs").
 
     Blocks are used on NumPy only, for matrices of at least
-    :data:`_ROW_BLOCKED_MIN_BYTES` whose blocks' column segments hold at least
+    :data:`_ROW_BLOCKED_MIN_BYTES` (for a stack of points, by dtype,
+    :data:`_ROW_BLOCKED_MIN_BYTES_STACK`) whose blocks' column segments hold at least
     :data:`_ROW_BLOCK_MIN_SEGMENT_BYTES` (for a pass at one point
     :data:`_ROW_BLOCK_ONE_POINT_SEGMENT_BYTES`, or the matrix at least
     :data:`_ROW_BLOCKED_SHORT_MIN_BYTES`), and only while NumPy's BLAS runs one thread: a
@@ -787,7 +796,10 @@ def row_blocks(A, *, xp, points: int = 1) -> tuple | None:
     whole products (the BLAS sums each block apart, by a few units in the last place), so a
     result can depend on the thread count in its last bits.
     """
-    if xp is not _numpy_namespace() or A.nbytes < _ROW_BLOCKED_MIN_BYTES:
+    if xp is not _numpy_namespace():
+        return None
+    if A.nbytes < _ROW_BLOCKED_MIN_BYTES and (
+            points == 1 or A.nbytes < _ROW_BLOCKED_MIN_BYTES_STACK.get(A.dtype, 1 << 62)):
         return None
     n, d = A.shape
     rows = max(1, _ROW_BLOCK_BYTES // (d * A.itemsize))

@@ -110,6 +110,22 @@ def test_row_blocks_by_the_length_of_their_column_segments(one_thread):
     assert model.row_blocks(wide, xp=NUMPY, points=2) == pair
 
 
+def test_float32_pairs_blocked_from_their_own_size(one_thread):
+    # a float32 stack is blocked from _ROW_BLOCKED_MIN_BYTES_STACK (2 MiB) on; a float64
+    # stack and a single point of the same bytes are not
+    small = _backend._ROW_BLOCKED_MIN_BYTES_STACK[np.dtype("float32")]
+    assert small < _backend._ROW_BLOCKED_MIN_BYTES
+    A32 = np.zeros((small // (50 * 4) + 1, 50), dtype="float32", order="F")
+    A64 = np.zeros((small // (50 * 8) + 1, 50), dtype="float64", order="F")
+    assert A32.nbytes < _backend._ROW_BLOCKED_MIN_BYTES
+    blocks = _backend.row_blocks(A32, xp=NUMPY, points=2)
+    assert blocks is not None and blocks[-1].stop == A32.shape[0]
+    assert _backend.row_blocks(A32, xp=NUMPY) is None
+    assert _backend.row_blocks(A64, xp=NUMPY, points=2) is None
+    below = np.zeros((small // (50 * 4) - 1, 50), dtype="float32", order="F")
+    assert _backend.row_blocks(below, xp=NUMPY, points=2) is None
+
+
 def test_model_blocks_a_wide_pair_not_a_wide_gradient(rng, one_thread):
     # on the 4 MiB, 500-column matrix above: the model's gradient is the whole products'
     # bit for bit, its gradients at a pair are summed over blocks (another rounding), and
