@@ -584,10 +584,14 @@ def _rowwise_max(xp, dtype=None) -> dict:
 
 def _rowwise(A, m: int, transpose: bool, xp) -> bool:
     """Whether :func:`matvecs` runs its ``m`` products of ``A`` one row at a time."""
-    if xp is _numpy_namespace() and _column_major(A) and not A.flags.c_contiguous:
-        # keyed by the dtype itself: ``dtype.name`` is a Python-level property (about 4 µs)
-        rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype, (0, 0))
-        return m <= rows and A.nbytes >= min_bytes
+    if xp is _numpy_namespace():
+        # a column-major array that is not also row-major; the flag first, then (a padded
+        # copy) the strides: the check runs on every stacked product of a step
+        flags = A.flags
+        if not flags.c_contiguous and (flags.f_contiguous or _column_major(A)):
+            # keyed by the dtype itself: ``dtype.name`` is a Python-level property (4 µs)
+            rows, min_bytes = _COLMAJOR_ROWWISE.get(A.dtype, (0, 0))
+            return m <= rows and A.nbytes >= min_bytes
     rows, min_cols = _rowwise_max(xp, A.dtype)[transpose]
     return m <= rows and A.shape[-1] >= min_cols
 
