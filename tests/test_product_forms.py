@@ -29,6 +29,21 @@ def _fsum_products(A, Xs, transpose):
                       for i in range(M.shape[0])] for x in Xs])
 
 
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_matvec_rows_are_the_single_products(xp, asxp, rng, m):
+    # row j is A @ x_j itself (the same matrix-vector product, on NumPy written into its
+    # row): bit for bit, and within rounding of the exact sums
+    n, d = 23, 7
+    A, Xs = rng.standard_normal((n, d)), rng.standard_normal((m, d))
+    got = _backend.matvec_rows(asxp(A), asxp(Xs), xp=xp)
+    assert tuple(got.shape) == (m, n)
+    for j in range(m):
+        single = to_host(asxp(A) @ asxp(Xs)[j, ...])
+        assert to_host(got[j, ...]).tobytes() == single.tobytes()
+    ref = _fsum_products(A, Xs, False)
+    assert np.max(np.abs(to_host(got) - ref)) <= 8 * d * 2.0**-52 * np.max(np.abs(ref))
+
+
 @pytest.mark.parametrize("m", [1, 2, 3, 5])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_matvecs_equal_exact_sums(xp, asxp, rng, m, transpose):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._backend import matvec_layout, matvecs, row_blocks, stack
+from .._backend import matvec_layout, matvec_rows, matvecs, row_blocks
 from .losses import BINARY_LOGISTIC, SOFTMAX_CE
 
 __all__ = ["LinearModel", "LinearModelAt"]
@@ -166,10 +166,13 @@ class LinearModel:
                 # the block from memory, where a matrix product first packs it into
                 # OpenBLAS's buffer (0.87-0.92 of this time in one process, 1.5-1.7 times
                 # it in others: docs/benchmarks.md, "Small steps and point pairs")
-                S = stack([Ak @ V[j, ...] for j in range(V.shape[0])], xp=xp)
+                S = matvec_rows(Ak, V, xp=xp)
             G = middle(S, k)
             part = Ak.T @ G if G.ndim == 1 else G @ Ak
-            total = part if total is None else total + part
+            if total is None:
+                total = part
+            else:
+                total += part          # every part is a new array: the sum is its own
         return total
 
     def _blocked_grads(self, Ws, A, T, loss, weights, blocks, xp, per_sample=False):
