@@ -632,11 +632,10 @@ def matvec_layout(A, *, xp):
     pass may use it, :func:`row_blocks`; a float32 pair's blocks start at 2 MiB, on the
     unpadded copy) gets its columns at a padded stride (:func:`_padded_rows`): each column
     starts on a 64-byte cache line, and the stride is not a multiple of 4 KiB. The blocked
-    passes multiply row blocks of the
-    matrix while they are cached, and a block whose column segments start off a line, or
-    map onto the same cache sets, is read back from the cache 1.5 to 2 times slower (one
-    thread, 1 MiB blocks of 100 columns: 17 to 20 GB/s against 30 to 39 GB/s for a
-    padded stride). The result is a view of the first ``n`` rows of the padded array; its
+    passes multiply row blocks of the matrix while they are cached, and a block whose
+    column segments start off a line, or map onto the same cache sets, is read back from
+    the cache 1.5 to 2 times slower (one thread, 1 MiB blocks of 100 columns: 17 to 20 GB/s
+    against 30 to 39 GB/s for a padded stride). The result is a view of the first ``n`` rows of the padded array; its
     values and the products' values are those of ``A``.
     """
     if xp is not _numpy_namespace():
